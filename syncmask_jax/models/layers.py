@@ -1,0 +1,128 @@
+"""Building blocks shared by the ViT, BERT and fusion encoders.
+
+Every parameter is an `nnx.Param` carrying `logical_axes` metadata; `sharding.py` maps
+these names to mesh axes through the config's rules table. Compute runs in `dtype`
+(float32 or bfloat16); parameters stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def param(rngs: nnx.Rngs | None, init: Callable, shape: tuple[int, ...],
+          axes: tuple[str | None, ...]) -> nnx.Param:
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return nnx.Param(init(key, shape, jnp.float32), logical_axes=axes)
+
+
+def dropout(x: Array, rate: float, rngs: nnx.Rngs | None) -> Array:
+  """Inverted dropout; deterministic when `rngs` is None (evaluation, momentum model)."""
+  if rngs is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def gelu(x: Array) -> Array:
+  # BERT and ViT checkpoints use the exact erf GELU, not the tanh approximation.
+  return jax.nn.gelu(x, approximate=False)
+
+
+class Dense(nnx.Module):
+
+  def __init__(self, din: int, dout: int, axes: tuple[str | None, str | None], *,
+               rngs: nnx.Rngs, dtype=jnp.float32, std: float = 0.02):
+    self.kernel = param(rngs, nnx.initializers.truncated_normal(std), (din, dout), axes)
+    self.bias = param(rngs, nnx.initializers.zeros, (dout,), (axes[1],))
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return y + self.bias[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",))
+    self.bias = param(rngs, nnx.initializers.zeros, (dim,), ("norm",))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    # Statistics in float32 even under bf16 compute: LN variance underflows in bf16.
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+    return y.astype(self.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention; one implementation for self- and cross-attention.
+
+  `context=None` is self-attention; otherwise queries come from `x` and keys/values
+  from `context` (whose width `kv_dim` may differ, e.g. text queries on ViT tokens).
+  Returns the output and, when asked, the attention probabilities (B, H, Tq, Tk):
+  SyncMask and SemMIM read the fusion encoder's cross-attention from here.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, kv_dim: int | None = None,
+               dropout_rate: float = 0.0, rngs: nnx.Rngs, dtype=jnp.float32):
+    if dim % num_heads:
+      raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+    kv_dim = kv_dim or dim
+    self.query = Dense(dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+    self.key = Dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+    self.value = Dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+    self.out = Dense(dim, dim, ("heads", "embed"), rngs=rngs, dtype=dtype)
+    self.num_heads = num_heads
+    self.dropout_rate = dropout_rate
+    self.dtype = dtype
+
+  def __call__(self, x: Array, context: Array | None = None, key_mask: Array | None = None,
+               *, return_probs: bool = False, rngs: nnx.Rngs | None = None
+               ) -> tuple[Array, Array | None]:
+    context = x if context is None else context
+    b, tq, d = x.shape
+    h = self.num_heads
+    q = self.query(x).reshape(b, tq, h, d // h)
+    k = self.key(context).reshape(b, context.shape[1], h, d // h)
+    v = self.value(context).reshape(b, context.shape[1], h, d // h)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // h)
+    if key_mask is not None:
+      # A large finite bias, not -inf: a fully padded row must give finite values.
+      logits = jnp.where(key_mask[:, None, None, :].astype(bool), logits, -1e9)
+    probs = jax.nn.softmax(logits, axis=-1)
+    attn = dropout(probs, self.dropout_rate, rngs).astype(self.dtype)
+    y = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, tq, d)
+    return self.out(y), (probs if return_probs else None)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.fc1 = Dense(dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+    self.fc2 = Dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+
+  def __call__(self, x: Array) -> Array:
+    return self.fc2(gelu(self.fc1(x)))
+
+
+def stacked(module: nnx.Module, prefix: str, count: int) -> list[nnx.Module]:
+  """The `prefix_0..prefix_{count-1}` children: layers live as named attributes (not
+  lists) so parameter paths are strings (`text/layer_3/...`) for regex policies and
+  checkpoints."""
+  return [getattr(module, f"{prefix}_{i}") for i in range(count)]
+
+
+def maybe_remat(fn: Callable, enabled: bool) -> Callable:
+  return nnx.remat(fn) if enabled else fn

@@ -1,0 +1,115 @@
+"""The vision-language model both recipes share (ALBEF layout, METHOD.md section 1).
+
+Image ViT + BERT text encoder + fusion encoder, ITC projections with a learnable
+clamped temperature, ITM head, MLM head tied to the word embeddings, and the MIM
+decoder (image tokens cross-attend to the text) whose output head the recipe picks.
+The same class is the momentum (EMA) model: the train step merges it once with the
+online parameters and once with the momentum parameters.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from syncmask_jax.models import bert, layers, vit
+
+Array = jax.Array
+
+MIM_HEADS = ("none", "pixels", "momentum_features", "prototypes")
+
+
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps * eps))
+
+
+class VLP(nnx.Module):
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, mim_head: str = "none",
+               num_prototypes: int = 0, rngs: nnx.Rngs):
+    if mim_head not in MIM_HEADS:
+      raise ValueError(f"mim_head={mim_head!r}: expected one of {MIM_HEADS}")
+    dtype = jnp.dtype(cfg.dtype)
+    self.temp_range = (float(cfg.temp_min), float(cfg.temp_max))
+    self.vision = vit.ViT(
+        image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.vision_width,
+        depth=cfg.vision_depth, heads=cfg.vision_heads, mlp_dim=cfg.vision_mlp_dim,
+        eps=cfg.vision_ln_eps, dropout_rate=cfg.vision_dropout, remat=cfg.remat, rngs=rngs,
+        dtype=dtype)
+    self.embeddings = bert.BertEmbeddings(
+        cfg.vocab_size, cfg.text_width, cfg.max_positions, cfg.type_vocab_size, cfg.text_ln_eps,
+        cfg.text_dropout, rngs=rngs, dtype=dtype)
+    text_kw = dict(width=cfg.text_width, heads=cfg.text_heads, mlp_dim=cfg.text_mlp_dim,
+                   eps=cfg.text_ln_eps, dropout_rate=cfg.text_dropout, remat=cfg.remat,
+                   rngs=rngs, dtype=dtype)
+    self.text = bert.BertEncoder(cfg.text_layers, **text_kw)
+    self.fusion = bert.BertEncoder(cfg.fusion_layers, cross_kv_dim=cfg.vision_width, **text_kw)
+    self.vision_proj = layers.Dense(cfg.vision_width, cfg.embed_dim, ("embed", "proj"),
+                                    rngs=rngs, dtype=dtype)
+    self.text_proj = layers.Dense(cfg.text_width, cfg.embed_dim, ("embed", "proj"), rngs=rngs,
+                                  dtype=dtype)
+    self.temp = nnx.Param(jnp.asarray(cfg.temp_init, jnp.float32), logical_axes=())
+    self.itm_head = layers.Dense(cfg.text_width, 2, ("embed", "classes"), rngs=rngs, dtype=dtype)
+    self.mlm_head = bert.MLMHead(cfg.text_width, cfg.vocab_size, cfg.text_ln_eps, rngs=rngs,
+                                 dtype=dtype)
+    self.mim_head_kind = mim_head
+    if mim_head != "none":
+      # [ours] light cross-modal decoder: BERT layers whose queries are the image tokens
+      # and whose cross-attention reads the text encoder output.
+      self.mim_decoder = bert.BertEncoder(
+          cfg.mim_decoder_layers, width=cfg.vision_width, heads=cfg.vision_heads,
+          mlp_dim=cfg.vision_mlp_dim, eps=cfg.vision_ln_eps, dropout_rate=0.0,
+          cross_kv_dim=cfg.text_width, remat=cfg.remat, rngs=rngs, dtype=dtype)
+      out_dim = {"pixels": cfg.patch_size ** 2 * 3, "momentum_features": cfg.vision_width,
+                 "prototypes": cfg.embed_dim}[mim_head]
+      self.mim_out = layers.Dense(cfg.vision_width, out_dim, ("embed", "mlp"), rngs=rngs,
+                                  dtype=dtype)
+    if num_prototypes:
+      # SemMIM: one codebook shared by global and local encodings (METHOD.md section 4).
+      self.prototypes = layers.param(rngs, nnx.initializers.truncated_normal(1.0),
+                                     (num_prototypes, cfg.embed_dim), ("prototypes", "proj"))
+
+  @property
+  def num_patches(self) -> int:
+    return self.vision.num_patches
+
+  def encode_image(self, images: Array, patch_mask: Array | None = None,
+                   rngs: nnx.Rngs | None = None) -> Array:
+    return self.vision(images, patch_mask, rngs)
+
+  def encode_text(self, ids: Array, mask: Array, rngs: nnx.Rngs | None = None) -> Array:
+    h, _ = self.text(self.embeddings(ids, rngs), mask, rngs=rngs)
+    return h
+
+  def fuse(self, text_hidden: Array, text_mask: Array, image_tokens: Array,
+           rngs: nnx.Rngs | None = None) -> tuple[Array, Array]:
+    """Fusion encoder: (B, T, D) fused states and cross-attention (L, B, H, T, 1+N)."""
+    return self.fusion(text_hidden, text_mask, image_tokens, rngs=rngs)
+
+  def image_feature(self, image_tokens: Array) -> Array:
+    return l2_normalize(self.vision_proj(image_tokens[:, 0]))
+
+  def text_feature(self, text_hidden: Array) -> Array:
+    return l2_normalize(self.text_proj(text_hidden[:, 0]))
+
+  def temperature(self) -> Array:
+    return jnp.clip(self.temp[...], *self.temp_range)
+
+  def itm_logits(self, fused: Array) -> Array:
+    return self.itm_head(fused[:, 0]).astype(jnp.float32)
+
+  def mlm_logits(self, fused: Array) -> Array:
+    return self.mlm_head(fused, self.embeddings.word[...])
+
+  def mim_decode(self, image_tokens: Array, text_hidden: Array, text_mask: Array,
+                 rngs: nnx.Rngs | None = None) -> Array:
+    """Patch tokens (without [CLS]) after cross-attending to the text, through the MIM
+    output head: (B, N, out_dim)."""
+    if self.mim_head_kind == "none":
+      raise ValueError("this model was built without a MIM head (mim_head='none')")
+    h, _ = self.mim_decoder(image_tokens, jnp.ones(image_tokens.shape[:2], jnp.int32),
+                            text_hidden, text_mask, rngs=rngs)
+    return self.mim_out(h[:, 1:]).astype(jnp.float32)
