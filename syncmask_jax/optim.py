@@ -1,0 +1,40 @@
+"""AdamW with warmup + cosine decay, gradient clipping, and regex weight-decay masks."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import optax
+
+
+def param_paths(tree: Any) -> Any:
+  """The same tree with each leaf replaced by its '/'-joined path ('vision/block_0/...')."""
+  def name(path, _):
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return jax.tree_util.tree_map_with_path(name, tree)
+
+
+def regex_mask(tree: Any, patterns: Sequence[str]) -> Any:
+  """True for leaves whose path matches none of `patterns` (big_vision-style policy)."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree.map(lambda p: not any(c.fullmatch(p) for c in compiled), param_paths(tree))
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * 0.01)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int
+                   ) -> optax.GradientTransformation:
+  decay_mask = regex_mask(params, cfg.no_decay)
+  tx = optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
+      optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2,
+                  weight_decay=cfg.weight_decay, mask=decay_mask))
+  return tx

@@ -1,0 +1,207 @@
+"""The pretraining step: one pure function (state, batch) -> (state, metrics).
+
+Read top to bottom it is METHOD.md section 3: momentum forward on the unmasked pair ->
+masks -> online losses (ITC, ITM with mined negatives, MLM, MIM) -> gradients ->
+optimizer -> EMA of the momentum parameters -> enqueue. The recipes (`syncmask`,
+`albef`, the ablations) differ only in config: masking strategy, negative-mining mode,
+loss weights, MIM target. Everything runs inside one `jax.jit` over the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from syncmask_jax import losses, masking, negatives, optim
+from syncmask_jax import queue as queue_lib
+from syncmask_jax import sharding
+from syncmask_jax.train_state import Setup, TrainState
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenInfo:
+  """Special-token ids the step needs (from the tokenizer of the data pipeline)."""
+  vocab_size: int
+  pad_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+  # First id of an ordinary word: MLM's random replacements are drawn from
+  # [min_random_id, vocab_size) so they are never special tokens.
+  min_random_id: int
+
+
+def text_maskable(text_ids: Array, text_mask: Array, tokens: TokenInfo) -> Array:
+  """Tokens MLM may mask: real tokens other than [CLS]/[SEP] (and never [PAD])."""
+  return (text_mask.astype(bool) & (text_ids != tokens.cls_id) & (text_ids != tokens.sep_id)
+          & (text_ids != tokens.pad_id))
+
+
+def alpha_at(config: ml_collections.ConfigDict, step: Array, steps_per_epoch: int) -> Array:
+  """ALBEF ramps the distillation weight from 0 over the first epoch."""
+  ramp = config.loss.alpha_ramp_steps
+  ramp = steps_per_epoch if ramp < 0 else ramp
+  if ramp == 0:
+    return jnp.asarray(config.loss.alpha, jnp.float32)
+  return config.loss.alpha * jnp.minimum(1.0, step.astype(jnp.float32) / ramp)
+
+
+def ema(momentum_params: Any, params: Any, m: float) -> Any:
+  """theta_m <- m * theta_m + (1 - m) * theta."""
+  return optax.incremental_update(params, momentum_params, step_size=1.0 - m)
+
+
+def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: TokenInfo,
+                    steps_per_epoch: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The pure step for `config`; `jit_train_step` compiles it over the mesh."""
+  graphdef = setup.graphdef
+  tx = setup.tx
+  lr_schedule = optim.learning_rate_schedule(config.optim, config.total_steps)
+  use_mlm = config.loss.mlm > 0
+  use_mim = config.loss.mim > 0
+  use_itm = config.loss.itm > 0
+  masking.validate_config(config.masking)
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    k_mask, k_mlm, k_neg, k_drop = jax.random.split(rng, 4)
+    images, ids, tmask = batch["image"], batch["text_ids"], batch["text_mask"]
+    pid = batch["product_id"]
+    maskable = text_maskable(ids, tmask, tokens)
+    alpha = alpha_at(config, state.step, steps_per_epoch)
+
+    # 1. Momentum (teacher) forward on the unmasked pair; never differentiated.
+    teacher = nnx.merge(graphdef, state.momentum_params)
+    image_tokens_m = teacher.encode_image(images)
+    text_hidden_m = teacher.encode_text(ids, tmask)
+    image_feat_m = teacher.image_feature(image_tokens_m)
+    text_feat_m = teacher.text_feature(text_hidden_m)
+    _, cross_probs_m = teacher.fuse(text_hidden_m, tmask, image_tokens_m)
+
+    # 2. Masks (random | syncmask | text_guided), from the teacher's cross-attention.
+    num_patches = image_tokens_m.shape[1] - 1
+    patch_mask, token_mask = masking.masks_from_config(
+        k_mask, config.masking, cross_probs_m, maskable, num_patches)
+    mlm_ids, mlm_labels, mlm_weights = masking.mlm_corrupt(
+        k_mlm, ids, token_mask, tokens.vocab_size, tokens.mask_id, tokens.min_random_id)
+    soft_labels = None
+    if use_mlm and config.loss.mlm_distill:
+      fused_m, _ = teacher.fuse(teacher.encode_text(mlm_ids, tmask), tmask, image_tokens_m)
+      soft_labels = jax.nn.softmax(teacher.mlm_logits(fused_m), axis=-1)
+    mim_target_feat = image_tokens_m[:, 1:]
+    bank_image = jnp.concatenate([image_feat_m, state.queue["image_feat"]])
+    bank_text = jnp.concatenate([text_feat_m, state.queue["text_feat"]])
+    bank_pid = jnp.concatenate([pid, state.queue["product_id"]])
+    bank_valid = jnp.concatenate([jnp.ones(pid.shape, bool), state.queue["valid"]])
+
+    # 3. Online losses.
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params)
+      drop = nnx.Rngs(dropout=k_drop)
+      image_tokens = model.encode_image(images, rngs=drop)
+      text_hidden = model.encode_text(ids, tmask, rngs=drop)
+      image_feat = model.image_feature(image_tokens)
+      text_feat = model.text_feature(text_hidden)
+      temp = model.temperature()
+      aux = {"temp": temp}
+      loss_itc, itc_aux = losses.itc_loss(
+          image_feat, text_feat, bank_image, bank_text, pid, bank_pid, temp, alpha,
+          bank_valid=bank_valid)
+      total = config.loss.itc * loss_itc
+      aux["loss_itc"] = loss_itc
+
+      if use_itm:
+        b = ids.shape[0]
+        # The miner sees the whole (global) batch: under jit these are global arrays.
+        neg_text, neg_image, mine_stats = negatives.mine_negatives(
+            k_neg, itc_aux["sim_i2t"][:, :b], pid, ids, config.negatives.mode,
+            config.negatives.margin)
+        fused_pos, _ = model.fuse(text_hidden, tmask, image_tokens, rngs=drop)
+        fused_neg, _ = model.fuse(
+            jnp.concatenate([text_hidden[neg_text], text_hidden]),
+            jnp.concatenate([tmask[neg_text], tmask]),
+            jnp.concatenate([image_tokens, image_tokens[neg_image]]), rngs=drop)
+        logits = model.itm_logits(jnp.concatenate([fused_pos, fused_neg]))
+        loss_itm = losses.itm_loss(logits, losses.itm_labels(b))
+        total += config.loss.itm * loss_itm
+        aux["loss_itm"] = loss_itm
+        aux.update({f"negatives/{k}": v for k, v in mine_stats.items()})
+
+      if use_mlm:
+        # MLM sees the *unmasked* image (SyncMask Fig. 3).
+        fused_mlm, _ = model.fuse(model.encode_text(mlm_ids, tmask, rngs=drop), tmask,
+                                  image_tokens, rngs=drop)
+        loss_mlm = losses.mlm_loss(model.mlm_logits(fused_mlm), mlm_labels, mlm_weights,
+                                   soft_labels, alpha if soft_labels is not None else 0.0)
+        total += config.loss.mlm * loss_mlm
+        aux["loss_mlm"] = loss_mlm
+
+      if use_mim:
+        # MIM sees the masked image and the *full* text.
+        masked_tokens = model.encode_image(images, patch_mask, rngs=drop)
+        pred = model.mim_decode(masked_tokens, text_hidden, tmask, rngs=drop)
+        if config.loss.mim_target == "pixels":
+          loss_mim = losses.mim_pixel_loss(pred, images, patch_mask, config.model.patch_size,
+                                           config.loss.mim_norm_pix)
+        else:
+          loss_mim = losses.mim_feature_loss(pred, mim_target_feat, patch_mask)
+        total += config.loss.mim * loss_mim
+        aux["loss_mim"] = loss_mim
+      return total, aux
+
+    # 4. Gradients, optimizer, temperature clamp, EMA, queue.
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # ALBEF clamps the temperature parameter itself, not only its use.
+    params["temp"] = jnp.clip(params["temp"], config.model.temp_min, config.model.temp_max)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state,
+        momentum_params=ema(state.momentum_params, params, config.momentum),
+        queue=queue_lib.enqueue(state.queue, image_feat_m, text_feat_m, pid))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if config.nonfinite == "skip":
+      # The update is dropped but the step counter advances, so data order is kept.
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                               state.replace(step=state.step + 1))
+
+    # 5. Metrics.
+    metrics = dict(aux, loss=loss, grad_norm=grad_norm, alpha=alpha, finite=finite,
+                   learning_rate=lr_schedule(state.step))
+    attn = masking.aggregate_cross_attention(cross_probs_m, tuple(config.masking.layers),
+                                             config.masking.head_reduce)
+    metrics.update({f"mask/{k}": v for k, v in
+                    masking.mask_stats(attn, patch_mask, token_mask, maskable).items()})
+    if "gt_patch_visible" in batch:
+      metrics.update({f"mask/{k}": v for k, v in masking.mask_precision(
+          patch_mask, token_mask, batch["gt_patch_visible"],
+          batch["gt_token_visible"]).items()})
+    return new_state, metrics
+
+  return train_step
+
+
+def batch_shardings(mesh: jax.sharding.Mesh, rules, batch: dict) -> dict:
+  return {k: jax.sharding.NamedSharding(mesh, sharding.batch_spec(rules, v.ndim))
+          for k, v in batch.items()}
+
+
+def jit_train_step(step_fn: Callable, setup: Setup, config: ml_collections.ConfigDict,
+                   batch_like: dict) -> Callable:
+  """Compiles the step over the mesh; the state buffers are donated."""
+  replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(
+      step_fn,
+      in_shardings=(setup.state_shardings,
+                    batch_shardings(setup.mesh, config.mesh.axis_rules, batch_like)),
+      out_shardings=(setup.state_shardings, replicated),
+      donate_argnums=0)
