@@ -94,6 +94,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.masking.ratio_txt = 0.15
   c.masking.selection = "gumbel"  # topk | gumbel
   c.masking.tau = 1.0
+  # What gumbel sampling sees: "mass" samples from softmax(s / tau) (METHOD.md 2.2);
+  # "log_mass" from softmax(log s / tau), i.e. proportional to s^(1/tau), which does not
+  # flatten when the per-patch mass is small (raw mass at tau=1 is close to uniform).
+  c.masking.score = "mass"
   c.masking.random_fraction = 0.0
   c.masking.layers = (-1,)  # fusion layers whose cross-attention is averaged
   c.masking.head_reduce = "mean"  # mean | max

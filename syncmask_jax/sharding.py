@@ -76,7 +76,7 @@ def param_specs(abstract_state: nnx.State, rules: Sequence, mesh: jax.sharding.M
     return logical_to_spec(logical, v.shape, rules, mesh)
 
   tree = jax.tree.map(spec, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return nnx.State(tree).to_pure_dict() if not isinstance(tree, dict) else tree
+  return nnx.to_pure_dict(tree)
 
 
 def named(mesh: jax.sharding.Mesh, specs: Any) -> Any:

@@ -76,11 +76,11 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   abstract_model = nnx.eval_shape(lambda: build_model(config, config.seed))
   graphdef, abstract_state = nnx.split(abstract_model)
   param_specs = sharding.param_specs(abstract_state, config.mesh.axis_rules, mesh)
-  abstract_params = abstract_state.to_pure_dict()
+  abstract_params = nnx.to_pure_dict(abstract_state)
   tx = make_tx(abstract_params)
 
   def init() -> TrainState:
-    params = nnx.split(build_model(config, config.seed))[1].to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(build_model(config, config.seed)))
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, momentum_params=params,
         opt_state=tx.init(params),

@@ -159,7 +159,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
 
     # 4. Gradients, optimizer, temperature clamp, EMA, queue.
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # ALBEF clamps the temperature parameter itself, not only its use.

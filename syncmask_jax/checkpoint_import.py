@@ -1,0 +1,449 @@
+"""Initialise the model from Hugging Face BERT-family and ViT/DeiT checkpoints.
+
+METHOD.md section 1: the ALBEF split builds the text encoder from BERT layers
+0..L_t-1 and the fusion encoder from layers L_t..L_t+L_f-1 of one checkpoint; the
+fusion encoder's cross-attention (and its LayerNorm) has no counterpart in BERT and
+stays newly initialised, as in ALBEF. The image encoder comes from a ViT or DeiT.
+
+A checkpoint is a directory holding `config.json` and `model.safetensors` (or a
+sharded `model.safetensors.index.json`), or `pytorch_model.bin` when torch is
+installed. Keys may carry any prefix (`bert.`, `vit.`, `deit.`, none, ...): it is found
+from one anchor key. Our parameters are the functional pure dict of
+`nnx.split(model)[1].to_pure_dict()`; Dense kernels are (in, out), so torch Linear
+weights are transposed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import ml_dtypes
+import numpy as np
+from absl import logging
+
+from syncmask_jax.models import vit
+
+Params = dict[str, Any]
+
+_BERT_ANCHOR = "embeddings.word_embeddings.weight"
+_VIT_ANCHOR = "embeddings.patch_embeddings.projection.weight"
+# Families whose position ids start after the padding index: a silent misalignment here.
+_OFFSET_POSITION_FAMILIES = ("roberta", "xlm-roberta", "camembert", "longformer")
+
+
+@dataclasses.dataclass
+class ImportReport:
+  """What one import did: our parameter paths written or left alone, checkpoint keys
+  not used, and warnings (eps mismatch, truncated tables, untied decoder, ...)."""
+  source: str
+  loaded: list[str] = dataclasses.field(default_factory=list)
+  initialised: list[str] = dataclasses.field(default_factory=list)
+  unused: list[str] = dataclasses.field(default_factory=list)
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+  def summary(self) -> str:
+    lines = [f"{self.source}: loaded {len(self.loaded)} params, "
+             f"{len(self.initialised)} left initialised, {len(self.unused)} checkpoint keys "
+             "unused"]
+    if self.initialised:
+      lines.append("  left initialised: " + ", ".join(self.initialised))
+    if self.unused:
+      lines.append("  unused checkpoint keys: " + ", ".join(self.unused))
+    lines += [f"  warning: {w}" for w in self.warnings]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_safetensors_raw(path: str) -> dict[str, np.ndarray]:
+  """Minimal safetensors reader for dtypes numpy lacks (bfloat16, float8): the format is
+  an 8-byte header length, a JSON header, then the raw little-endian tensors."""
+  dtypes = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+            "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
+            "F8_E5M2": ml_dtypes.float8_e5m2, "I64": np.int64, "I32": np.int32,
+            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+  with open(path, "rb") as f:
+    n = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(n))
+    data = f.read()
+  out = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    start, end = info["data_offsets"]
+    out[name] = np.frombuffer(data[start:end], dtypes[info["dtype"]]).reshape(info["shape"])
+  return out
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  try:
+    return load_file(path)
+  except TypeError:  # bfloat16 and friends are not numpy dtypes.
+    return _read_safetensors_raw(path)
+
+
+def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f"{path} is a PyTorch pickle and torch is not installed: convert the checkpoint to "
+        "safetensors (e.g. `transformers` `save_pretrained(dir, safe_serialization=True)` or "
+        "`safetensors.torch.save_file`) or install torch") from e
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  state = state.get("model", state.get("state_dict", state))
+  return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+          for k, v in state.items() if hasattr(v, "numpy")}
+
+
+def _normalise_key(key: str) -> str:
+  # Original Google BERT conversions (bert-base-uncased among them) name LN params
+  # gamma/beta; later ones weight/bias.
+  if key.endswith("LayerNorm.gamma"):
+    return key[:-len("gamma")] + "weight"
+  if key.endswith("LayerNorm.beta"):
+    return key[:-len("beta")] + "bias"
+  return key
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json contents, {key: array}) of a Hugging Face checkpoint directory."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+  config_path = os.path.join(path, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"no config.json in checkpoint directory {path!r}")
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  single = os.path.join(path, "model.safetensors")
+  index = os.path.join(path, "model.safetensors.index.json")
+  torch_bin = os.path.join(path, "pytorch_model.bin")
+  if os.path.exists(single):
+    tensors = _read_safetensors(single)
+  elif os.path.exists(index):
+    with open(index) as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    tensors = {}
+    for shard in shards:
+      tensors.update(_read_safetensors(os.path.join(path, shard)))
+  elif os.path.exists(torch_bin):
+    tensors = _read_torch_bin(torch_bin)
+  else:
+    raise FileNotFoundError(
+        f"no weights in checkpoint directory {path!r}: expected model.safetensors, "
+        "model.safetensors.index.json or pytorch_model.bin")
+  return hf_config, {_normalise_key(k): v for k, v in tensors.items()}
+
+
+def _find_prefix(tensors: dict[str, np.ndarray], anchor: str, path: str) -> str:
+  prefixes = sorted({k[:-len(anchor)] for k in tensors if k.endswith(anchor)}, key=len)
+  if not prefixes:
+    raise ValueError(f"checkpoint {path!r} has no key ending in {anchor!r}: not the expected "
+                     "Hugging Face layout")
+  if len(prefixes) > 1:
+    raise ValueError(f"checkpoint {path!r} holds several models ({prefixes}); expected one")
+  return prefixes[0]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _flatten(tree: Params, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    p = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, p + "/"))
+    else:
+      out[p] = v
+  return out
+
+
+def _unflatten(flat: dict[str, Any]) -> Params:
+  tree: Params = {}
+  for p, v in flat.items():
+    node = tree
+    *parents, leaf = p.split("/")
+    for k in parents:
+      node = node.setdefault(k, {})
+    node[leaf] = v
+  return tree
+
+
+class _Importer:
+  """Copies checkpoint tensors into a flat copy of our params, tracking both sides."""
+
+  def __init__(self, source: str, params: Params, tensors: dict[str, np.ndarray],
+               scopes: tuple[str, ...]):
+    self.flat = _flatten(params)
+    self.tensors = tensors
+    self.used: set[str] = set()
+    self.written: set[str] = set()
+    self.scopes = scopes
+    self.report = ImportReport(source)
+
+  def get(self, key: str) -> np.ndarray:
+    if key not in self.tensors:
+      raise ValueError(f"checkpoint {self.report.source!r} lacks {key!r}")
+    self.used.add(key)
+    return np.asarray(self.tensors[key], np.float32)
+
+  def put(self, ours: str, value: np.ndarray, key: str = "") -> None:
+    if ours not in self.flat:
+      raise ValueError(f"model has no parameter {ours!r} (for checkpoint key {key!r})")
+    old = self.flat[ours]
+    if tuple(value.shape) != tuple(old.shape):
+      raise ValueError(f"shape mismatch: checkpoint {key!r} gives {tuple(value.shape)}, "
+                       f"model parameter {ours!r} is {tuple(old.shape)}")
+    new = jnp.asarray(value, old.dtype)
+    # Keep the placement of the parameter we replace (a sharded init stays sharded).
+    self.flat[ours] = jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
+    self.written.add(ours)
+
+  def linear(self, ours: str, key: str) -> None:
+    """torch Linear (out, in) weight + bias -> our Dense (in, out) kernel + bias."""
+    self.put(f"{ours}/kernel", self.get(f"{key}.weight").T, f"{key}.weight")
+    self.put(f"{ours}/bias", self.get(f"{key}.bias"), f"{key}.bias")
+
+  def norm(self, ours: str, key: str) -> None:
+    self.put(f"{ours}/scale", self.get(f"{key}.weight"), f"{key}.weight")
+    self.put(f"{ours}/bias", self.get(f"{key}.bias"), f"{key}.bias")
+
+  def finish(self) -> tuple[Params, ImportReport]:
+    r = self.report
+    r.loaded = sorted(self.written)
+    r.initialised = sorted(p for p in self.flat if p.split("/")[0] in self.scopes
+                           and p not in self.written)
+    r.unused = sorted(k for k in self.tensors if k not in self.used)
+    return _unflatten(self.flat), r
+
+
+def _check_fields(hf_config: dict[str, Any], expected: dict[str, int | None], path: str,
+                  ours: Callable[[str], str]) -> None:
+  for field, want in expected.items():
+    if want is None:
+      continue
+    got = hf_config.get(field)
+    if got != want:
+      raise ValueError(f"checkpoint {path!r}: config.json {field}={got} but the model has "
+                       f"{ours(field)}={want}")
+
+
+def _check_eps(hf_config: dict[str, Any], ln_eps: float | None, field: str,
+               report: ImportReport) -> None:
+  got = hf_config.get("layer_norm_eps")
+  if ln_eps is not None and got is not None and not np.isclose(got, ln_eps, rtol=1e-6, atol=0):
+    msg = (f"checkpoint layer_norm_eps={got} but the model uses {field}={ln_eps}; "
+           f"set config.model.{field}={got} to reproduce the checkpoint exactly")
+    report.warnings.append(msg)
+
+
+def _layer_count(flat_keys: Iterable[str], root: str) -> int:
+  return sum(1 for k in flat_keys if k.startswith(f"{root}/layer_") and k.endswith(
+      "/self_norm/scale"))
+
+
+# ----------------------------------------------------------------------------- BERT
+
+
+def load_bert(path: str, params: Params, text_layers: int, fusion_layers: int, *,
+              num_heads: int | None = None, ln_eps: float | None = None
+              ) -> tuple[Params, ImportReport]:
+  """A BERT-family checkpoint -> embeddings, text encoder, fusion encoder, MLM head.
+
+  Layers 0..text_layers-1 go to `text`, the next `fusion_layers` to `fusion`
+  (self-attention, FFN and their LayerNorms; cross-attention stays initialised, as
+  ALBEF). Widths, intermediate size and vocabulary are checked against the parameter
+  shapes, and heads against `num_heads` when given; `ln_eps` (the model's
+  `text_ln_eps`) is compared with the checkpoint's and a difference is reported as a
+  warning. Returns new params (the input is not modified) and the report.
+  """
+  hf, tensors = read_checkpoint(path)
+  model_type = hf.get("model_type", "bert")
+  if model_type in _OFFSET_POSITION_FAMILIES:
+    raise ValueError(f"checkpoint {path!r} is {model_type}: its position ids are offset by the "
+                     "padding index, which this BERT importer does not reproduce")
+  if hf.get("position_embedding_type", "absolute") != "absolute":
+    raise ValueError(f"checkpoint {path!r}: position_embedding_type="
+                     f"{hf['position_embedding_type']}; only absolute positions are supported")
+  word = params["embeddings"]["word"]
+  _check_fields(hf, {"hidden_size": word.shape[1], "vocab_size": word.shape[0],
+                     "intermediate_size": params["text"]["layer_0"]["mlp"]["fc1"]["kernel"]
+                     .shape[1] if text_layers else None,
+                     "num_attention_heads": num_heads}, path,
+                {"hidden_size": "text_width", "vocab_size": "vocab_size",
+                 "intermediate_size": "text_mlp_dim", "num_attention_heads": "text_heads"}.get)
+  have = hf.get("num_hidden_layers")
+  if have is None or have < text_layers + fusion_layers:
+    raise ValueError(f"checkpoint {path!r} has num_hidden_layers={have}, fewer than "
+                     f"text_layers + fusion_layers = {text_layers} + {fusion_layers}")
+  flat_keys = _flatten(params).keys()
+  for root, want in (("text", text_layers), ("fusion", fusion_layers)):
+    if _layer_count(flat_keys, root) != want:
+      raise ValueError(f"params have {_layer_count(flat_keys, root)} {root} layers, "
+                       f"but {root}_layers={want}")
+
+  prefix = _find_prefix(tensors, _BERT_ANCHOR, path)
+  # BertForMaskedLM/BertForPreTraining keep the head beside the `bert.` body.
+  head = prefix[:-len("bert.")] if prefix.endswith("bert.") else prefix
+  imp = _Importer(path, params, tensors, scopes=("embeddings", "text", "fusion", "mlm_head"))
+  _check_eps(hf, ln_eps, "text_ln_eps", imp.report)
+  if hf.get("hidden_act", "gelu") != "gelu":
+    imp.report.warnings.append(f"checkpoint hidden_act={hf['hidden_act']}; the model uses the "
+                               "exact erf GELU")
+
+  e = f"{prefix}embeddings."
+  imp.put("embeddings/word", imp.get(e + "word_embeddings.weight"), e + "word_embeddings.weight")
+  for ours, key in (("position", "position_embeddings"), ("token_type", "token_type_embeddings")):
+    table, mine = imp.get(f"{e}{key}.weight"), params["embeddings"][ours]
+    rows = min(table.shape[0], mine.shape[0])
+    if table.shape[0] < mine.shape[0]:
+      imp.report.warnings.append(f"{key}: checkpoint has {table.shape[0]} rows, the model "
+                                 f"{mine.shape[0]}; rows {table.shape[0]}.. stay initialised")
+    # Absolute positions/types: the first rows mean the same thing in both tables.
+    imp.put(f"embeddings/{ours}", np.concatenate([table[:rows], np.asarray(mine)[rows:]]),
+            f"{e}{key}.weight")
+  imp.norm("embeddings/norm", e + "LayerNorm")
+  imp.used.add(e + "position_ids")  # a buffer (0..max_positions-1), not a weight.
+
+  for i in range(text_layers + fusion_layers):
+    ours = f"text/layer_{i}" if i < text_layers else f"fusion/layer_{i - text_layers}"
+    k = f"{prefix}encoder.layer.{i}."
+    for name in ("query", "key", "value"):
+      imp.linear(f"{ours}/self_attn/{name}", f"{k}attention.self.{name}")
+    imp.linear(f"{ours}/self_attn/out", k + "attention.output.dense")
+    imp.norm(f"{ours}/self_norm", k + "attention.output.LayerNorm")
+    imp.linear(f"{ours}/mlp/fc1", k + "intermediate.dense")
+    imp.linear(f"{ours}/mlp/fc2", k + "output.dense")
+    imp.norm(f"{ours}/mlp_norm", k + "output.LayerNorm")
+
+  c = f"{head}cls.predictions."
+  if c + "transform.dense.weight" in tensors:
+    imp.linear("mlm_head/dense", c + "transform.dense")
+    imp.norm("mlm_head/norm", c + "transform.LayerNorm")
+    bias_key = c + "bias" if c + "bias" in tensors else c + "decoder.bias"
+    imp.put("mlm_head/bias", imp.get(bias_key), bias_key)
+    if c + "decoder.bias" in tensors:
+      imp.used.add(c + "decoder.bias")  # tied to cls.predictions.bias in HF.
+    if c + "decoder.weight" in tensors:
+      decoder = imp.get(c + "decoder.weight")
+      if not np.array_equal(decoder, imp.get(e + "word_embeddings.weight")):
+        imp.report.warnings.append("cls.predictions.decoder.weight differs from the word "
+                                   "embeddings; our MLM decoder is tied, so it is not used")
+  else:
+    imp.report.warnings.append("no cls.predictions.* MLM head in the checkpoint: the MLM "
+                               "head stays initialised")
+  params, report = imp.finish()
+  return params, report
+
+
+# ----------------------------------------------------------------------------- ViT
+
+
+def load_vit(path: str, params: Params, image_size: int, *, num_heads: int | None = None,
+             ln_eps: float | None = None) -> tuple[Params, ImportReport]:
+  """A Hugging Face ViTModel / DeiT checkpoint -> the image encoder `vision`.
+
+  The position table is resized (`vit.interpolate_pos_embed`, [CLS] row kept) when the
+  checkpoint's patch grid differs from `image_size // patch_size`. DeiT's
+  distillation token has no counterpart in ALBEF's ViT: the token and its position row
+  (row 1, between [CLS] and the patches) are dropped. A `embeddings.mask_token`
+  (ViTForMaskedImageModeling) initialises our MIM [MASK] embedding.
+  """
+  hf, tensors = read_checkpoint(path)
+  v = params["vision"]
+  width = v["cls_token"].shape[-1]
+  depth = sum(1 for k in v if k.startswith("block_"))
+  patch_dim = v["patch_embed"]["kernel"].shape[0]
+  patch = hf.get("patch_size")
+  _check_fields(hf, {"hidden_size": width, "intermediate_size":
+                     v["block_0"]["mlp"]["fc1"]["kernel"].shape[1] if depth else None,
+                     "num_attention_heads": num_heads, "num_channels": 3}, path,
+                {"hidden_size": "vision_width", "intermediate_size": "vision_mlp_dim",
+                 "num_attention_heads": "vision_heads", "num_channels": "channels"}.get)
+  if patch is None or patch * patch * 3 != patch_dim:
+    raise ValueError(f"checkpoint {path!r}: config.json patch_size={patch} but the model has "
+                     f"patch_size={int(round((patch_dim / 3) ** 0.5))}")
+  grid = image_size // patch
+  if 1 + grid * grid != v["pos_embed"].shape[1]:
+    raise ValueError(f"image_size={image_size} gives {grid * grid} patches, but the model's "
+                     f"position table has {v['pos_embed'].shape[1] - 1}")
+  have = hf.get("num_hidden_layers")
+  if have is None or have < depth:
+    raise ValueError(f"checkpoint {path!r} has num_hidden_layers={have}, fewer than the "
+                     f"model's vision_depth={depth}")
+
+  prefix = _find_prefix(tensors, _VIT_ANCHOR, path)
+  imp = _Importer(path, params, tensors, scopes=("vision",))
+  _check_eps(hf, ln_eps, "vision_ln_eps", imp.report)
+  if have > depth:
+    imp.report.warnings.append(f"checkpoint has {have} layers, the model {depth}: the first "
+                               f"{depth} are used, then the final layernorm")
+  e = f"{prefix}embeddings."
+  imp.put("vision/cls_token", imp.get(e + "cls_token"), e + "cls_token")
+  pos = imp.get(e + "position_embeddings")
+  if e + "distillation_token" in tensors:
+    imp.used.add(e + "distillation_token")
+    pos = np.concatenate([pos[:, :1], pos[:, 2:]], axis=1)
+  imp.put("vision/pos_embed", np.asarray(vit.interpolate_pos_embed(pos, grid)),
+          e + "position_embeddings")
+  # Conv2d (D, C, ph, pw) -> Dense on patchify's (ph, pw, C) vectors.
+  conv = imp.get(e + "patch_embeddings.projection.weight")
+  imp.put("vision/patch_embed/kernel", conv.transpose(2, 3, 1, 0).reshape(-1, conv.shape[0]),
+          e + "patch_embeddings.projection.weight")
+  imp.put("vision/patch_embed/bias", imp.get(e + "patch_embeddings.projection.bias"),
+          e + "patch_embeddings.projection.bias")
+  if e + "mask_token" in tensors:
+    imp.put("vision/mask_token", imp.get(e + "mask_token").reshape(-1), e + "mask_token")
+
+  for i in range(depth):
+    ours, k = f"vision/block_{i}", f"{prefix}encoder.layer.{i}."
+    imp.norm(f"{ours}/norm1", k + "layernorm_before")
+    for name in ("query", "key", "value"):
+      if hf.get("qkv_bias", True):
+        imp.linear(f"{ours}/attn/{name}", f"{k}attention.attention.{name}")
+      else:  # Biasless q/k/v: our Dense has a bias, so it is zero.
+        w = f"{k}attention.attention.{name}.weight"
+        imp.put(f"{ours}/attn/{name}/kernel", imp.get(w).T, w)
+        imp.put(f"{ours}/attn/{name}/bias", np.zeros((width,), np.float32), w)
+    imp.linear(f"{ours}/attn/out", k + "attention.output.dense")
+    imp.norm(f"{ours}/norm2", k + "layernorm_after")
+    imp.linear(f"{ours}/mlp/fc1", k + "intermediate.dense")
+    imp.linear(f"{ours}/mlp/fc2", k + "output.dense")
+  imp.norm("vision/norm", prefix + "layernorm")
+  return imp.finish()
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def apply_inits(config: ml_collections.ConfigDict, params: Params) -> Params:
+  """Loads `config.model.text_init` / `image_init` (empty: skip) into `params`.
+
+  Call it on the online parameters before the momentum copy is made, so the EMA model
+  starts from the same weights.
+  """
+  m = config.model
+  if m.text_init:
+    params, report = load_bert(m.text_init, params, m.text_layers, m.fusion_layers,
+                               num_heads=m.text_heads, ln_eps=m.text_ln_eps)
+    _log(report)
+  if m.image_init:
+    params, report = load_vit(m.image_init, params, m.image_size, num_heads=m.vision_heads,
+                              ln_eps=m.vision_ln_eps)
+    _log(report)
+  return params
+
+
+def _log(report: ImportReport) -> None:
+  logging.info("%s", report.summary())
+  for w in report.warnings:
+    logging.warning("%s: %s", report.source, w)

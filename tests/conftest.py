@@ -1,0 +1,44 @@
+"""Test-wide setup: 8 fake CPU devices so sharded code runs on one host."""
+
+import os
+
+# Must be set before jax initialises its backends.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+
+import numpy as np
+import pytest
+
+
+def toy_batch(batch: int = 8, seq: int = 12, image_size: int = 64, vocab: int = 100,
+              seed: int = 0) -> dict:
+  """A batch in the pipeline's layout: [CLS]=2 ... [SEP]=3, [PAD]=0, half padded."""
+  rs = np.random.RandomState(seed)
+  ids = rs.randint(5, vocab, (batch, seq)).astype(np.int32)
+  ids[:, 0] = 2
+  ids[:, -1] = 3
+  mask = np.ones((batch, seq), np.int32)
+  half = batch // 2
+  ids[:half, seq - 4:] = 0
+  mask[:half, seq - 4:] = 0
+  ids[:half, seq - 5] = 3
+  n = (image_size // 16) ** 2
+  return dict(
+      image=rs.randn(batch, image_size, image_size, 3).astype(np.float32),
+      text_ids=ids, text_mask=mask,
+      product_id=np.array([0, 0] + list(range(1, batch - 1)), np.int32),
+      gt_patch_visible=rs.rand(batch, n) > 0.5,
+      gt_token_visible=(rs.rand(batch, seq) > 0.5) & mask.astype(bool))
+
+
+@pytest.fixture
+def tiny_config():
+  from syncmask_jax import config_lib
+  c = config_lib.default_config()
+  c.data.global_batch_size = 8
+  c.queue_size = 16
+  c.model.vocab_size = 100
+  c.model.text_dropout = 0.0
+  return c
