@@ -87,6 +87,24 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0
   c.data.vocab_path = ""  # empty: the SynthFashion WordPiece vocab, trained and cached.
   c.data.root = ""
+  c.data.eval_batch_size = 32
+  c.data.source_format = "raw"  # raw (h5/json/images) | tfds (ArrayRecord build)
+  c.data.tfds_data_dir = ""
+  c.data.image_root = ""  # COCO/Flickr image folder (default: root)
+  c.data.karpathy_name = "coco"  # coco | flickr30k
+  c.data.fashioniq_category = "dress"  # dress | shirt | toptee
+  c.data.fashioniq_gallery = "split"  # split | val_union
+  c.data.verify_images = True
+  c.data.synth_train_products = 20000
+  c.data.synth_val_products = 1000
+  c.data.synth_test_products = 1000
+  c.data.synth_seed = 0  # the generator's seed, separate from the training seed
+  c.data.embedding_search_size = 4096  # GRIT-VLP search window for embedding grouping
+  c.data.read_threads = 4
+  c.data.prefetch_batches = 4
+  c.data.geometric_aug = False  # crop/flip; never with patch ground truth (SynthFashion)
+  c.data.crop_scale = (0.5, 1.0)
+  c.data.flip = True
 
   c.masking = ml_collections.ConfigDict()
   c.masking.strategy = "syncmask"  # random | syncmask | text_guided
@@ -145,5 +163,92 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.keep_every = 0
   c.eval_every = 0
+  c.eval_at_end = True
+  c.profile_steps = 0  # >0: a profiler trace of that many steps (clu periodic_actions.Profile)
   c.nonfinite = "stop"  # stop | skip
   return c
+
+
+RECIPES = ("syncmask", "albef", "semmim")
+
+
+def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> ml_collections.ConfigDict:
+  """A recipe is a small set of config choices over the shared step (METHOD.md 3-5)."""
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe={recipe!r}: expected one of {RECIPES}")
+  c.recipe = recipe
+  if recipe == "syncmask":
+    c.masking.strategy = "syncmask"
+    c.negatives.mode = "semi_hard"
+    c.loss.mim = 1.0
+    c.loss.mim_target = "pixels"
+  elif recipe == "albef":
+    # The baseline: random MLM masks, no MIM, ALBEF's multinomial hard negatives.
+    c.masking.strategy = "random"
+    c.negatives.mode = "hard"
+    c.loss.mim = 0.0
+  return c
+
+
+def _check(cond: bool, field: str, value, expected: str) -> None:
+  if not cond:
+    raise ValueError(f"config.{field}={value!r}: {expected}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Fails before anything compiles, naming the offending field."""
+  _check(c.recipe in RECIPES, "recipe", c.recipe, f"expected one of {RECIPES}")
+  _check(c.total_steps > 0, "total_steps", c.total_steps, "must be > 0")
+  _check(c.log_every > 0, "log_every", c.log_every, "must be > 0")
+  _check(c.checkpoint_every > 0, "checkpoint_every", c.checkpoint_every, "must be > 0")
+  _check(c.data.global_batch_size >= 2, "data.global_batch_size", c.data.global_batch_size,
+         "must be >= 2 (in-batch negatives)")
+  _check(c.data.grouping in ("none", "subcategory", "embedding"), "data.grouping",
+         c.data.grouping, "expected none | subcategory | embedding")
+  _check(0.0 <= c.masking.ratio_img < 1.0, "masking.ratio_img", c.masking.ratio_img,
+         "must be in [0, 1)")
+  _check(0.0 <= c.masking.ratio_txt < 1.0, "masking.ratio_txt", c.masking.ratio_txt,
+         "must be in [0, 1)")
+  _check(c.masking.tau > 0, "masking.tau", c.masking.tau, "must be > 0")
+  _check(c.negatives.mode in ("semi_hard", "hard", "random"), "negatives.mode",
+         c.negatives.mode, "expected semi_hard | hard | random")
+  _check(0.0 <= c.momentum < 1.0, "momentum", c.momentum, "must be in [0, 1)")
+  _check(0.0 <= c.loss.alpha <= 1.0, "loss.alpha", c.loss.alpha, "must be in [0, 1]")
+  _check(c.loss.mim_target in ("pixels", "momentum_features", "prototypes"), "loss.mim_target",
+         c.loss.mim_target, "expected pixels | momentum_features | prototypes")
+  for name in ("itc", "itm", "mlm", "mim", "agreement"):
+    _check(c.loss[name] >= 0, f"loss.{name}", c.loss[name], "must be >= 0")
+  _check(c.nonfinite in ("stop", "skip"), "nonfinite", c.nonfinite, "expected stop | skip")
+  _check(c.optim.grad_accum_steps >= 1, "optim.grad_accum_steps", c.optim.grad_accum_steps,
+         "must be >= 1")
+  _check(c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0")
+  m = c.model
+  _check(m.image_size % m.patch_size == 0, "model.image_size", m.image_size,
+         f"must be a multiple of model.patch_size={m.patch_size}")
+  _check(c.data.max_text_len <= m.max_positions, "data.max_text_len", c.data.max_text_len,
+         f"must be <= model.max_positions={m.max_positions}")
+  _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
+         "expected float32 | bfloat16")
+  n = jax_process_count()
+  _check(c.data.global_batch_size % n == 0, "data.global_batch_size", c.data.global_batch_size,
+         f"must be divisible by the {n} processes")
+  from syncmask_jax import queue  # pylint: disable=g-import-not-at-top
+  queue.check_queue_size(c.queue_size, c.data.global_batch_size)
+
+
+def jax_process_count() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count()
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """big_vision-style `key=value,key=value` config-file arguments, typed by the defaults."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    if "=" not in item:
+      raise ValueError(f"config argument {item!r}: expected key=value")
+    k, v = item.split("=", 1)
+    if k not in defaults:
+      raise ValueError(f"config argument {k!r}: expected one of {sorted(defaults)}")
+    out[k] = type(defaults[k])(v)
+  return out

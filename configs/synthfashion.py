@@ -1,0 +1,28 @@
+"""SynthFashion, the embedded default: tiny model, SyncMask recipe, minutes on a CPU.
+
+  python -m syncmask_jax.main --config=configs/synthfashion.py --workdir=runs/synth
+  python -m syncmask_jax.main --config=configs/synthfashion.py:recipe=albef,size=small ...
+  ... --config.total_steps=50   (any field can be overridden)
+"""
+
+from syncmask_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  args = config_lib.parse_arg(arg, recipe="syncmask", size="tiny", steps=300)
+  c = config_lib.default_config()
+  c.model = config_lib.model_config(args.size)
+  c.data.name = "synthfashion"
+  c.data.synth_train_products = 2000
+  c.data.synth_val_products = 200
+  c.data.synth_test_products = 200
+  c.data.global_batch_size = 32
+  c.data.eval_batch_size = 64
+  c.data.max_text_len = 40
+  c.queue_size = 256
+  c.total_steps = args.steps
+  c.optim.lr = 3e-4
+  c.optim.warmup_steps = 30
+  c.log_every = 25
+  c.checkpoint_every = 100
+  return config_lib.apply_recipe(c, args.recipe)

@@ -1,0 +1,842 @@
+"""SynthFashion: a procedural fashion set with ground-truth co-occurrence (METHOD.md 8).
+
+Each *product* is a garment type (the category) for a gender (category x gender is the
+subcategory), a colour, a pattern, a fabric and 2-4 *details* (pocket, logo, zipper, ...),
+each on one side of the garment (front, back, left or right) at a position. A product
+has 2-4 *views* (front always, then some of back / left / right) and ONE description
+that names everything, as a real listing does (SyncMask's problem: most views show only
+part of what the text says).
+
+What a view shows [ours]:
+
+* front / back views draw the full silhouette (the front has the neck opening cut out,
+  so front and back can be told apart) and the details on that side;
+* left / right views draw the silhouette squeezed to a profile and only the details on
+  that side: a profile sees the front and back surfaces edge-on, so their details are
+  NOT drawn there;
+* the garment type, colour and pattern show in every view; gender and fabric are
+  never drawn (they are words no image can confirm, like much of a real listing).
+
+Which words are visible (`gt_visible_spans`) [ours]: the garment noun, the body colour
+word and the pattern word in every view; for a detail drawn in the view, its count
+numeral ("two"), colour word, noun and side word ("front", "left"). Never: gender
+("women's", "men"), fabric ("cotton"), determiners, prepositions, conjunctions, intro
+words ("features", "it has"), punctuation, the word "side". A multi-word filler
+("hooded sweatshirt", "polka-dot") is one span.
+
+Patch ground truth (`gt_patch_part`, row-major on the model's patch grid): the detail
+type d (label 2 + d) covering the most pixels among those covering >= 1/8 of the patch,
+where each drawn detail also claims the patch holding most of its pixels; otherwise 1
+(garment body) when the garment covers at least half the patch; otherwise 0
+(background). A detail left without a patch (a bigger one won them all) then takes its
+best patch whose owner keeps another, so small details are not lost at a coarse grid.
+`gt_patch_visible` is `gt_patch_part > 0`: the body is named (garment, colour,
+pattern) and only visible details are drawn.
+
+Random access: a record is (product, view). Category, gender, view count and view set
+come from a counter-based hash of (seed, product_id), so the per-record tables of a
+split are a few vectorised numpy ops even for millions of products; the rest of a
+product comes from a numpy Generator seeded with (seed, product_id), and the view's
+framing jitter from (seed, product_id, view). Splits are disjoint by product id
+(train ids from 0, val from 1e9, test from 2e9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+FRONT, BACK, LEFT, RIGHT = 0, 1, 2, 3
+VIEW_NAMES = ("front", "back", "left", "right")
+SPLIT_ID_BASE = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
+DEFAULT_NUM_PRODUCTS = {"train": 20_000, "val": 1_000, "test": 1_000}
+
+GENDERS = ("women", "men")
+_GENDER_ADJ = ("women's", "men's")
+
+# (name, RGB, synonyms used in text).
+COLOURS = (
+    ("black", (28, 28, 28), ("black",)),
+    ("white", (242, 242, 242), ("white",)),
+    ("grey", (128, 128, 128), ("grey", "gray")),
+    ("navy", (24, 32, 96), ("navy",)),
+    ("blue", (40, 104, 216), ("blue",)),
+    ("red", (200, 32, 40), ("red",)),
+    ("green", (32, 136, 64), ("green",)),
+    ("yellow", (240, 208, 48), ("yellow",)),
+    ("pink", (240, 144, 184), ("pink",)),
+    ("beige", (216, 196, 152), ("beige",)),
+    ("brown", (112, 72, 40), ("brown",)),
+    ("purple", (120, 56, 160), ("purple",)),
+    ("orange", (240, 128, 32), ("orange",)),
+)
+_COLOUR_RGB = np.array([c[1] for c in COLOURS], np.float64)
+
+PATTERNS = (
+    ("plain", ("plain", "solid")),
+    ("striped", ("striped", "stripy")),
+    ("checked", ("checked", "plaid", "checkered")),
+    ("dotted", ("dotted", "polka-dot", "spotted")),
+    ("zigzag", ("zigzag", "chevron")),
+)
+PLAIN = 0
+
+FABRICS = ("cotton", "wool", "linen", "denim", "silk", "polyester", "fleece", "jersey")
+
+# Detail types; part label in gt_patch_part is 2 + index.
+DETAIL_NAMES = ("pocket", "logo", "zipper", "buttons", "collar", "hood", "patch", "bow")
+POCKET, LOGO, ZIPPER, BUTTONS, COLLAR, HOOD, PATCH, BOW = range(8)
+NUM_PARTS = 2 + len(DETAIL_NAMES)
+DETAIL_NOUNS = {  # (singular synonyms, plural synonyms)
+    POCKET: (("pocket",), ("pockets",)),
+    LOGO: (("logo", "emblem"), ()),
+    ZIPPER: (("zipper", "zip"), ()),
+    BUTTONS: ((), ("buttons",)),
+    COLLAR: (("collar",), ()),
+    HOOD: (("hood",), ()),
+    PATCH: (("patch",), ("patches",)),
+    BOW: (("bow",), ()),
+}
+DETAIL_SIDES = {
+    POCKET: (FRONT, BACK, LEFT, RIGHT), LOGO: (FRONT, BACK, LEFT, RIGHT),
+    ZIPPER: (FRONT, BACK, LEFT, RIGHT), BUTTONS: (FRONT, BACK), COLLAR: (FRONT,),
+    HOOD: (BACK,), PATCH: (FRONT, BACK, LEFT, RIGHT), BOW: (FRONT, BACK),
+}
+_FREE_SIZE = {POCKET: (0.11, 0.11), LOGO: (0.11, 0.11), PATCH: (0.11, 0.11),
+              BOW: (0.15, 0.09)}  # (w, h) as a fraction of the canvas
+_COLUMN_WIDTH = {ZIPPER: 0.05, BUTTONS: 0.07}
+_NUMERALS = {2: "two", 3: "three", 4: "four"}
+_MARGIN = 0.015  # gap kept between details on one side
+_SIDE_SQUEEZE = 0.6  # profile width relative to the front silhouette
+
+
+def _mirror(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+  return [(1.0 - x, y) for x, y in reversed(points)]
+
+
+def _sleeves(points: Sequence[tuple[float, float]]) -> list[tuple[str, Any]]:
+  return [("poly", list(points)), ("poly", _mirror(points))]
+
+
+@dataclasses.dataclass(frozen=True)
+class GarmentType:
+  """A garment category: its words and its drawing in the front-view frame ([0, 1]^2)."""
+  name: str
+  words: tuple[str, ...]
+  body: tuple[tuple[str, Any], ...]  # drawn in every view (squeezed in profile)
+  sleeves: tuple[tuple[str, Any], ...]  # front/back only
+  front_cut: tuple[tuple[str, Any], ...]  # neck/face opening, front view only
+  neck_y: float  # top of the body at the centre line: where a collar or hood sits
+  panel: tuple[float, float, float, float]  # box inside the body where details go
+  details: tuple[int, ...]  # detail types this garment can carry
+
+
+GARMENTS = (
+    GarmentType(
+        "t-shirt", ("t-shirt", "tee"),
+        body=(("poly", [(0.31, 0.20), (0.69, 0.20), (0.69, 0.86), (0.31, 0.86)]),),
+        sleeves=tuple(_sleeves([(0.31, 0.20), (0.17, 0.31), (0.23, 0.42), (0.31, 0.37)])),
+        front_cut=(("ellipse", (0.42, 0.15, 0.58, 0.26)),),
+        neck_y=0.20, panel=(0.34, 0.33, 0.66, 0.83),
+        details=(POCKET, LOGO, BUTTONS, COLLAR, PATCH, BOW)),
+    GarmentType(
+        "dress", ("dress",),
+        body=(("poly", [(0.37, 0.14), (0.63, 0.14), (0.62, 0.45), (0.38, 0.45)]),
+              ("poly", [(0.38, 0.44), (0.62, 0.44), (0.80, 0.94), (0.20, 0.94)])),
+        sleeves=(),
+        front_cut=(("ellipse", (0.43, 0.10, 0.57, 0.20)),),
+        neck_y=0.14, panel=(0.39, 0.27, 0.61, 0.88),
+        details=(POCKET, LOGO, ZIPPER, BUTTONS, COLLAR, PATCH, BOW)),
+    GarmentType(
+        "trousers", ("trousers", "pants"),
+        body=(("poly", [(0.32, 0.07), (0.68, 0.07), (0.69, 0.38), (0.31, 0.38)]),
+              ("poly", [(0.31, 0.36), (0.49, 0.36), (0.47, 0.96), (0.33, 0.96)]),
+              ("poly", _mirror([(0.31, 0.36), (0.49, 0.36), (0.47, 0.96), (0.33, 0.96)]))),
+        sleeves=(), front_cut=(),
+        neck_y=0.07, panel=(0.34, 0.10, 0.66, 0.36),
+        details=(POCKET, LOGO, ZIPPER, PATCH)),
+    GarmentType(
+        "skirt", ("skirt",),
+        body=(("poly", [(0.35, 0.24), (0.65, 0.24), (0.78, 0.74), (0.22, 0.74)]),),
+        sleeves=(), front_cut=(),
+        neck_y=0.24, panel=(0.37, 0.27, 0.63, 0.71),
+        details=(POCKET, LOGO, ZIPPER, BUTTONS, PATCH, BOW)),
+    GarmentType(
+        "jacket", ("jacket",),
+        body=(("poly", [(0.30, 0.18), (0.70, 0.18), (0.71, 0.80), (0.29, 0.80)]),),
+        sleeves=tuple(_sleeves([(0.30, 0.18), (0.22, 0.22), (0.15, 0.77), (0.23, 0.79),
+                                (0.30, 0.40)])),
+        front_cut=(("poly", [(0.43, 0.18), (0.57, 0.18), (0.50, 0.28)]),),
+        neck_y=0.18, panel=(0.33, 0.31, 0.67, 0.77),
+        details=(POCKET, LOGO, ZIPPER, BUTTONS, COLLAR, HOOD, PATCH)),
+    GarmentType(
+        "hoodie", ("hoodie", "hooded sweatshirt"),
+        body=(("ellipse", (0.37, 0.05, 0.63, 0.30)),
+              ("poly", [(0.31, 0.22), (0.69, 0.22), (0.68, 0.84), (0.32, 0.84)]),
+              ("poly", [(0.33, 0.83), (0.67, 0.83), (0.66, 0.89), (0.34, 0.89)])),
+        sleeves=tuple(_sleeves([(0.31, 0.22), (0.23, 0.26), (0.17, 0.80), (0.25, 0.82),
+                                (0.31, 0.44)])),
+        front_cut=(("ellipse", (0.42, 0.09, 0.58, 0.24)),),
+        neck_y=0.22, panel=(0.34, 0.30, 0.66, 0.80),
+        details=(POCKET, LOGO, ZIPPER, PATCH)),
+    GarmentType(
+        "shorts", ("shorts",),
+        body=(("poly", [(0.31, 0.28), (0.69, 0.28), (0.70, 0.50), (0.30, 0.50)]),
+              ("poly", [(0.30, 0.48), (0.495, 0.48), (0.48, 0.72), (0.31, 0.72)]),
+              ("poly", _mirror([(0.30, 0.48), (0.495, 0.48), (0.48, 0.72), (0.31, 0.72)]))),
+        sleeves=(), front_cut=(),
+        neck_y=0.28, panel=(0.33, 0.30, 0.67, 0.48),
+        details=(POCKET, LOGO, ZIPPER, PATCH)),
+    GarmentType(
+        "coat", ("coat", "overcoat"),
+        body=(("poly", [(0.30, 0.16), (0.70, 0.16), (0.74, 0.95), (0.26, 0.95)]),),
+        sleeves=tuple(_sleeves([(0.30, 0.16), (0.22, 0.20), (0.15, 0.78), (0.23, 0.80),
+                                (0.30, 0.38)])),
+        front_cut=(("poly", [(0.43, 0.16), (0.57, 0.16), (0.50, 0.27)]),),
+        neck_y=0.16, panel=(0.33, 0.29, 0.67, 0.92),
+        details=(POCKET, LOGO, ZIPPER, BUTTONS, COLLAR, HOOD, PATCH)),
+)
+
+# The phrase grammar. `vocabulary()` reads these tables, so every word the generator
+# can write is listed there (the tokenizer's vocab trainer relies on it).
+_HEAD_TEMPLATES = (
+    "{colour} {pattern} {gender_adj} {garment}",
+    "{gender_adj} {colour} {pattern} {garment}",
+    "{colour} {pattern} {garment} for {gender_noun}",
+    "{pattern} {colour} {gender_adj} {garment}",
+)
+_FABRIC_SUFFIX = " in {fabric}"
+_FABRIC_SENTENCES = ("made of {fabric}.", "crafted in soft {fabric}.", "{fabric} fabric.")
+_INTROS = ("features", "it has", "comes with", "details include", "finished with")
+_DETAIL_TEMPLATES_FRONT_BACK = (
+    "{colour} {noun} on the {side}", "{colour} {noun} at the {side}", "{colour} {side} {noun}")
+_DETAIL_TEMPLATES_LEFT_RIGHT = (
+    "{colour} {noun} on the {side} side", "{colour} {noun} on the {side}")
+_DETERMINERS = ("a", "an")
+_GLUE = ("with", "and", ",", ".")
+_SLOT = re.compile(r"(\{\w+\})")
+
+
+def vocabulary() -> list[str]:
+  """Every word (whitespace-separated unit, punctuation split off) the grammar can write.
+
+  Lower case; descriptions capitalise the first letter of each sentence.
+  """
+  texts = [*_HEAD_TEMPLATES, _FABRIC_SUFFIX, *_FABRIC_SENTENCES, *_INTROS,
+           *_DETAIL_TEMPLATES_FRONT_BACK, *_DETAIL_TEMPLATES_LEFT_RIGHT, *_DETERMINERS,
+           *_GLUE, *GENDERS, *_GENDER_ADJ, *FABRICS, *VIEW_NAMES, *_NUMERALS.values()]
+  for g in GARMENTS:
+    texts += g.words
+  for _, _, words in COLOURS:
+    texts += words
+  for _, words in PATTERNS:
+    texts += words
+  for singular, plural in DETAIL_NOUNS.values():
+    texts += singular + plural
+  words = set()
+  for t in texts:
+    t = _SLOT.sub(" ", t).replace(".", " . ").replace(",", " , ")
+    words.update(t.split())
+  return sorted(words)
+
+
+@dataclasses.dataclass(frozen=True)
+class Detail:
+  kind: int  # index into DETAIL_NAMES
+  side: int  # the view that shows it: FRONT, BACK, LEFT or RIGHT
+  colour: int  # index into COLOURS
+  count: int  # instances drawn (pockets, patches: 1-2; buttons: 3-4)
+  boxes: tuple[tuple[float, float, float, float], ...]  # (x0, y0, x1, y1) per instance,
+  # in the normalised frame of its side's view (profile frame for left/right)
+
+
+@dataclasses.dataclass(frozen=True)
+class WordSpan:
+  start: int
+  end: int
+  role: str  # garment | colour | pattern | gender | fabric | count | detail | side
+  detail: int  # index into Product.details for detail words, else -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Product:
+  """One product: its attributes, details, views and the description naming them all."""
+  product_id: int
+  category: int
+  gender: int
+  colour: int
+  pattern: int
+  fabric: int
+  details: tuple[Detail, ...]
+  views: tuple[int, ...]
+  text: str
+  words: tuple[WordSpan, ...]  # every content word of `text`
+
+  @property
+  def subcategory(self) -> int:
+    return self.category * len(GENDERS) + self.gender
+
+  def visible_spans(self, view: int) -> np.ndarray:
+    """[start, end) character spans of the words this view shows (see module doc)."""
+    spans = [(w.start, w.end) for w in self.words
+             if w.role in ("garment", "colour", "pattern") and w.detail < 0
+             or w.detail >= 0 and self.details[w.detail].side == view]
+    return np.array(sorted(spans), np.int32).reshape(-1, 2)
+
+
+# ---------------------------------------------------------------------------
+# Counter-based draws: per-product values without generating other products.
+
+_SALT_CATEGORY, _SALT_GENDER, _SALT_NUM_VIEWS, _SALT_VIEW_SET = 11, 12, 13, 14
+_M64 = (1 << 64) - 1
+
+
+def _hash(seed: int, product_id: Any, salt: int) -> Any:
+  """splitmix64 of (seed, product_id, salt): a uniform 64-bit value.
+
+  Works on a Python int (one product, fast) and on a uint64 array (a whole split) alike.
+  """
+  x = product_id
+  for k in (seed, salt):
+    x = (x * 0x9E3779B97F4A7C15 + k) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    x = x ^ (x >> 31)
+  return x
+
+
+def _view_sets() -> np.ndarray:
+  """Views by (number of views, choice in 0..2), -1 padded: front always, as listings."""
+  sets = np.full((5, 3, 4), -1, np.int32)
+  others = (BACK, LEFT, RIGHT)
+  for j in range(3):
+    sets[2, j, :2] = (FRONT, others[j])
+    sets[3, j, :3] = (FRONT,) + tuple(v for i, v in enumerate(others) if i != j)
+    sets[4, j] = (FRONT, BACK, LEFT, RIGHT)
+  return sets
+
+
+_VIEW_SETS = _view_sets()
+
+
+def product_table(seed: int, product_ids: Any) -> dict[str, Any]:
+  """category, gender, num_views and views (-1 padded to 4) of one product or many.
+
+  `product_ids` an int: Python ints and a views tuple; an array: arrays, views (P, 4).
+  """
+  scalar = isinstance(product_ids, (int, np.integer))
+  pid = int(product_ids) if scalar else np.asarray(product_ids, np.int64).astype(np.uint64)
+  with np.errstate(over="ignore"):
+    draws = [_hash(seed, pid, salt) % n for salt, n in (
+        (_SALT_CATEGORY, len(GARMENTS)), (_SALT_GENDER, len(GENDERS)),
+        (_SALT_NUM_VIEWS, 3), (_SALT_VIEW_SET, 3))]
+  if scalar:
+    category, gender, extra, choice = (int(d) for d in draws)
+    return dict(category=category, gender=gender, num_views=2 + extra,
+                views=tuple(int(v) for v in _VIEW_SETS[2 + extra, choice]))
+  category, gender, extra, choice = (d.astype(np.int32) for d in draws)
+  return dict(category=category, gender=gender, num_views=2 + extra,
+              views=_VIEW_SETS[2 + extra, choice])
+
+
+# ---------------------------------------------------------------------------
+# Product generation.
+
+
+def _luminance(rgb: Sequence[float]) -> float:
+  return (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255.0
+
+
+def _pattern_shade(rgb: Sequence[float]) -> tuple[int, int, int]:
+  """The pattern's second colour: a lighter or darker shade of the body colour."""
+  c = np.asarray(rgb, np.float64)
+  c = c + 0.45 * (255 - c) if _luminance(rgb) < 0.5 else 0.65 * c
+  return tuple(int(round(v)) for v in c)
+
+
+def _accent(rgb: Sequence[float]) -> tuple[int, int, int]:
+  """A detail's secondary colour (pocket flap, logo centre, zipper pull, buttons)."""
+  c = np.asarray(rgb, np.float64)
+  c = 0.55 * c if _luminance(rgb) >= 0.35 else c + 0.5 * (255 - c)
+  return tuple(int(round(v)) for v in c)
+
+
+def _background(rgb: Sequence[float]) -> tuple[int, int, int]:
+  return (52, 54, 60) if _luminance(rgb) > 0.6 else (232, 232, 226)
+
+
+# Per-colour lookups, so rendering does no colour arithmetic.
+SHADE_RGB = np.array([_pattern_shade(c[1]) for c in COLOURS], np.uint8)
+ACCENT_RGB = np.array([_accent(c[1]) for c in COLOURS], np.uint8)
+BACKGROUND_RGB = np.array([_background(c[1]) for c in COLOURS], np.uint8)
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+  return (a[0] < b[2] + _MARGIN and b[0] < a[2] + _MARGIN
+          and a[1] < b[3] + _MARGIN and b[1] < a[3] + _MARGIN)
+
+
+def _side_panel(garment: GarmentType, side: int) -> tuple[float, float, float, float]:
+  x0, y0, x1, y1 = garment.panel
+  if side in (LEFT, RIGHT):
+    x0, x1 = 0.5 + (x0 - 0.5) * _SIDE_SQUEEZE, 0.5 + (x1 - 0.5) * _SIDE_SQUEEZE
+  return x0, y0, x1, y1
+
+
+@functools.lru_cache(maxsize=None)
+def _candidates(category: int, kind: int, side: int, count: int
+                ) -> tuple[tuple[tuple[float, float, float, float], ...], ...]:
+  """Every placement (a box per instance) of a detail on `side` that fits the panel."""
+  garment = GARMENTS[category]
+  px0, py0, px1, py1 = _side_panel(garment, side)
+  n = garment.neck_y
+  if kind == COLLAR:
+    return (((0.37, n - 0.01, 0.63, n + 0.10),),)
+  if kind == HOOD:
+    return (((0.36, n - 0.12, 0.64, n + 0.12),),)
+  if kind in _COLUMN_WIDTH:
+    w = _COLUMN_WIDTH[kind]
+    return (((0.5 - w / 2, py0 + 0.01, 0.5 + w / 2, py1 - 0.01),),)
+  w, h = _FREE_SIZE[kind]
+  side_by_side = count == 2 and side in (FRONT, BACK)  # a mirrored pair
+  stacked = count == 2 and not side_by_side  # one above the other, in profile
+  ys = np.linspace(py0 + h / 2, py1 - h / 2 - stacked * (h + _MARGIN), 5)
+  xs = np.linspace(px0 + w / 2, px1 - w / 2, 4)
+  out = []
+  for cx in xs:
+    for cy in ys:
+      box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+      if side_by_side:
+        boxes = (box, (1 - box[2], box[1], 1 - box[0], box[3]))
+      elif stacked:
+        boxes = (box, (box[0], box[1] + h + _MARGIN, box[2], box[3] + h + _MARGIN))
+      else:
+        boxes = (box,)
+      if (min(b[0] for b in boxes) >= px0 - 1e-9 and max(b[2] for b in boxes) <= px1 + 1e-9
+          and min(b[1] for b in boxes) >= py0 - 1e-9 and max(b[3] for b in boxes) <= py1 + 1e-9
+          and not (side_by_side and _overlaps(*boxes))):
+        out.append(tuple(tuple(float(v) for v in b) for b in boxes))
+  return tuple(out)
+
+
+def _place(kind: int, side: int, count: int, category: int,
+           taken: list[tuple[float, ...]], rng: np.random.Generator
+           ) -> tuple[tuple[float, float, float, float], ...] | None:
+  """A random placement of a detail on `side` clear of `taken`; None if none fits."""
+  candidates = _candidates(category, kind, side, count)
+  order = rng.permutation(len(candidates)) if len(candidates) > 1 else range(len(candidates))
+  for i in order:
+    boxes = candidates[i]
+    if not any(_overlaps(b, t) for b in boxes for t in taken):
+      return boxes
+  return None
+
+
+class _TextBuilder:
+  """Concatenates pieces, remembering the spans of content words and sentence starts."""
+
+  def __init__(self):
+    self.pieces: list[str] = []
+    self.length = 0
+    self.words: list[WordSpan] = []
+    self._capitalise = True
+
+  def add(self, text: str, role: str | None = None, detail: int = -1) -> None:
+    if self._capitalise and text.strip():
+      text = text[0].upper() + text[1:]
+      self._capitalise = False
+    if role is not None:
+      self.words.append(WordSpan(self.length, self.length + len(text), role, detail))
+    self.pieces.append(text)
+    self.length += len(text)
+
+  def template(self, template: str, **slots: tuple[str, str | None, int]) -> None:
+    for piece in _SLOT.split(template):
+      if not piece:
+        continue
+      if piece.startswith("{"):
+        self.add(*slots[piece[1:-1]])
+      else:
+        self.add(piece)
+
+  def end_sentence(self) -> None:
+    self.add(".")
+    self._capitalise = True
+
+  def text(self) -> str:
+    return "".join(self.pieces)
+
+
+def _describe(category: int, gender: int, colour: int, pattern: int, fabric: int,
+              details: Sequence[Detail], rng: np.random.Generator
+              ) -> tuple[str, tuple[WordSpan, ...]]:
+  """One description naming everything, from the phrase grammar above."""
+  b = _TextBuilder()
+  head = _HEAD_TEMPLATES[rng.integers(len(_HEAD_TEMPLATES))]
+  if pattern == PLAIN and rng.random() < 0.5:
+    head = head.replace("{pattern} ", "")  # listings often leave "plain" unsaid
+  fabric_form = rng.integers(3)  # adjective | " in cotton" | a sentence of its own
+  if fabric_form == 0:
+    head = head.replace("{garment}", "{fabric} {garment}")
+  garments = GARMENTS[category].words
+  slots = dict(
+      colour=(COLOURS[colour][2][rng.integers(len(COLOURS[colour][2]))], "colour", -1),
+      pattern=(PATTERNS[pattern][1][rng.integers(len(PATTERNS[pattern][1]))], "pattern", -1),
+      gender_adj=(_GENDER_ADJ[gender], "gender", -1),
+      gender_noun=(GENDERS[gender], "gender", -1),
+      garment=(garments[rng.integers(len(garments))], "garment", -1),
+      fabric=(FABRICS[fabric], "fabric", -1))
+  b.template(head, **slots)
+  if fabric_form == 1:
+    b.template(_FABRIC_SUFFIX, **slots)
+
+  def detail_phrase(j: int) -> None:
+    d = details[j]
+    singular, plural = DETAIL_NOUNS[d.kind]
+    nouns = singular if d.count == 1 else plural
+    colour_words = COLOURS[d.colour][2]
+    colour_word = colour_words[rng.integers(len(colour_words))]
+    if d.count == 1:
+      b.add("an" if colour_word[0] in "aeiou" else "a")
+      b.add(" ")
+    elif d.kind != BUTTONS or rng.random() < 0.5:  # "white buttons" needs no numeral
+      b.add(_NUMERALS[d.count], "count", j)
+      b.add(" ")
+    templates = (_DETAIL_TEMPLATES_FRONT_BACK if d.side in (FRONT, BACK)
+                 else _DETAIL_TEMPLATES_LEFT_RIGHT)
+    b.template(templates[rng.integers(len(templates))],
+               colour=(colour_word, "colour", j),
+               noun=(nouns[rng.integers(len(nouns))], "detail", j),
+               side=(VIEW_NAMES[d.side], "side", j))
+
+  def detail_list(order: Sequence[int]) -> None:
+    for i, j in enumerate(order):
+      if i:
+        b.add(" and " if i == len(order) - 1 else ", ")
+      detail_phrase(j)
+
+  order = [int(j) for j in rng.permutation(len(details))]
+  form = rng.integers(3)
+  intro = _INTROS[rng.integers(len(_INTROS))]
+  if form == 0:  # "... with A, B and C."
+    b.add(" with ")
+    detail_list(order)
+    b.end_sentence()
+  elif form == 1:  # "... . Features A, B and C."
+    b.end_sentence()
+    b.add(" ")
+    b.add(intro + " ")
+    detail_list(order)
+    b.end_sentence()
+  else:  # "... with A. It has B and C."
+    b.add(" with ")
+    detail_list(order[:1])
+    b.end_sentence()
+    b.add(" ")
+    b.add(intro + " ")
+    detail_list(order[1:])
+    b.end_sentence()
+  if fabric_form == 2:
+    b.add(" ")
+    b.template(_FABRIC_SENTENCES[rng.integers(len(_FABRIC_SENTENCES))][:-1], **slots)
+    b.end_sentence()
+  return b.text(), tuple(b.words)
+
+
+def _contrasting_colours(colour: int, patterned: bool) -> np.ndarray:
+  """Detail colours that stand out from the body (and its pattern): else unseeable."""
+  body = _COLOUR_RGB[colour]
+  ok = np.linalg.norm(_COLOUR_RGB - body, axis=1) >= 110
+  if patterned:
+    ok &= np.linalg.norm(_COLOUR_RGB - SHADE_RGB[colour], axis=1) >= 70
+  return np.flatnonzero(ok)
+
+
+_DETAIL_COLOURS = {(c, patterned): _contrasting_colours(c, patterned)
+                   for c in range(len(COLOURS)) for patterned in (False, True)}
+
+
+@functools.lru_cache(maxsize=512)
+def make_product(seed: int, product_id: int) -> Product:
+  """The product `product_id` of the set generated from `seed` (pure, cached)."""
+  table = product_table(seed, product_id)
+  category, gender = table["category"], table["gender"]
+  views = tuple(v for v in table["views"] if v >= 0)
+  garment = GARMENTS[category]
+  rng = np.random.default_rng([seed, product_id, 0x5F])
+  colour = int(rng.integers(len(COLOURS)))
+  pattern = int(rng.integers(len(PATTERNS)))
+  fabric = int(rng.integers(len(FABRICS)))
+  detail_colours = _DETAIL_COLOURS[colour, pattern != PLAIN]
+
+  num_details = int(rng.integers(2, 5))
+  options = [(k, s) for k in garment.details for s in DETAIL_SIDES[k]]
+  taken: dict[int, list[tuple[float, ...]]] = {v: [] for v in range(4)}
+  details = []
+  for i in rng.permutation(len(options)):
+    if len(details) == num_details:
+      break
+    kind, side = options[i]
+    if kind in (POCKET, PATCH):
+      count = 2 if rng.random() < 0.35 else 1
+    elif kind == BUTTONS:
+      count = int(rng.integers(3, 5))
+    else:
+      count = 1
+    boxes = _place(kind, side, count, category, taken[side], rng)
+    if boxes is None:
+      continue
+    taken[side].extend(boxes)
+    details.append(Detail(kind, side, int(detail_colours[rng.integers(len(detail_colours))]),
+                          count, boxes))
+  if len(details) < 2:
+    raise RuntimeError(f"product {product_id}: only {len(details)} details fit")
+  text, words = _describe(category, gender, colour, pattern, fabric, details, rng)
+  return Product(product_id, category, gender, colour, pattern, fabric, tuple(details),
+                 views, text, words)
+
+
+def descriptions(num_products: int, seed: int = 0, split: str = "train") -> list[str]:
+  """The descriptions of the first `num_products` products of a split."""
+  base = SPLIT_ID_BASE[split]
+  return [make_product(seed, base + i).text for i in range(num_products)]
+
+
+# ---------------------------------------------------------------------------
+# Rendering. Shapes are drawn once into a code map; colours come from a palette.
+# Code 0 background, 1 body, 2 + d detail d, 12 + d detail d's accent colour,
+# 20 body in the pattern's colour.
+
+_ACCENT = 10
+_SHADE_CODE = 2 + _ACCENT + len(DETAIL_NAMES)  # body pixels in the pattern's colour
+_PART_OF_CODE = np.zeros(_SHADE_CODE + 1, np.uint8)
+_PART_OF_CODE[[1, _SHADE_CODE]] = 1
+_PART_OF_CODE[2:2 + len(DETAIL_NAMES)] = np.arange(2, NUM_PARTS)
+_PART_OF_CODE[2 + _ACCENT:2 + _ACCENT + len(DETAIL_NAMES)] = np.arange(2, NUM_PARTS)
+
+
+def _pattern_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Where the pattern's second colour goes, in garment coordinates (u, v)."""
+  if kind == 1:  # striped
+    return np.floor(v / 0.07).astype(np.int64) % 2 == 1
+  if kind == 2:  # checked
+    return (np.floor(u / 0.08).astype(np.int64) + np.floor(v / 0.08).astype(np.int64)) % 2 == 1
+  if kind == 3:  # dotted
+    du, dv = np.mod(u, 0.08) - 0.04, np.mod(v, 0.08) - 0.04
+    return du * du + dv * dv < 0.022 ** 2
+  if kind == 4:  # zigzag
+    tri = np.abs(np.mod(u / 0.06, 2.0) - 1.0) * 0.04
+    return np.floor((v + tri) / 0.07).astype(np.int64) % 2 == 1
+  return np.zeros(np.broadcast(u, v).shape, bool)
+
+
+def _draw_detail(draw: ImageDraw.ImageDraw, detail: Detail, pt) -> None:
+  main, accent = 2 + detail.kind, 2 + _ACCENT + detail.kind
+  for (x0, y0, x1, y1) in detail.boxes:
+    box = [pt(x0, y0), pt(x1, y1)]
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    if detail.kind == POCKET:  # square with a flap
+      draw.rectangle(box, fill=main)
+      draw.rectangle([pt(x0, y0), pt(x1, y0 + 0.3 * h)], fill=accent)
+    elif detail.kind == LOGO:  # disc with a centre
+      draw.ellipse(box, fill=main)
+      draw.ellipse([pt(cx - 0.2 * w, cy - 0.2 * h), pt(cx + 0.2 * w, cy + 0.2 * h)],
+                   fill=accent)
+    elif detail.kind == PATCH:  # diamond
+      draw.polygon([pt(cx, y0), pt(x1, cy), pt(cx, y1), pt(x0, cy)], fill=main)
+    elif detail.kind == BOW:  # two triangles and a knot
+      draw.polygon([pt(x0, y0), pt(cx, cy), pt(x0, y1)], fill=main)
+      draw.polygon([pt(x1, y0), pt(cx, cy), pt(x1, y1)], fill=main)
+      draw.rectangle([pt(cx - 0.15 * w, cy - 0.25 * h), pt(cx + 0.15 * w, cy + 0.25 * h)],
+                     fill=accent)
+    elif detail.kind == ZIPPER:  # tape with a pull tab
+      draw.rectangle(box, fill=main)
+      draw.rectangle([pt(cx - 0.7 * w, y0), pt(cx + 0.7 * w, y0 + 0.05)], fill=accent)
+    elif detail.kind == BUTTONS:  # placket with a column of buttons
+      # The placket is most of the pixels, so it takes the colour chosen to contrast.
+      draw.rectangle(box, fill=main)
+      step = h / detail.count
+      for i in range(detail.count):
+        by = y0 + (i + 0.5) * step
+        r = min(0.35 * w, 0.4 * step)
+        draw.ellipse([pt(cx - r, by - r), pt(cx + r, by + r)], fill=accent)
+    elif detail.kind == COLLAR:  # two flaps around the neck
+      draw.polygon([pt(x0, y0), pt(cx, y0 + 0.45 * h), pt(cx - 0.25 * w, y1)], fill=main)
+      draw.polygon([pt(x1, y0), pt(cx, y0 + 0.45 * h), pt(cx + 0.25 * w, y1)], fill=main)
+    elif detail.kind == HOOD:  # hood lying on the back, with its lining
+      draw.ellipse(box, fill=main)
+      draw.ellipse([pt(x0 + 0.2 * w, y0 + 0.15 * h), pt(x1 - 0.2 * w, y1 - 0.45 * h)],
+                   fill=accent)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: tuple[str, Any], fill: int, pt,
+                squeeze: float) -> None:
+  kind, geom = shape
+  sq = lambda x: 0.5 + (x - 0.5) * squeeze  # noqa: E731
+  if kind == "poly":
+    draw.polygon([pt(sq(x), y) for x, y in geom], fill=fill)
+  else:
+    x0, y0, x1, y1 = geom
+    draw.ellipse([pt(sq(x0), y0), pt(sq(x1), y1)], fill=fill)
+
+
+def render(product: Product, view: int, size: int, seed: int = 0
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """(image uint8 (S, S, 3), part map uint8 (S, S)) of one view of a product."""
+  rng = np.random.default_rng([seed, product.product_id, 0x71, view])
+  # A little framing jitter per view, as photos of one product never line up exactly.
+  scale = rng.uniform(0.94, 1.04)
+  tx, ty = rng.uniform(-0.03, 0.03, size=2)
+
+  def pt(x: float, y: float) -> tuple[float, float]:
+    return ((0.5 + (x - 0.5) * scale + tx) * size, (0.5 + (y - 0.5) * scale + ty) * size)
+
+  garment = GARMENTS[product.category]
+  canvas = Image.new("L", (size, size), 0)
+  draw = ImageDraw.Draw(canvas)
+  profile = view in (LEFT, RIGHT)
+  squeeze = _SIDE_SQUEEZE if profile else 1.0
+  for shape in garment.body + (() if profile else garment.sleeves):
+    _draw_shape(draw, shape, 1, pt, squeeze)
+  if view == FRONT:
+    for shape in garment.front_cut:
+      _draw_shape(draw, shape, 0, pt, 1.0)
+  for detail in product.details:
+    if detail.side == view:
+      _draw_detail(draw, detail, pt)
+  codes = np.asarray(canvas)
+  if product.pattern != PLAIN:
+    centres = (np.arange(size) + 0.5) / size
+    u = (centres[None, :] - 0.5 - tx) / scale + 0.5
+    v = (centres[:, None] - 0.5 - ty) / scale + 0.5
+    codes = np.where((codes == 1) & _pattern_mask(product.pattern, u, v), _SHADE_CODE, codes)
+
+  palette = np.zeros((256, 3), np.uint8)
+  palette[0] = BACKGROUND_RGB[product.colour]
+  palette[1] = COLOURS[product.colour][1]
+  palette[_SHADE_CODE] = SHADE_RGB[product.colour]
+  for detail in product.details:
+    if detail.side == view:  # one detail per (kind, side): codes are unique per view
+      palette[2 + detail.kind] = COLOURS[detail.colour][1]
+      palette[2 + _ACCENT + detail.kind] = ACCENT_RGB[detail.colour]
+  # PIL's palette lookup is several times faster than numpy fancy indexing.
+  indexed = Image.frombytes("P", (size, size), codes.tobytes())
+  indexed.putpalette(palette.tobytes())
+  image = np.asarray(indexed.convert("RGB"))
+  return image, np.take(_PART_OF_CODE, codes)
+
+
+def patch_parts(parts: np.ndarray, patch_size: int) -> np.ndarray:
+  """Per-patch part label (N,), row-major, from a pixel part map (see module doc)."""
+  size = parts.shape[0]
+  g = size // patch_size
+  area = patch_size * patch_size
+  patch_index = (np.arange(size) // patch_size)
+  patch_index = patch_index[:, None] * g + patch_index[None, :]
+  counts = np.bincount((patch_index * NUM_PARTS + parts).ravel(),
+                       minlength=g * g * NUM_PARTS).reshape(g * g, NUM_PARTS)
+  det = counts[:, 2:]
+  claim = det * 8 >= area
+  present = np.flatnonzero(det.sum(0) > 0)
+  claim[det[:, present].argmax(0), present] = True
+  claimed = np.where(claim & (det > 0), det, 0)
+  garment = counts[:, 1:].sum(1) * 2 >= area
+  label = np.where(claimed.max(1) > 0, 2 + claimed.argmax(1), garment.astype(np.int64))
+  # A detail that lost all its patches to bigger ones takes its best patch whose owner
+  # keeps another: two small details sharing a coarse patch both stay visible.
+  for k in present:
+    if np.any(label == 2 + k):
+      continue
+    for patch in np.argsort(-det[:, k], kind="stable"):
+      if det[patch, k] == 0:
+        break
+      owner = label[patch]
+      if owner < 2 or np.count_nonzero(label == owner) > 1:
+        label[patch] = 2 + k
+        break
+  return label.astype(np.int32)
+
+
+class SynthFashion:
+  """Grain random-access source of SynthFashion records (one record per product view).
+
+  Record fields: image uint8 (S, S, 3), text str, product_id int64, category int32,
+  subcategory int32, view int32, index int64, gt_visible_spans int32 (K, 2),
+  gt_patch_part int32 (N,), gt_patch_visible bool (N,), N = (S / patch_size)^2.
+  """
+
+  num_categories = len(GARMENTS)
+  num_subcategories = len(GARMENTS) * len(GENDERS)
+  category_names = tuple(g.name for g in GARMENTS)
+  subcategory_names = tuple(f"{a} {g.name}" for g in GARMENTS for a in _GENDER_ADJ)
+  part_names = ("background", "body") + DETAIL_NAMES
+
+  def __init__(self, split: str = "train", num_products: int | None = None, seed: int = 0,
+               image_size: int = 64, patch_size: int = 16):
+    if split not in SPLIT_ID_BASE:
+      raise ValueError(f"split={split!r}: expected one of {sorted(SPLIT_ID_BASE)}")
+    num_products = DEFAULT_NUM_PRODUCTS[split] if num_products is None else num_products
+    if not 0 < num_products <= 1_000_000_000:
+      raise ValueError(f"num_products={num_products}: must be in [1, 1e9]")
+    if seed < 0:
+      raise ValueError(f"seed={seed}: must be >= 0")
+    if image_size % patch_size:
+      raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
+    self.split, self.num_products, self.seed = split, num_products, seed
+    self.image_size, self.patch_size = image_size, patch_size
+    self.product_ids = SPLIT_ID_BASE[split] + np.arange(num_products, dtype=np.int64)
+    table = product_table(seed, self.product_ids)
+    self._views = table["views"]
+    self._starts = np.concatenate([[0], np.cumsum(table["num_views"], dtype=np.int64)])
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def __repr__(self) -> str:
+    return (f"SynthFashion(split={self.split!r}, num_products={self.num_products}, "
+            f"seed={self.seed}, image_size={self.image_size}, patch_size={self.patch_size})")
+
+  def locate(self, index: int) -> tuple[int, int]:
+    """Record index -> (product index within the split, view)."""
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} out of range [0, {len(self)})")
+    p = int(np.searchsorted(self._starts, index, side="right")) - 1
+    return p, int(self._views[p, index - self._starts[p]])
+
+  def product(self, p: int) -> Product:
+    """The p-th product of this split."""
+    return make_product(self.seed, int(self.product_ids[p]))
+
+  def metadata(self) -> dict[str, np.ndarray]:
+    """Per-record product_id, category, subcategory, view (for samplers; no rendering)."""
+    num_views = np.diff(self._starts)
+    p = np.repeat(np.arange(self.num_products), num_views)
+    slot = np.arange(len(self)) - self._starts[p]
+    table = product_table(self.seed, self.product_ids)
+    return dict(product_id=self.product_ids[p], category=table["category"][p],
+                subcategory=table["category"][p] * len(GENDERS) + table["gender"][p],
+                view=self._views[p, slot])
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    p, view = self.locate(index)
+    product = self.product(p)
+    image, parts = render(product, view, self.image_size, self.seed)
+    patch_part = patch_parts(parts, self.patch_size)
+    return dict(
+        image=image,
+        text=product.text,
+        product_id=np.int64(product.product_id),
+        category=np.int32(product.category),
+        subcategory=np.int32(product.subcategory),
+        view=np.int32(view),
+        index=np.int64(index),
+        gt_visible_spans=product.visible_spans(view),
+        gt_patch_part=patch_part,
+        gt_patch_visible=patch_part > 0,
+    )

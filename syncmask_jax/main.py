@@ -1,0 +1,80 @@
+"""Entry point: `python -m syncmask_jax.main --config=configs/synthfashion.py --workdir=DIR`.
+
+On several hosts (TPU pod, SLURM GPU cluster) the same command runs on every host;
+`jax.distributed.initialize()` finds the peers from the environment, or from the
+`--coordinator_address/--num_processes/--process_id` flags.
+"""
+
+import os
+
+# TensorFlow (pulled in by clu/TFDS) is only used for I/O here; keep its logs quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:args].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (multi-host runs).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", None, "CPU collectives for multi-process CPU runs, e.g. 'gloo'.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries:
+  """Drops INFO chatter of orbax/grain from the absl log; warnings still pass."""
+
+  def filter(self, record) -> bool:
+    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "tensorstore"))
+    return record.levelno >= 30 or not noisy
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # pylint: disable=g-import-not-at-top
+  if _CPU_COLLECTIVES.value:
+    jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  from syncmask_jax import train  # pylint: disable=g-import-not-at-top
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    _print_summary(_WORKDIR.value, results)
+
+
+def _print_summary(workdir: str, results: dict) -> None:
+  import os  # pylint: disable=g-import-not-at-top
+  lines = [f"workdir:      {os.path.abspath(workdir)}",
+           f"metrics:      {os.path.join(workdir, 'metrics.jsonl')} (+ TensorBoard events)",
+           f"checkpoints:  {os.path.join(workdir, 'checkpoints')}",
+           f"evaluation:   {os.path.join(workdir, 'eval', 'pretrain.json')}"]
+  if "preempted_at" in results:
+    lines.append(f"preempted at step {results['preempted_at']}; rerun the same command to resume")
+  elif "protocol" in results:
+    lines.append(f"retrieval ({results['protocol']}, {results['scoring']}, "
+                 f"{results['num_images']} images x {results['num_texts']} texts): "
+                 f"i2t R@1/5/10 {results['i2t_r1']:.1f}/{results['i2t_r5']:.1f}/"
+                 f"{results['i2t_r10']:.1f}  t2i R@1/5/10 {results['t2i_r1']:.1f}/"
+                 f"{results['t2i_r5']:.1f}/{results['t2i_r10']:.1f}  mean {results['r_mean']:.1f}")
+    if "mask_precision_patch_method" in results:
+      lines.append(
+          f"mask precision ({results['mask_strategy']} vs random): patches "
+          f"{results['mask_precision_patch_method']:.3f} vs "
+          f"{results['mask_precision_patch_random']:.3f}, tokens "
+          f"{results['mask_precision_token_method']:.3f} vs "
+          f"{results['mask_precision_token_random']:.3f}")
+  print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

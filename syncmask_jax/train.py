@@ -1,0 +1,253 @@
+"""The pretraining loop, top to bottom: set-up, restore, train, checkpoint, evaluate.
+
+`main.py` only parses flags and calls `train_and_evaluate`. Resume is exact: the
+train state (RNG included: the step's key is folded from the step number) and the data
+iterator's state are restored together, so a run killed at any point and restarted
+with the same command reaches the same final state as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from syncmask_jax import checkpoint_import, checkpointing, config_lib, optim, sharding
+from syncmask_jax import train_state as train_state_lib
+from syncmask_jax import train_step as train_step_lib
+from syncmask_jax.data import pipeline
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class _Preemption:
+  """SIGTERM (preemption notice) sets a flag; the loop saves and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the current step")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends `{"step": s, name: value, ...}` lines: greppable, diffable metrics."""
+
+  def __init__(self, path: str):
+    self._file = open(path, "a", encoding="utf-8")
+
+  def write_scalars(self, step: int, scalars) -> None:
+    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def make_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard events + metrics.jsonl on process 0; logging only elsewhere."""
+  if jax.process_index() != 0:
+    return metric_writers.LoggingWriter()
+  return metric_writers.MultiWriter([
+      metric_writers.create_default_writer(workdir, asynchronous=False),
+      JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def token_info(tokenizer) -> train_step_lib.TokenInfo:
+  special = [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id,
+             tokenizer.unk_id]
+  return train_step_lib.TokenInfo(
+      vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, cls_id=tokenizer.cls_id,
+      sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id, min_random_id=max(special) + 1)
+
+
+def log_compiled(compiled, writer, global_batch: int) -> dict:
+  """FLOPs and memory of the compiled step (XLA's own analyses), logged at start."""
+  info = {}
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    info["step_gflops"] = float(cost.get("flops", 0.0)) / 1e9
+  except Exception as e:  # pylint: disable=broad-except  # backend-dependent API
+    logging.warning("cost analysis unavailable: %s", e)
+  try:
+    mem = compiled.memory_analysis()
+    info["temp_mib"] = mem.temp_size_in_bytes / 2**20
+    info["argument_mib"] = mem.argument_size_in_bytes / 2**20
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("memory analysis unavailable: %s", e)
+  logging.info("compiled train step (global batch %d): %s", global_batch, info)
+  if info:
+    writer.write_scalars(0, {f"compiled/{k}": v for k, v in info.items()})
+  return info
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+  host = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def _check_finite(history: list[dict], first_step: int, config) -> None:
+  if config.nonfinite != "stop":
+    return
+  finite = jax.device_get([h["finite"] for h in history])
+  bad = [first_step + i for i, f in enumerate(finite) if not f]
+  if bad:
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {bad[0]} (config.nonfinite='stop'); the last "
+        "good checkpoint is kept. Set config.nonfinite='skip' to drop such updates.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pretrains per `config`, checkpoints into `workdir`, evaluates at the end."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = make_writer(workdir)
+
+  # --- data, model, state --------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  train_iter = pipeline.make_train_iterator(config)
+  tokens = token_info(train_iter.tokenizer)
+  if config.model.vocab_size != tokens.vocab_size:
+    if config.model.text_init:
+      raise ValueError(f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
+                       f"has {tokens.vocab_size} entries")
+    with config.unlocked():
+      config.model.vocab_size = tokens.vocab_size
+  steps_per_epoch = train_iter.steps_per_epoch
+  state, setup = train_state_lib.create_train_state(
+      config, mesh, lambda p: optim.make_optimizer(config.optim, p, config.total_steps),
+      init_params=(lambda p: checkpoint_import.apply_inits(config, p))
+      if (config.model.text_init or config.model.image_init) else None)
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(jax.device_get(state.params))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    keep=config.keep_checkpoints, keep_every=config.keep_every)
+  if ckpt.latest_step() is not None:
+    state, data_state, _ = ckpt.restore(state)
+    train_iter.set_state(data_state)
+  start = int(jax.device_get(state.step))
+
+  step_fn = train_step_lib.make_train_step(config, setup, tokens, steps_per_epoch)
+  batch_shardings = None
+  p_step = None
+
+  # --- loop ----------------------------------------------------------------------
+  report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                           every_steps=config.log_every)
+  hooks = [report]
+  if jax.process_index() == 0 and config.get("profile_steps", 0):
+    hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
+                                          logdir=workdir))
+  preemption = _Preemption()
+  history: list[dict] = []
+  history_start = start
+  step = start
+  t0 = time.time()
+  logging.info("training steps %d..%d (%d per epoch) in %s", start, config.total_steps,
+               steps_per_epoch, workdir)
+  try:
+    while step < config.total_steps:
+      host_batch = next(train_iter)
+      if p_step is None:
+        batch_shardings = train_step_lib.batch_shardings(
+            mesh, config.mesh.axis_rules, _global_like(host_batch))
+        p_step = train_step_lib.jit_train_step(step_fn, setup, config, _global_like(host_batch))
+        batch = pipeline.make_global_batch(host_batch, mesh, batch_shardings)
+        compiled = p_step.lower(state, batch).compile()
+        log_compiled(compiled, writer, config.data.global_batch_size)
+        p_step = compiled
+      else:
+        batch = pipeline.make_global_batch(host_batch, mesh, batch_shardings)
+      state, metrics = p_step(state, batch)
+      if config.data.grouping == "embedding":
+        train_iter.record_embeddings(*jax.device_get(
+            (metrics.pop("example_index"), metrics.pop("example_embedding"))))
+      history.append(metrics)
+      step += 1
+      for hook in hooks:
+        hook(step)
+      preempted = preemption.requested or (jax.process_count() > 1
+                                           and ckpt.reached_preemption(step))
+      boundary = (step % config.log_every == 0 or step == config.total_steps
+                  or step % config.checkpoint_every == 0 or preempted)
+      if boundary:
+        _check_finite(history, history_start, config)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in _mean_metrics(history).items()})
+        history, history_start = [], step
+      if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
+        ckpt.save(step, state, train_iter.get_state(), force=True)
+      if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
+        from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
+        evaluate.evaluate_pretraining(config, setup, state, tokens, workdir, writer, step=step)
+      if preempted:
+        ckpt.wait_until_finished()
+        logging.warning("preempted: checkpoint of step %d saved, exiting", step)
+        return {"preempted_at": step}
+    ckpt.wait_until_finished()
+  finally:
+    preemption.restore()
+    writer.flush()
+  logging.info("trained %d steps in %.1f s", step - start, time.time() - t0)
+
+  # --- evaluation ----------------------------------------------------------------
+  results: dict = {"step": step}
+  if config.eval_at_end:
+    from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
+    results = evaluate.evaluate_pretraining(config, setup, state, tokens, workdir, writer,
+                                            step=step)
+  writer.close()
+  ckpt.close()
+  return results
+
+
+def _global_like(host_batch: dict) -> dict:
+  """Shape stand-ins of the global batch (host batch x process count) for jit."""
+  n = jax.process_count()
+  return {k: jax.ShapeDtypeStruct((v.shape[0] * n, *v.shape[1:]), v.dtype)
+          for k, v in host_batch.items()}

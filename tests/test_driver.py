@@ -1,0 +1,164 @@
+"""The training driver: exact resume after SIGKILL, SIGTERM save, half-written
+checkpoints, non-finite losses, config validation, and a 2-process gloo run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from syncmask_jax import checkpointing, config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "synthfashion.py")
+TINY = ["--config.data.global_batch_size=8", "--config.queue_size=16",
+        "--config.data.synth_train_products=48", "--config.data.synth_val_products=16",
+        "--config.data.eval_batch_size=16", "--config.log_every=2",
+        "--config.checkpoint_every=2", "--config.optim.warmup_steps=2",
+        "--config.eval_at_end=False"]
+
+
+def _env(devices: int = 1) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _cmd(workdir, steps, *extra):
+  return [sys.executable, "-m", "syncmask_jax.main", f"--config={CONFIG}",
+          f"--workdir={workdir}", f"--config.total_steps={steps}", *TINY, *extra]
+
+
+def _final_state(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _wait_for(pred, timeout=300):
+  t0 = time.time()
+  while not pred():
+    if time.time() - t0 > timeout:
+      raise TimeoutError
+    time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
+  ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+  subprocess.run(_cmd(ref, 6), check=True, env=_env(), cwd=ROOT, capture_output=True)
+  proc = subprocess.Popen(_cmd(cut, 6), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(cut, "checkpoints")
+  _wait_for(lambda: os.path.isdir(os.path.join(ckpt_dir, "2")) or proc.poll() is not None)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.isdir(os.path.join(ckpt_dir, "6")), "killed too late to test resume"
+  subprocess.run(_cmd(cut, 6), check=True, env=_env(), cwd=ROOT, capture_output=True)
+  a, b = _final_state(ref, 6), _final_state(cut, 6)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The resumed run logged the steps after the restored checkpoint only once more.
+  steps = [json.loads(l)["step"] for l in open(os.path.join(cut, "metrics.jsonl"))
+           if "train/loss" in l]
+  assert steps[-1] == 6
+
+
+@pytest.mark.slow
+def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = subprocess.Popen(_cmd(workdir, 10000, "--config.checkpoint_every=100000"),
+                          env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  _wait_for(lambda: os.path.exists(metrics) and "train/loss" in open(metrics).read())
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0
+  assert "preempted at step" in out
+  steps = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
+  assert len(steps) == 1 and 2 <= steps[0] < 10000
+
+
+def test_half_written_checkpoint_is_never_restored(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  state = {"w": np.arange(4.0)}
+  ckpt.save(2, state, {"position": 2})
+  ckpt.close()
+  # A crash mid-save leaves orbax's temporary directory behind, with partial content.
+  partial = tmp_path / "4.orbax-checkpoint-tmp-1234"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "garbage").write_bytes(b"\x00" * 10)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  assert ckpt.latest_step() == 2
+  abstract = {"w": jax.numpy.zeros(4)}
+  restored, data, step = ckpt.restore(abstract)
+  assert step == 2 and data == {"position": 2}
+  np.testing.assert_array_equal(restored["w"], np.arange(4.0))
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  subprocess.run(_cmd(workdir, 2), check=True, env=_env(), cwd=ROOT, capture_output=True)
+  bad = subprocess.run(_cmd(workdir, 6, "--config.loss.itc=1e39"), env=_env(), cwd=ROOT,
+                       capture_output=True, text=True)
+  assert bad.returncode != 0
+  assert "non-finite loss or gradient at step 2" in bad.stderr
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert ckpt.all_steps() == [2]
+  state = _final_state(workdir, 2)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("masking.ratio_img", 1.5, "config.masking.ratio_img=1.5"),
+    ("negatives.mode", "hardest", "config.negatives.mode='hardest'"),
+    ("queue_size", 20, "config.queue_size=20"),
+    ("data.max_text_len", 1000, "config.data.max_text_len=1000"),
+    ("model.image_size", 70, "config.model.image_size=70"),
+])
+def test_config_validation_names_the_field(field, value, match):
+  c = config_lib.default_config()
+  node, _, leaf = field.rpartition(".")
+  target = c
+  for part in filter(None, node.split(".")):
+    target = target[part]
+  target[leaf] = value
+  with pytest.raises(ValueError, match=match.replace("[", r"\[")):
+    config_lib.validate(c)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process(tmp_path):
+  one = str(tmp_path / "one")
+  # One process with 2 devices vs two processes with 1 device each: same global mesh.
+  subprocess.run(_cmd(one, 3), check=True, env=_env(2), cwd=ROOT, capture_output=True)
+  two = str(tmp_path / "two")
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(two, 3, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}", "--cpu_collectives=gloo"),
+      env=_env(1), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+  a, b = _final_state(one, 3), _final_state(two, 3)
+  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(a["queue"]["product_id"], b["queue"]["product_id"])

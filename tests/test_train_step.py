@@ -1,0 +1,132 @@
+"""The pretraining step: EMA, queue, sharding invariance, learning, no host round trip."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import toy_batch
+
+from syncmask_jax import optim, sharding, train_state, train_step
+
+TOKENS = train_step.TokenInfo(vocab_size=100, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
+                              min_random_id=5)
+
+
+def _build(config, devices=None):
+  mesh = sharding.make_mesh(config.mesh, devices)
+  state, setup = train_state.create_train_state(
+      config, mesh, lambda p: optim.make_optimizer(config.optim, p, config.total_steps))
+  fn = train_step.make_train_step(config, setup, TOKENS, steps_per_epoch=10)
+  return state, setup, fn
+
+
+def _run(config, batches, devices=None):
+  state, setup, fn = _build(config, devices)
+  step = train_step.jit_train_step(fn, setup, config, batches[0])
+  out = []
+  for b in batches:
+    state, m = step(state, b)
+    out.append(jax.device_get(m))
+  return jax.device_get(state), out
+
+
+def test_ema_moves_by_exactly_one_minus_m(tiny_config):
+  tiny_config.momentum = 0.9
+  tiny_config.optim.warmup_steps = 0
+  state, setup, fn = _build(tiny_config, jax.devices()[:1])
+  before = jax.device_get(state)
+  after, _ = jax.jit(fn)(state, toy_batch())
+  after = jax.device_get(after)
+  expect = jax.tree.map(lambda m, p: 0.9 * m + 0.1 * p, before.momentum_params, after.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               after.momentum_params, expect)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), after.params, before.params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_queue_holds_last_batches_in_order(tiny_config):
+  tiny_config.queue_size = 16  # two batches of 8
+  batches = [toy_batch(seed=s) for s in range(3)]
+  for i, b in enumerate(batches):
+    b["product_id"] = b["product_id"] + 100 * i
+  state, _ = _run(tiny_config, batches, jax.devices()[:1])
+  q = state.queue
+  # Batch 2 overwrote the oldest slot block (batch 0); batch 1 stays in slots 8..15.
+  np.testing.assert_array_equal(q["product_id"][:8], batches[2]["product_id"])
+  np.testing.assert_array_equal(q["product_id"][8:], batches[1]["product_id"])
+  assert int(q["ptr"]) == 8 and q["valid"].all()
+  np.testing.assert_allclose(np.linalg.norm(q["image_feat"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_queue_size_must_divide():
+  from syncmask_jax import queue
+  with pytest.raises(ValueError, match=r"config.queue_size=20 .*global_batch_size=8"):
+    queue.check_queue_size(20, 8)
+
+
+@pytest.mark.parametrize("layout", [dict(data=8, fsdp=1), dict(data=1, fsdp=8),
+                                    dict(data=2, fsdp=4)])
+def test_one_step_equal_across_layouts(tiny_config, layout):
+  batch = toy_batch()
+  ref_state, ref_m = _run(tiny_config, [batch], jax.devices()[:1])
+  tiny_config.mesh.data, tiny_config.mesh.fsdp = layout["data"], layout["fsdp"]
+  state, m = _run(tiny_config, [batch])
+  for k in ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mim", "grad_norm"):
+    np.testing.assert_allclose(m[0][k], ref_m[0][k], rtol=2e-5, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+               state.params, ref_state.params)
+
+
+def test_fsdp_state_is_sharded(tiny_config):
+  tiny_config.mesh.data, tiny_config.mesh.fsdp = 1, 8
+  state, _, _ = _build(tiny_config)
+  kernel = state.params["vision"]["block_0"]["mlp"]["fc1"]["kernel"]
+  assert kernel.sharding.spec[0] == "fsdp"
+  assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 8
+  mu = state.opt_state[1][0].mu["vision"]["block_0"]["mlp"]["fc1"]["kernel"]
+  assert mu.sharding.spec == kernel.sharding.spec
+
+
+def test_short_training_lowers_loss(tiny_config):
+  tiny_config.optim.lr = 1e-3
+  tiny_config.optim.warmup_steps = 2
+  tiny_config.total_steps = 40
+  batch = toy_batch()
+  _, metrics = _run(tiny_config, [batch] * 25, jax.devices()[:1])
+  first = np.mean([m["loss_mlm"] + m["loss_mim"] + m["loss_itm"] for m in metrics[:3]])
+  last = np.mean([m["loss_mlm"] + m["loss_mim"] + m["loss_itm"] for m in metrics[-3:]])
+  # A memorisable batch: MLM, MIM and ITM all fall (ITC rises at first as the queue fills).
+  assert last < first - 0.3, (first, last)
+  assert metrics[-1]["loss_itm"] < 0.69  # below chance, ln 2
+
+
+def test_compiled_step_has_no_host_callbacks(tiny_config):
+  tiny_config.mesh.data = 8
+  state, setup, fn = _build(tiny_config)
+  batch = toy_batch()
+  hlo = train_step.jit_train_step(fn, setup, tiny_config, batch).lower(
+      state, batch).compile().as_text()
+  for marker in ("callback", "host_compute", "SendToHost", "RecvFromHost", "outfeed"):
+    assert marker not in hlo, marker
+
+
+def test_nonfinite_skip_keeps_params(tiny_config):
+  tiny_config.nonfinite = "skip"
+  batch = toy_batch()
+  batch["image"][0, 0, 0, 0] = np.nan
+  state, setup, fn = _build(tiny_config, jax.devices()[:1])
+  before = jax.device_get(state)
+  after, m = jax.jit(fn)(state, batch)
+  assert not bool(m["finite"])
+  assert int(after.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(after.params), before.params)
+
+
+@pytest.mark.parametrize("recipe_overrides", [
+    dict(strategy="random", mode="hard"), dict(strategy="random", mode="random")])
+def test_ablations_run(tiny_config, recipe_overrides):
+  tiny_config.masking.strategy = recipe_overrides["strategy"]
+  tiny_config.negatives.mode = recipe_overrides["mode"]
+  _, m = _run(tiny_config, [toy_batch()], jax.devices()[:1])
+  assert np.isfinite(m[0]["loss"])
+  assert m[0]["negatives/false_negative_rate"] == 0.0
