@@ -37,4 +37,15 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
       optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2,
                   weight_decay=cfg.weight_decay, mask=decay_mask))
+  if cfg.grad_accum_steps > 1:
+    # Each train step then consumes one micro-batch; the parameters (and with them the
+    # EMA, see train_step) move once per `grad_accum_steps` steps, on the mean gradient.
+    tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
   return tx
+
+
+def has_updated(tx: optax.GradientTransformation, opt_state) -> jax.Array | bool:
+  """Whether the last `tx.update` moved the parameters (always, without accumulation)."""
+  if isinstance(tx, optax.MultiSteps):
+    return tx.has_updated(opt_state)
+  return True

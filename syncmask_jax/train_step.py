@@ -164,9 +164,13 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     params = optax.apply_updates(state.params, updates)
     # ALBEF clamps the temperature parameter itself, not only its use.
     params["temp"] = jnp.clip(params["temp"], config.model.temp_min, config.model.temp_max)
+    updated = optim.has_updated(tx, opt_state)
+    momentum_params = jax.tree.map(lambda new, old: jnp.where(updated, new, old),
+                                   ema(state.momentum_params, params, config.momentum),
+                                   state.momentum_params)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
-        momentum_params=ema(state.momentum_params, params, config.momentum),
+        momentum_params=momentum_params,
         queue=queue_lib.enqueue(state.queue, image_feat_m, text_feat_m, pid))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if config.nonfinite == "skip":
@@ -181,6 +185,11 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
                                              config.masking.head_reduce)
     metrics.update({f"mask/{k}": v for k, v in
                     masking.mask_stats(attn, patch_mask, token_mask, maskable).items()})
+    if config.data.grouping == "embedding":
+      # GRIT-VLP grouping: the next epoch's batches come from these ITC embeddings
+      # (mean of the momentum image and text features: [ours]); the loop hands them back.
+      metrics["example_index"] = batch["index"]
+      metrics["example_embedding"] = image_feat_m + text_feat_m
     if "gt_patch_visible" in batch:
       metrics.update({f"mask/{k}": v for k, v in masking.mask_precision(
           patch_mask, token_mask, batch["gt_patch_visible"],

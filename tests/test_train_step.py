@@ -130,3 +130,23 @@ def test_ablations_run(tiny_config, recipe_overrides):
   _, m = _run(tiny_config, [toy_batch()], jax.devices()[:1])
   assert np.isfinite(m[0]["loss"])
   assert m[0]["negatives/false_negative_rate"] == 0.0
+
+
+def test_gradient_accumulation_updates_every_k_steps(tiny_config):
+  tiny_config.optim.grad_accum_steps = 2
+  tiny_config.optim.warmup_steps = 0
+  state, setup, fn = _build(tiny_config, jax.devices()[:1])
+  step = jax.jit(fn)
+  p0 = jax.device_get(state.params)
+  s1, _ = step(state, toy_batch(seed=0))
+  s1_host = jax.device_get(s1)
+  jax.tree.map(np.testing.assert_array_equal, s1_host.params, p0)
+  jax.tree.map(np.testing.assert_array_equal, s1_host.momentum_params, p0)
+  s2, _ = step(s1, toy_batch(seed=1))
+  s2_host = jax.device_get(s2)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s2_host.params, p0)
+  assert max(jax.tree.leaves(moved)) > 0
+  expect = jax.tree.map(lambda m, p: tiny_config.momentum * m + (1 - tiny_config.momentum) * p,
+                        p0, s2_host.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               s2_host.momentum_params, expect)
