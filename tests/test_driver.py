@@ -38,8 +38,14 @@ def _cmd(workdir, steps, *extra):
 
 
 def _final_state(workdir, step):
+  """The saved state as host arrays, whatever device layout wrote it."""
   path = os.path.join(workdir, "checkpoints", str(step), "state")
-  return ocp.StandardCheckpointer().restore(path)
+  checkpointer = ocp.StandardCheckpointer()
+  meta = checkpointer.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+  return jax.device_get(checkpointer.restore(path, target))
 
 
 def _wait_for(pred, timeout=300):

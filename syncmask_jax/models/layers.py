@@ -39,7 +39,12 @@ def gelu(x: Array) -> Array:
 class Dense(nnx.Module):
 
   def __init__(self, din: int, dout: int, axes: tuple[str | None, str | None], *,
-               rngs: nnx.Rngs, dtype=jnp.float32, std: float = 0.02):
+               rngs: nnx.Rngs, dtype=jnp.float32, std: float | None = None):
+    # Default: LeCun fan-in scaling (Flax's default). BERT's fixed 0.02 leaves a small
+    # model trained from scratch with near-uniform attention, so [CLS] sees nothing of
+    # the caption and every caption gets the same ITC feature for hundreds of steps.
+    # Pretrained checkpoints overwrite this init anyway.
+    std = din ** -0.5 if std is None else std
     self.kernel = param(rngs, nnx.initializers.truncated_normal(std), (din, dout), axes)
     self.bias = param(rngs, nnx.initializers.zeros, (dout,), (axes[1],))
     self.dtype = dtype

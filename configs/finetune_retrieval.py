@@ -1,0 +1,56 @@
+"""Retrieval fine-tuning (ITC + ITM, product-aware targets, mined negatives) and the
+retrieval protocols of METHOD.md 7, from a pretraining run.
+
+  python -m syncmask_jax.main --config=configs/finetune_retrieval.py \
+    --config.init_checkpoint=runs/fg/checkpoints --config.data.root=/data/fashiongen \
+    --config.data.vocab_path=/ckpt/bert-base-uncased/vocab.txt --workdir=runs/fg_ret
+  ... configs/finetune_retrieval.py:data=coco      (COCO / Flickr30K, Karpathy splits)
+  ... configs/finetune_retrieval.py:data=synthfashion,size=tiny
+
+The step is the pretraining step with MLM and MIM off (ALBEF's retrieval fine-tuning:
+momentum distillation, queue, product-aware ITC targets, ITM on mined negatives);
+online and momentum weights both start from the checkpoint. Evaluation: FashionGen
+1+100 and full gallery, or COCO/Flickr's protocol, under `itc` and `itc+itm`.
+"""
+
+import ml_collections
+
+from syncmask_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  args = config_lib.parse_arg(arg, size="base", steps=10000, data="fashiongen")
+  c = config_lib.default_config()
+  c.task = "retrieval"
+  c.init_checkpoint = ""  # a pretraining run's checkpoints/ (latest step, params only)
+  c.model = config_lib.model_config(args.size)
+  c.model.dtype = "bfloat16" if args.size == "base" else "float32"
+  c.data.name = args.data
+  big = args.data != "synthfashion"
+  c.data.global_batch_size = 256 if big else 32
+  c.data.eval_batch_size = c.data.global_batch_size
+  c.data.max_text_len = 128 if args.data == "fashiongen" else 40
+  c.data.synth_train_products = 2000
+  c.data.synth_val_products = 200
+  c.loss.mlm = 0.0
+  c.loss.mim = 0.0
+  c.masking.strategy = "random"  # masks feed only MLM/MIM, both off
+  c.negatives.mode = "semi_hard"
+  c.queue_size = 65536 if big else 256
+  c.eval = ml_collections.ConfigDict()
+  c.eval.scoring = ("itc", "itc+itm")
+  c.eval.itm_k = 256  # ALBEF's k (COCO: 256, Flickr30K: 128)
+  c.eval.itm_batch_size = 256
+  c.eval.query_chunk = 1024
+  c.eval.protocols = ()  # the dataset's: full_gallery + one_plus_100, or karpathy
+  c.eval.one_plus_100 = ml_collections.ConfigDict(
+      dict(num_queries=1000, num_negatives=100, rounds=5, seed=0))
+  c.eval.pictures = 0
+  c.eval.picture_words = 2
+  c.total_steps = args.steps
+  # [ours] fine-tuning schedule (ALBEF's retrieval fine-tuning: lr 1e-5, cosine).
+  c.optim.lr = 1e-5 if args.size == "base" else 1e-4
+  c.optim.warmup_steps = max(args.steps // 20, 1)
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  return c
