@@ -7,10 +7,9 @@ retrieval protocols of METHOD.md 7, from a pretraining run.
   ... configs/finetune_retrieval.py:data=coco      (COCO / Flickr30K, Karpathy splits)
   ... configs/finetune_retrieval.py:data=synthfashion,size=tiny
 
-The step is the pretraining step with MLM and MIM off (ALBEF's retrieval fine-tuning:
-momentum distillation, queue, product-aware ITC targets, ITM on mined negatives);
-online and momentum weights both start from the checkpoint. Evaluation: FashionGen
-1+100 and full gallery, or COCO/Flickr's protocol, under `itc` and `itc+itm`.
+The step: in-batch ITC with product-aware targets and ITM on negatives mined from the
+global batch (`negatives.mode`), no momentum model or queue [ours]. Evaluation:
+FashionGen 1+100 and full gallery, or COCO/Flickr's protocol, under `itc` and `itc+itm`.
 """
 
 import ml_collections
@@ -32,11 +31,11 @@ def get_config(arg: str | None = None):
   c.data.max_text_len = 128 if args.data == "fashiongen" else 40
   c.data.synth_train_products = 2000
   c.data.synth_val_products = 200
-  c.loss.mlm = 0.0
-  c.loss.mim = 0.0
-  c.masking.strategy = "random"  # masks feed only MLM/MIM, both off
-  c.negatives.mode = "semi_hard"
-  c.queue_size = 65536 if big else 256
+  c.loss.itc = 1.0
+  c.loss.itm = 1.0
+  c.loss.mim = 0.0  # the fine-tuned model has no MIM head; a checkpoint's is ignored
+  c.negatives.mode = "semi_hard"  # SyncMask; hard (ALBEF) and random are the ablations
+  c.queue_size = c.data.global_batch_size  # unused here; validated against the batch
   c.eval = ml_collections.ConfigDict()
   c.eval.scoring = ("itc", "itc+itm")
   c.eval.itm_k = 256  # ALBEF's k (COCO: 256, Flickr30K: 128)
@@ -48,7 +47,7 @@ def get_config(arg: str | None = None):
   c.eval.pictures = 0
   c.eval.picture_words = 2
   c.total_steps = args.steps
-  # [ours] fine-tuning schedule (ALBEF's retrieval fine-tuning: lr 1e-5, cosine).
+  # [ours] fine-tuning schedule (ALBEF's retrieval fine-tuning: lr 1e-5, cosine decay).
   c.optim.lr = 1e-5 if args.size == "base" else 1e-4
   c.optim.warmup_steps = max(args.steps // 20, 1)
   c.log_every = 50

@@ -1,17 +1,41 @@
-"""Evaluation after pretraining: held-out retrieval and, on SynthFashion, mask precision.
+"""Evaluation of every task: retrieval protocols, mask precision, CR/SCR, FashionIQ TGIR.
 
-Retrieval here is the *full gallery* protocol with `itc` scoring (METHOD.md 7): every
-held-out view against one text per product; a text query hits if any view of its
-product is retrieved, an image query if its product's text is.
-Mask precision compares, on the same held-out pairs and the same momentum model, the
-configured masking strategy with uniform random masks at the same ratios.
+Results go to `DIR/eval/<task>.json` (task = pretrain | category | tgir | retrieval) and
+to the run's metric writers (TensorBoard, metrics.jsonl). Every number sits in a block
+that names its protocol and scoring (`"results": [...]`); pretraining also copies its
+first retrieval block to the top level (what `main.py` prints).
+
+* Retrieval (`retrieval.py` holds the one scorer): FashionGen / SynthFashion run
+  `full_gallery` and `one_plus_100`; COCO / Flickr30K run `karpathy`; each under every
+  scoring of `config.eval.scoring` (`itc`, `itc+itm`). FashionIQ runs TGIR.
+* Mask precision (SynthFashion, pretraining): the configured masking strategy and
+  uniform random masks at the same ratios, from the same momentum model on the same
+  held-out pairs, against the generator's ground truth.
+* Category / subcategory recognition: accuracy and macro-F1 (over the classes present
+  in the labels or the predictions, as scikit-learn's `average="macro"`). Rows whose
+  label is unknown (-1: a FashionGen validation label unseen in train, which no
+  classifier trained on train can predict) are excluded and counted.
+* FashionIQ TGIR: R@10 / R@50 per category and their mean, under both gallery
+  protocols (`split`, `val_union`). Queries whose target is not in the gallery count as
+  misses and are counted.
+
+Features are computed in sharded batches over all devices (one jit over the mesh,
+`make_global_batch`); every process gets every row back (replicated outputs), so the
+host-side ranking is the same on every host and process 0 writes.
+
+CLI, on the latest or a named checkpoint of a run:
+
+  python -m syncmask_jax.evaluate --config=configs/synthfashion.py --workdir=DIR [--step=N]
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import json
 import os
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -20,91 +44,570 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import masking, retrieval, train_step
+from syncmask_jax import config_lib, masking, retrieval, sharding, train_step
 from syncmask_jax.data import pipeline
 
+# config.eval fields and their defaults (used where a config has no `eval` block).
+EVAL_DEFAULTS = dict(
+    scoring=("itc",),  # any of retrieval.SCORINGS; each is reported
+    itm_k=256,  # itc+itm: ITC candidates re-ranked by ITM per query (ALBEF's k)
+    itm_batch_size=64,  # (image, text) pairs per jitted ITM batch; multiple of #devices
+    query_chunk=1024,  # queries scored at once on the host
+    protocols=(),  # empty: the dataset's protocols (DEFAULT_PROTOCOLS)
+    one_plus_100=dict(num_queries=1000, num_negatives=100, rounds=5, seed=0),
+    pictures=4,  # SynthFashion pretraining: pairs drawn into eval/pictures (0: none)
+    picture_words=2,  # words whose cross-attention each picture shows
+)
+DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100"),
+                     "fashiongen": ("full_gallery", "one_plus_100"),
+                     "coco": ("karpathy",), "fashioniq": ("tgir",)}
+PROTOCOLS = ("full_gallery", "one_plus_100", "karpathy", "tgir")
+TGIR_DEFAULTS = dict(categories=("dress", "shirt", "toptee"),
+                     gallery_protocols=("split", "val_union"), ks=(10, 50))
+_ID_FIELDS = ("product_id", "category", "subcategory", "index", "image_index",
+              "target_index")
 
-def _batch_fn(config: ml_collections.ConfigDict, graphdef, tokens: train_step.TokenInfo,
-              with_masks: bool):
-  random_cfg = ml_collections.ConfigDict(config.masking.to_dict())
-  random_cfg.strategy = "random"
 
-  @jax.jit
-  def fn(params, momentum_params, batch, key):
+def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.eval` over EVAL_DEFAULTS, validated."""
+  merged = copy.deepcopy(EVAL_DEFAULTS)
+  given = config.get("eval", None)
+  for k, v in (given.to_dict() if given is not None else {}).items():
+    merged[k] = {**merged[k], **v} if isinstance(merged.get(k), dict) else v
+  if isinstance(merged["scoring"], str):  # --config.eval.scoring=itc,itc+itm
+    merged["scoring"] = tuple(s.strip() for s in merged["scoring"].split(","))
+  ev = ml_collections.ConfigDict(merged)
+  for s in ev.scoring:
+    if s not in retrieval.SCORINGS:
+      raise ValueError(f"config.eval.scoring={tuple(ev.scoring)!r}: expected entries of "
+                       f"{retrieval.SCORINGS}")
+  protocols = tuple(ev.protocols) or DEFAULT_PROTOCOLS[config.data.name]
+  for p in protocols:
+    if p not in PROTOCOLS:
+      raise ValueError(f"config.eval.protocols={protocols!r}: expected entries of {PROTOCOLS}")
+  ev.protocols = protocols
+  devices = data_parallel_size(config)
+  for field, size in (("eval.itm_batch_size", ev.itm_batch_size),
+                      ("data.eval_batch_size", config.data.eval_batch_size)):
+    if size % devices:
+      raise ValueError(f"config.{field}={size}: must be a multiple of the {devices} "
+                       "devices the batch is split over")
+  return ev
+
+
+def tgir_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.tgir` over TGIR_DEFAULTS."""
+  given = config.get("tgir", None)
+  return ml_collections.ConfigDict({**TGIR_DEFAULTS,
+                                    **(given.to_dict() if given is not None else {})})
+
+
+def data_parallel_size(config: ml_collections.ConfigDict) -> int:
+  """Devices the batch axis spans (the mesh's data x fsdp)."""
+  mesh = sharding.make_mesh(config.mesh)
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+# -- sharded passes over eval data ------------------------------------------------------
+
+
+def eval_rows(fn: Callable[[Any, dict], dict], params: Any,
+              iterator: pipeline.EvalIterator, mesh: jax.sharding.Mesh
+              ) -> Iterator[dict[str, np.ndarray]]:
+  """Runs `fn(params, batch) -> {name: (B, ...)}` over an eval iterator under one jit;
+  yields each global batch's real rows (`valid`) on the host, in source order."""
+  jitted = _jit_rows(fn, mesh)
+  try:
+    for host_batch in iterator:
+      out = jax.device_get(jitted(params, pipeline.make_global_batch(host_batch, mesh)))
+      valid = np.asarray(out.pop("valid"), bool)
+      yield {k: np.asarray(v)[valid] for k, v in out.items()}
+  finally:
+    iterator.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_rows(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """One jitted pass function per (fn, mesh): repeated evaluations reuse the compilation."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(lambda p, b: dict(fn(p, b), valid=b["valid"]), out_shardings=replicated)
+
+
+class _Rows:
+  """Per-example outputs appended batch by batch into arrays allocated once (the ITM
+  token tables of a large split would otherwise be held twice while concatenating)."""
+
+  def __init__(self, total: int):
+    self.total, self.filled, self.columns = total, 0, {}
+
+  def add(self, rows: dict[str, np.ndarray]) -> None:
+    n = len(next(iter(rows.values())))
+    for k, v in rows.items():
+      if k not in self.columns:
+        self.columns[k] = np.empty((self.total, *v.shape[1:]), v.dtype)
+      self.columns[k][self.filled:self.filled + n] = v
+    self.filled += n
+
+  def result(self) -> dict[str, np.ndarray]:
+    if self.filled != self.total:
+      raise RuntimeError(f"evaluation saw {self.filled} rows, the source has {self.total}")
+    return self.columns
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_fn(graphdef: Any, *, tokens: bool = False, query: bool = False) -> Callable:
+  """(params, batch) -> projected features (and encoder outputs for ITM) of whatever the
+  batch holds: images, texts, or (TGIR) fused (reference image, text) queries."""
+
+  def fn(params, batch):
     model = nnx.merge(graphdef, params)
-    image_tokens = model.encode_image(batch["image"])
-    text_hidden = model.encode_text(batch["text_ids"], batch["text_mask"])
-    out = {"image_feat": model.image_feature(image_tokens),
-           "text_feat": model.text_feature(text_hidden)}
-    if with_masks:
-      teacher = nnx.merge(graphdef, momentum_params)
-      image_m = teacher.encode_image(batch["image"])
-      text_m = teacher.encode_text(batch["text_ids"], batch["text_mask"])
-      _, probs = teacher.fuse(text_m, batch["text_mask"], image_m)
-      maskable = train_step.text_maskable(batch["text_ids"], batch["text_mask"], tokens) & \
-          batch["valid"][:, None]
-      n = image_m.shape[1] - 1
-      gt_patch = batch["gt_patch_visible"] & batch["valid"][:, None]
-      for name, cfg in (("method", config.masking), ("random", random_cfg)):
-        patch_mask, token_mask = masking.masks_from_config(key, cfg, probs, maskable, n)
-        patch_mask = patch_mask & batch["valid"][:, None]
-        out[f"{name}_patch_hits"] = jnp.sum(patch_mask & gt_patch)
-        out[f"{name}_patch_count"] = jnp.sum(patch_mask)
-        out[f"{name}_token_hits"] = jnp.sum(token_mask & batch["gt_token_visible"])
-        out[f"{name}_token_count"] = jnp.sum(token_mask)
+    out = {k: batch[k] for k in _ID_FIELDS if k in batch}
+    image_tokens = model.encode_image(batch["image"]) if "image" in batch else None
+    text_hidden = (model.encode_text(batch["text_ids"], batch["text_mask"])
+                   if "text_ids" in batch else None)
+    if query:
+      fused, _ = model.fuse(text_hidden, batch["text_mask"], image_tokens)
+      out["query_feat"] = model.text_feature(fused)
+      return out
+    if image_tokens is not None:
+      out["image_feat"] = model.image_feature(image_tokens)
+      if tokens:
+        out["image_tokens"] = image_tokens
+    if text_hidden is not None:
+      out["text_feat"] = model.text_feature(text_hidden)
+      if tokens:
+        out["text_hidden"], out["text_mask"] = text_hidden, batch["text_mask"]
     return out
 
   return fn
 
 
+@functools.lru_cache(maxsize=16)
+def _pair_pass_fn(graphdef: Any, tokens: bool, masking_json: str | None, seed: int,
+                  token_info: train_step.TokenInfo | None) -> Callable:
+  """Features of (image, text) pairs; with a masking config (JSON, so the function can be
+  cached across evaluations) also per-row hits and counts of those masks and of random
+  masks at the same ratios (momentum model, unmasked pair) against SynthFashion's
+  ground truth. Params are (online, momentum)."""
+  encode = _encode_fn(graphdef, tokens=tokens)
+  if masking_json is None:
+    return lambda p, batch: encode(p[0], batch)
+  method_cfg = ml_collections.ConfigDict(json.loads(masking_json))
+  random_cfg = ml_collections.ConfigDict(json.loads(masking_json))
+  random_cfg.strategy = "random"
+  key = jax.random.key(seed + 1)
+
+  def fn(p, batch):
+    out = encode(p[0], batch)
+    teacher = nnx.merge(graphdef, p[1])
+    image_m = teacher.encode_image(batch["image"])
+    text_m = teacher.encode_text(batch["text_ids"], batch["text_mask"])
+    _, probs = teacher.fuse(text_m, batch["text_mask"], image_m)
+    maskable = train_step.text_maskable(batch["text_ids"], batch["text_mask"], token_info)
+    # A key per batch, from its first record: the same masks for any batching order.
+    k = jax.random.fold_in(key, batch["index"][0])
+    for name, cfg in (("method", method_cfg), ("random", random_cfg)):
+      patch, token = masking.masks_from_config(k, cfg, probs, maskable, image_m.shape[1] - 1)
+      out[f"{name}_patch_hits"] = jnp.sum(patch & batch["gt_patch_visible"], axis=1)
+      out[f"{name}_patch_count"] = jnp.sum(patch, axis=1)
+      out[f"{name}_token_hits"] = jnp.sum(token & batch["gt_token_visible"], axis=1)
+      out[f"{name}_token_count"] = jnp.sum(token, axis=1)
+    return out
+
+  return fn
+
+
+@functools.lru_cache(maxsize=16)
+def _classify_fn(graphdef: Any, field: str) -> Callable:
+  """(params, batch) -> predicted class of the fine-tuned classifier and the label."""
+
+  def fn(params, batch):
+    model = nnx.merge(graphdef, params)
+    image_tokens = model.encode_image(batch["image"])
+    text_hidden = model.encode_text(batch["text_ids"], batch["text_mask"])
+    fused, _ = model.fuse(text_hidden, batch["text_mask"], image_tokens)
+    return {"pred": jnp.argmax(model.class_logits(fused), axis=-1), "label": batch[field]}
+
+  return fn
+
+
+# -- retrieval --------------------------------------------------------------------------
+
+
+def _scorer(scoring: str, ev: ml_collections.ConfigDict, graphdef: Any, params: Any,
+            mesh: jax.sharding.Mesh, images: dict, texts: dict) -> retrieval.Scorer:
+  itm = None
+  if scoring == "itc+itm":
+    itm = retrieval.ItmPairs(graphdef, params, mesh, images["image_tokens"],
+                             texts["text_hidden"], texts["text_mask"], ev.itm_batch_size)
+  return retrieval.Scorer(scoring, int(ev.itm_k), itm)
+
+
+def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
+                      mesh: jax.sharding.Mesh, *, momentum_params: Any = None,
+                      tokens: train_step.TokenInfo | None = None
+                      ) -> tuple[list[dict], dict[str, float]]:
+  """`full_gallery` / `one_plus_100` blocks on a product dataset's eval split, and (with
+  momentum parameters, on SynthFashion) the summed mask-precision counts."""
+  ev = eval_settings(config)
+  source = pipeline.make_eval_source(config)
+  meta = pipeline.source_metadata(source)
+  _, first, record_product = retrieval.product_table(meta["product_id"])
+  is_first = np.zeros(len(source), bool)
+  is_first[first] = True
+  with_tokens = "itc+itm" in ev.scoring
+  gt = momentum_params is not None and config.data.name == "synthfashion"
+  fn = _pair_pass_fn(graphdef, with_tokens, config.masking.to_json() if gt else None,
+                     int(config.seed), tokens if gt else None)
+  images, texts, counts = _Rows(len(source)), _Rows(len(first)), {}
+  iterator = pipeline.make_eval_iterator(config, source=source)
+  for rows in eval_rows(fn, (params, momentum_params), iterator, mesh):
+    text_keys = ("text_feat", "text_hidden", "text_mask")
+    keep = is_first[rows["index"]]
+    texts.add({k: rows.pop(k)[keep] for k in text_keys if k in rows})
+    for k in [k for k in rows if k.startswith(("method_", "random_"))]:
+      counts[k] = counts.get(k, 0.0) + float(rows.pop(k).sum())
+    images.add(rows)
+  images, texts = images.result(), texts.result()
+  subcategory = meta.get("subcategory", np.full(len(source), -1))
+  split = pipeline.EVAL_SPLIT[config.data.name]
+  blocks = []
+  for scoring in ev.scoring:
+    scorer = _scorer(scoring, ev, graphdef, params, mesh, images, texts)
+    for protocol in ev.protocols:
+      if protocol == "full_gallery":
+        metrics = retrieval.bidirectional(images["image_feat"], record_product,
+                                          texts["text_feat"], np.arange(len(first)), scorer,
+                                          ev.query_chunk)
+      elif protocol == "one_plus_100":
+        metrics = retrieval.one_plus_100_rounds(
+            images["image_feat"], meta["product_id"], subcategory, texts["text_feat"],
+            scorer, **ev.one_plus_100.to_dict())
+      else:
+        raise ValueError(f"config.eval.protocols: {protocol!r} does not apply to "
+                         f"{config.data.name}")
+      blocks.append({"protocol": protocol, "scoring": scoring, "dataset": config.data.name,
+                     "split": split, **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}),
+                     **metrics})
+  return blocks, counts
+
+
+def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
+                       mesh: jax.sharding.Mesh) -> list[dict]:
+  """COCO / Flickr30K: images vs all captions; i2t hits on any of an image's captions."""
+  ev = eval_settings(config)
+  with_tokens = "itc+itm" in ev.scoring
+  encode = _encode_fn(graphdef, tokens=with_tokens)
+  parts = {}
+  for part in ("images", "texts"):
+    source = pipeline.make_eval_source(config, part=part)
+    rows = _Rows(len(source))
+    for r in eval_rows(encode, params, pipeline.make_eval_iterator(config, source=source),
+                       mesh):
+      rows.add(r)
+    parts[part] = rows.result()
+  images, texts = parts["images"], parts["texts"]
+  blocks = []
+  for scoring in ev.scoring:
+    scorer = _scorer(scoring, ev, graphdef, params, mesh, images, texts)
+    metrics = retrieval.bidirectional(images["image_feat"], np.arange(len(images["index"])),
+                                      texts["text_feat"], texts["image_index"], scorer,
+                                      ev.query_chunk)
+    blocks.append({"protocol": "karpathy", "scoring": scoring,
+                   "dataset": config.data.get("karpathy_name", "coco"),
+                   "split": pipeline.EVAL_SPLIT["coco"],
+                   **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}), **metrics})
+  return blocks
+
+
+def retrieval_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
+                     mesh: jax.sharding.Mesh) -> list[dict]:
+  """The retrieval (or, on FashionIQ, TGIR) blocks of `config.data`'s eval split."""
+  name = config.data.name
+  if name == "coco":
+    return karpathy_retrieval(config, graphdef, params, mesh)
+  if name == "fashioniq":
+    return tgir_blocks(config, graphdef, params, mesh)
+  return fashion_retrieval(config, graphdef, params, mesh)[0]
+
+
+# -- FashionIQ TGIR ---------------------------------------------------------------------
+
+
+def with_data(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """A copy of `config` with `config.data` fields replaced."""
+  c = copy.deepcopy(config)
+  for k, v in fields.items():
+    c.data[k] = v
+  return c
+
+
+def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
+                mesh: jax.sharding.Mesh) -> list[dict]:
+  """R@10/R@50 per category and their mean, per gallery protocol (scoring `itc`: the
+  cosine of the projected fused query and the projected gallery image)."""
+  t = tgir_settings(config)
+  ks = tuple(int(k) for k in t.ks)
+  chunk = eval_settings(config).query_chunk
+  scorer = retrieval.Scorer("itc")
+  blocks = []
+  for category in t.categories:
+    base = with_data(config, fashioniq_category=category,
+                      fashioniq_gallery=t.gallery_protocols[0])
+    source = pipeline.make_eval_source(base, part="queries")
+    queries = _Rows(len(source))
+    for r in eval_rows(_encode_fn(graphdef, query=True), params,
+                       pipeline.make_eval_iterator(base, source=source), mesh):
+      queries.add(r)
+    queries = queries.result()
+    for protocol in t.gallery_protocols:
+      cfg = with_data(config, fashioniq_category=category, fashioniq_gallery=protocol)
+      source = pipeline.make_eval_source(cfg, part="gallery")
+      gallery = _Rows(len(source))
+      for r in eval_rows(_encode_fn(graphdef), params,
+                         pipeline.make_eval_iterator(cfg, source=source), mesh):
+        gallery.add(r)
+      gallery = gallery.result()
+      ranks = retrieval.rank_queries(queries["query_feat"], gallery["image_feat"],
+                                     queries["product_id"], gallery["product_id"], scorer,
+                                     query_is_image=False, chunk=chunk)
+      missing = ~np.isin(queries["product_id"], gallery["product_id"])
+      blocks.append({"protocol": "fashioniq_tgir", "gallery": protocol, "scoring": "itc",
+                     "category": category, "split": pipeline.EVAL_SPLIT["fashioniq"],
+                     "num_queries": int(len(ranks)), "num_gallery": int(len(gallery["index"])),
+                     "queries_target_not_in_gallery": int(missing.sum()),
+                     **retrieval.recall_at_k(ranks, ks)})
+  for protocol in t.gallery_protocols:
+    per = [b for b in blocks if b["gallery"] == protocol]
+    blocks.append({"protocol": "fashioniq_tgir", "gallery": protocol, "scoring": "itc",
+                   "category": "mean", "split": pipeline.EVAL_SPLIT["fashioniq"],
+                   "categories": [b["category"] for b in per],
+                   **{f"r{k}": float(np.mean([b[f"r{k}"] for b in per])) for k in ks}})
+  return blocks
+
+
+# -- category recognition ---------------------------------------------------------------
+
+
+def classification_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, Any]:
+  """Accuracy and macro-F1 (in %) over rows with a known label (>= 0).
+
+  Macro-F1 averages F1 = 2TP / (2TP + FP + FN) over the classes present in the labels
+  or the predictions of those rows (scikit-learn's `average="macro"`).
+  """
+  pred, label = np.asarray(pred), np.asarray(label)
+  known = label >= 0
+  p, y = pred[known], label[known]
+  classes = np.union1d(p, y)
+  tp = np.array([np.sum((p == c) & (y == c)) for c in classes], np.float64)
+  fp = np.array([np.sum((p == c) & (y != c)) for c in classes], np.float64)
+  fn = np.array([np.sum((p != c) & (y == c)) for c in classes], np.float64)
+  f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1.0)
+  return {"accuracy": float(np.mean(p == y) * 100.0) if len(y) else 0.0,
+          "macro_f1": float(np.mean(f1) * 100.0) if len(classes) else 0.0,
+          "num_rows": int(len(label)), "num_evaluated": int(known.sum()),
+          "num_excluded_unseen": int((~known).sum()),
+          "num_classes_in_macro_f1": int(len(classes))}
+
+
+def category_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
+                    mesh: jax.sharding.Mesh, num_classes: int) -> list[dict]:
+  """CR or SCR (config.finetune.label) on the eval split with the fine-tuned classifier."""
+  field = config.finetune.label
+  fn = _classify_fn(graphdef, field)
+  source = pipeline.make_eval_source(config)
+  rows = _Rows(len(source))
+  for r in eval_rows(fn, params, pipeline.make_eval_iterator(config, source=source), mesh):
+    rows.add(r)
+  rows = rows.result()
+  return [{"protocol": "classification", "label": field, "dataset": config.data.name,
+           "split": pipeline.EVAL_SPLIT[config.data.name], "num_classes": int(num_classes),
+           "unseen_labels": "rows whose label is unseen in train (id -1) are excluded "
+                            "from accuracy and macro-F1 and counted in num_excluded_unseen",
+           **classification_metrics(rows["pred"], rows["label"])}]
+
+
+# -- pretraining ------------------------------------------------------------------------
+
+
 def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens,
                          workdir: str, writer=None, *, step: int = 0) -> dict[str, Any]:
-  eval_iter = pipeline.make_eval_iterator(config)
-  first = next(eval_iter)
-  with_masks = "gt_patch_visible" in first
-  fn = _batch_fn(config, setup.graphdef, tokens, with_masks)
-  feats: dict[str, list] = {"image_feat": [], "text_feat": [], "product_id": []}
+  """Retrieval of the online model on the eval split; on SynthFashion also mask
+  precision (momentum model) and a few pictures. Writes DIR/eval/pretrain.json."""
+  name = config.data.name
   counts: dict[str, float] = {}
-  key = jax.random.key(config.seed + 1)
-  batch = first
-  while batch is not None:
-    key, sub = jax.random.split(key)
-    global_batch = pipeline.make_global_batch(batch, setup.mesh)
-    out = jax.device_get(fn(state.params, state.momentum_params, global_batch, sub))
-    valid = np.asarray(jax.device_get(global_batch["valid"]))
-    feats["image_feat"].append(out.pop("image_feat")[valid])
-    feats["text_feat"].append(out.pop("text_feat")[valid])
-    feats["product_id"].append(np.asarray(jax.device_get(global_batch["product_id"]))[valid])
-    for k, v in out.items():
-      counts[k] = counts.get(k, 0.0) + float(v)
-    batch = next(eval_iter, None)
-
-  image_feat = np.concatenate(feats["image_feat"])
-  text_feat = np.concatenate(feats["text_feat"])
-  pid = np.concatenate(feats["product_id"])
-  # Full gallery: all views as images, one text (the first view's) per product.
-  _, first_of_product = np.unique(pid, return_index=True)
-  texts = text_feat[first_of_product]
-  text_pid = pid[first_of_product]
-  sim = image_feat @ texts.T
-  results: dict[str, Any] = {
-      "protocol": "full_gallery", "scoring": "itc", "split": pipeline.EVAL_SPLIT[config.data.name],
-      "num_images": int(len(pid)), "num_texts": int(len(text_pid)), "step": step}
-  results.update(retrieval.bidirectional_recall(sim, pid[:, None] == text_pid[None, :]))
-  if with_masks:
+  if name in ("synthfashion", "fashiongen"):
+    blocks, counts = fashion_retrieval(config, setup.graphdef, state.params, setup.mesh,
+                                       momentum_params=state.momentum_params, tokens=tokens)
+  else:
+    blocks = retrieval_blocks(config, setup.graphdef, state.params, setup.mesh)
+  results: dict[str, Any] = {"task": "pretrain", "step": int(step), "dataset": name,
+                             "split": pipeline.EVAL_SPLIT[name]}
+  if blocks and "i2t_r1" in blocks[0]:
+    results.update(blocks[0])  # the headline (main.py's summary line)
+  results["results"] = blocks
+  if counts:
     ratio = lambda h, c: counts[h] / max(counts[c], 1.0)
     results["mask_strategy"] = config.masking.strategy
-    for name in ("method", "random"):
-      results[f"mask_precision_patch_{name}"] = ratio(f"{name}_patch_hits", f"{name}_patch_count")
-      results[f"mask_precision_token_{name}"] = ratio(f"{name}_token_hits", f"{name}_token_count")
+    for kind in ("method", "random"):
+      results[f"mask_precision_patch_{kind}"] = ratio(f"{kind}_patch_hits",
+                                                      f"{kind}_patch_count")
+      results[f"mask_precision_token_{kind}"] = ratio(f"{kind}_token_hits",
+                                                      f"{kind}_token_count")
+  ev = eval_settings(config)
+  if name == "synthfashion" and ev.pictures > 0:
+    from syncmask_jax import visualize  # pylint: disable=g-import-not-at-top
+    results["pictures"] = visualize.pretraining_pictures(
+        config, setup.graphdef, state.momentum_params, setup.mesh, tokens,
+        os.path.join(workdir, "eval", "pictures"), step=step, num=int(ev.pictures),
+        words=int(ev.picture_words))
+  write_results(workdir, "pretrain", results, writer, step)
+  return results
 
+
+# -- output -----------------------------------------------------------------------------
+
+
+def block_label(block: dict[str, Any]) -> str:
+  """'protocol[/gallery][/category|label]/scoring': what a block's numbers are."""
+  parts = [block.get("protocol", "")]
+  parts += [str(block[k]) for k in ("gallery", "category", "label") if k in block]
+  if "scoring" in block:
+    parts.append(block["scoring"])
+  return "/".join(p for p in parts if p)
+
+
+def scalars(task: str, results: dict[str, Any]) -> dict[str, float]:
+  """TensorBoard names: eval/<task>/<protocol>/.../<scoring>/<metric>."""
+  out = {}
+  for block in results.get("results", []):
+    label = block_label(block)
+    for k, v in block.items():
+      if isinstance(v, float):
+        out[f"eval/{task}/{label}/{k}"] = v
+  for k, v in results.items():
+    if k.startswith("mask_precision") and isinstance(v, float):
+      out[f"eval/{task}/{k}"] = v
+  return out
+
+
+def write_results(workdir: str, task: str, results: dict[str, Any], writer=None,
+                  step: int = 0) -> str:
+  """DIR/eval/<task>.json (process 0) and the writer's scalars; returns the path."""
+  path = os.path.join(workdir, "eval", f"{task}.json")
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    path = os.path.join(workdir, "eval", "pretrain.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
     if writer is not None:
-      writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
-                                  if isinstance(v, float)})
-    logging.info("evaluation -> %s: %s", path, results)
-  return results
+      writer.write_scalars(step, scalars(task, results))
+      writer.flush()
+    logging.info("evaluation -> %s", path)
+  return path
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+  """One line per result block, for the end of a run."""
+  lines = []
+  for b in results.get("results", []):
+    label = block_label(b)
+    if "i2t_r1" in b:
+      size = (f"{b['num_queries']} queries x 1+{b['num_negatives']}, {b['rounds']} rounds"
+              if "rounds" in b else f"{b['num_images']} images x {b['num_texts']} texts")
+      lines.append(f"retrieval {label} ({size}): i2t R@1/5/10 {b['i2t_r1']:.1f}/"
+                   f"{b['i2t_r5']:.1f}/{b['i2t_r10']:.1f}  t2i R@1/5/10 {b['t2i_r1']:.1f}/"
+                   f"{b['t2i_r5']:.1f}/{b['t2i_r10']:.1f}  mean {b['r_mean']:.1f}")
+    elif "accuracy" in b:
+      lines.append(f"{b['label']} recognition ({b['num_classes']} classes, "
+                   f"{b['num_evaluated']} rows, {b['num_excluded_unseen']} excluded: label "
+                   f"unseen in train): accuracy {b['accuracy']:.1f}  macro-F1 "
+                   f"{b['macro_f1']:.1f}")
+    else:
+      recalls = "  ".join(f"R@{k[1:]} {v:.1f}" for k, v in b.items()
+                          if k[:1] == "r" and k[1:].isdigit())
+      lines.append(f"{label}: {recalls}")
+  if "mask_precision_patch_method" in results:
+    lines.append(
+        f"mask precision ({results['mask_strategy']} vs random): patches "
+        f"{results['mask_precision_patch_method']:.3f} vs "
+        f"{results['mask_precision_patch_random']:.3f}, tokens "
+        f"{results['mask_precision_token_method']:.3f} vs "
+        f"{results['mask_precision_token_random']:.3f}")
+  return lines
+
+
+# -- CLI --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalState:
+  """The parts of a pretraining TrainState evaluation reads."""
+  params: dict
+  momentum_params: dict
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: int | None = None) -> dict[str, Any]:
+  """Evaluates the latest (or `step`) checkpoint of the run in `workdir` for its task.
+
+  Only the parameters are restored (straight into their sharded layout): no optimizer
+  state, no queue, nothing initialised.
+  """
+  # pylint: disable=g-import-not-at-top
+  from syncmask_jax import finetune, train
+  from syncmask_jax import train_state as train_state_lib
+  # pylint: enable=g-import-not-at-top
+  task = config.get("task", "pretrain")
+  mesh = sharding.make_mesh(config.mesh)
+  directory = os.path.join(workdir, "checkpoints")
+  writer = train.make_writer(workdir)
+  try:
+    if task == "pretrain":
+      config_lib.validate(config)
+      eval_settings(config)
+      tokens = train.token_info(pipeline.make_tokenizer(config))
+      finetune.match_vocab(config, tokens)
+      graphdef, abstract = finetune.abstract_params(
+          lambda: train_state_lib.build_model(config, config.seed), config, mesh)
+      params, step = finetune.load_pretrained(directory, abstract, step=step)
+      momentum, _ = finetune.load_pretrained(directory, abstract, item="momentum_params",
+                                             step=step)
+      setup = train_state_lib.Setup(graphdef=graphdef, state_shardings=None, mesh=mesh,
+                                    tx=None)
+      return evaluate_pretraining(config, setup, EvalState(params, momentum), tokens, workdir,
+                                  writer, step=step)
+    finetune.validate(config)
+    job = finetune.build_task(config, mesh, for_training=False)
+    params, step = finetune.load_pretrained(directory, job.params, step=step)
+    return job.evaluate(params, workdir, writer, step)
+  finally:
+    writer.close()
+
+
+def main() -> None:
+  # Flags live here, not at import: `main.py` defines --config too and imports this
+  # module lazily (absl flags are global).
+  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from absl import app, flags
+  from ml_collections import config_flags
+  # pylint: enable=g-import-not-at-top
+  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                                lock_config=True)
+  workdir_flag = flags.DEFINE_string("workdir", None, "The run's directory.")
+  step_flag = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def run(argv):
+    del argv
+    results = evaluate_checkpoint(config_flag.value, workdir_flag.value, step_flag.value)
+    if jax.process_index() == 0:
+      task = config_flag.value.get("task", "pretrain")
+      print("\n".join([f"evaluation:   {os.path.join(workdir_flag.value, 'eval', task)}.json"]
+                      + summary_lines(results)), flush=True)
+
+  app.run(run)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,5 +1,8 @@
 """Entry point: `python -m syncmask_jax.main --config=configs/synthfashion.py --workdir=DIR`.
 
+`config.task` picks the job: pretrain (default; train.py) or a fine-tuning task
+(category | tgir | retrieval; finetune.py).
+
 On several hosts (TPU pod, SLURM GPU cluster) the same command runs on every host;
 `jax.distributed.initialize()` finds the peers from the environment, or from the
 `--coordinator_address/--num_processes/--process_id` flags.
@@ -46,33 +49,28 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  from syncmask_jax import train  # pylint: disable=g-import-not-at-top
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  task = _CONFIG.value.get("task", "pretrain")
+  if task == "pretrain":
+    from syncmask_jax import train  # pylint: disable=g-import-not-at-top
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  else:  # category | tgir | retrieval, from a pretraining checkpoint
+    from syncmask_jax import finetune  # pylint: disable=g-import-not-at-top
+    results = finetune.finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
-    _print_summary(_WORKDIR.value, results)
+    _print_summary(_WORKDIR.value, task, results)
 
 
-def _print_summary(workdir: str, results: dict) -> None:
+def _print_summary(workdir: str, task: str, results: dict) -> None:
   import os  # pylint: disable=g-import-not-at-top
+  from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
   lines = [f"workdir:      {os.path.abspath(workdir)}",
            f"metrics:      {os.path.join(workdir, 'metrics.jsonl')} (+ TensorBoard events)",
            f"checkpoints:  {os.path.join(workdir, 'checkpoints')}",
-           f"evaluation:   {os.path.join(workdir, 'eval', 'pretrain.json')}"]
+           f"evaluation:   {os.path.join(workdir, 'eval', task + '.json')}"]
   if "preempted_at" in results:
     lines.append(f"preempted at step {results['preempted_at']}; rerun the same command to resume")
-  elif "protocol" in results:
-    lines.append(f"retrieval ({results['protocol']}, {results['scoring']}, "
-                 f"{results['num_images']} images x {results['num_texts']} texts): "
-                 f"i2t R@1/5/10 {results['i2t_r1']:.1f}/{results['i2t_r5']:.1f}/"
-                 f"{results['i2t_r10']:.1f}  t2i R@1/5/10 {results['t2i_r1']:.1f}/"
-                 f"{results['t2i_r5']:.1f}/{results['t2i_r10']:.1f}  mean {results['r_mean']:.1f}")
-    if "mask_precision_patch_method" in results:
-      lines.append(
-          f"mask precision ({results['mask_strategy']} vs random): patches "
-          f"{results['mask_precision_patch_method']:.3f} vs "
-          f"{results['mask_precision_patch_random']:.3f}, tokens "
-          f"{results['mask_precision_token_method']:.3f} vs "
-          f"{results['mask_precision_token_random']:.3f}")
+  else:
+    lines += evaluate.summary_lines(results)
   print("\n".join(lines), flush=True)
 
 

@@ -1,0 +1,214 @@
+"""Evaluation: classification metrics against brute force, the model-backed ITM scorer,
+the retrieval pass with an ITM head that copies ITC, and the evaluate CLI on a tiny
+pretraining checkpoint."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from syncmask_jax import checkpointing, config_lib, evaluate, finetune, optim, retrieval
+from syncmask_jax import sharding, train
+from syncmask_jax import tokenizer as tokenizer_lib
+from syncmask_jax import train_state as train_state_lib
+from syncmask_jax.data import pipeline
+from syncmask_jax.models.vlp import VLP
+
+import test_finetune as ft  # pylint: disable=g-bad-import-order  # host-filled parameters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_classification_metrics_match_brute_force(seed):
+  rs = np.random.RandomState(seed)
+  label = rs.randint(-1, 5, 60)  # -1: unseen in train
+  pred = np.where(rs.rand(60) < 0.5, label, rs.randint(0, 7, 60))  # 5, 6: predicted only
+  pred[label < 0] = rs.randint(0, 7, (label < 0).sum())
+  out = evaluate.classification_metrics(pred, label)
+  known = label >= 0
+  p, y = pred[known], label[known]
+  f1s = []
+  for c in sorted(set(p) | set(y)):
+    tp = sum(1 for a, b in zip(p, y) if a == c and b == c)
+    precision = tp / max(sum(1 for a in p if a == c), 1)
+    recall = tp / max(sum(1 for b in y if b == c), 1)
+    f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+  assert out["accuracy"] == pytest.approx(100 * np.mean([a == b for a, b in zip(p, y)]))
+  assert out["macro_f1"] == pytest.approx(100 * np.mean(f1s))
+  assert out["num_excluded_unseen"] == (~known).sum() > 0
+  assert out["num_evaluated"] + out["num_excluded_unseen"] == out["num_rows"] == 60
+  assert out["num_classes_in_macro_f1"] == len(f1s)
+
+
+def _tiny_model():
+  c = config_lib.model_config("tiny", vocab_size=50)
+  c.vision_depth = 1
+  c.text_dropout = 0.0
+  build = lambda: VLP(c, rngs=nnx.Rngs(params=0))
+  graphdef, _ = nnx.split(nnx.eval_shape(build))
+  return c, graphdef, ft.numpy_params(build)
+
+
+def test_itm_pairs_match_the_model():
+  cfg, graphdef, params = _tiny_model()
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
+  rs = np.random.RandomState(0)
+  image_tokens = rs.randn(5, 17, cfg.vision_width).astype(np.float32)
+  text_hidden = rs.randn(4, 6, cfg.text_width).astype(np.float32)
+  text_mask = np.ones((4, 6), np.int32)
+  text_mask[1, 3:] = 0
+  pairs = retrieval.ItmPairs(graphdef, params, mesh, image_tokens, text_hidden, text_mask,
+                             batch_size=8)
+  ii, tt = rs.randint(0, 5, 13), rs.randint(0, 4, 13)  # 13 pairs: two padded batches
+  got = pairs(ii, tt)
+  model = nnx.merge(graphdef, params)
+  fused, _ = model.fuse(text_hidden[tt], text_mask[tt], image_tokens[ii])
+  np.testing.assert_allclose(got, np.asarray(model.itm_logits(fused)[:, 1]), rtol=1e-4,
+                             atol=1e-5)
+
+
+def _synth_config():
+  c = config_lib.default_config()
+  c.model.vision_depth = 1
+  c.data.global_batch_size = 8
+  c.data.eval_batch_size = 8
+  c.data.synth_val_products = 10
+  c.data.read_threads = 1
+  c.queue_size = 16
+  return c
+
+
+def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
+  c = _synth_config()
+  c.eval = ml_collections.ConfigDict(dict(
+      scoring=("itc", "itc+itm"), itm_k=4, itm_batch_size=8,
+      one_plus_100=dict(num_queries=6, num_negatives=4, rounds=2, seed=0)))
+  tokens = train.token_info(pipeline.make_tokenizer(c))
+  c.model.vocab_size = tokens.vocab_size
+  build = lambda: train_state_lib.build_model(c, 0)
+  graphdef, _ = nnx.split(nnx.eval_shape(build))
+  params = ft.numpy_params(build)
+  mesh = sharding.make_mesh(c.mesh)
+  real_scorer = evaluate._scorer  # pylint: disable=protected-access
+  built = []
+
+  def cosine_itm(scoring, ev, graphdef, params, mesh, images, texts):
+    scorer = real_scorer(scoring, ev, graphdef, params, mesh, images, texts)
+    if scoring == "itc+itm":
+      built.append(scorer.itm)
+      scorer.itm = lambda i, t: np.sum(images["image_feat"][i] * texts["text_feat"][t], -1)
+    return scorer
+
+  monkeypatch.setattr(evaluate, "_scorer", cosine_itm)
+  blocks, counts = evaluate.fashion_retrieval(c, graphdef, params, mesh)
+  assert not counts  # no momentum model given: no mask precision
+  assert isinstance(built[0], retrieval.ItmPairs)  # the real pair scorer was set up
+  by = {(b["protocol"], b["scoring"]): b for b in blocks}
+  assert set(by) == {(p, s) for p in ("full_gallery", "one_plus_100")
+                     for s in ("itc", "itc+itm")}
+  for protocol in ("full_gallery", "one_plus_100"):
+    itc, rerank = dict(by[(protocol, "itc")]), dict(by[(protocol, "itc+itm")])
+    assert rerank.pop("itm_k") == 4
+    itc.pop("scoring"), rerank.pop("scoring")
+    assert itc == rerank
+  assert by[("full_gallery", "itc")]["num_texts"] == 10
+
+
+def test_eval_settings_name_the_field():
+  c = _synth_config()
+  c.eval = ml_collections.ConfigDict(dict(scoring=("itm",)))
+  with pytest.raises(ValueError, match="config.eval.scoring"):
+    evaluate.eval_settings(c)
+  c.eval = ml_collections.ConfigDict(dict(itm_batch_size=12))  # 8 devices
+  with pytest.raises(ValueError, match="config.eval.itm_batch_size=12"):
+    evaluate.eval_settings(c)
+  c.eval = ml_collections.ConfigDict(dict(protocols=("one_plus_1000",)))
+  with pytest.raises(ValueError, match="config.eval.protocols"):
+    evaluate.eval_settings(c)
+  c.eval = ml_collections.ConfigDict(dict(scoring="itc,itc+itm"))
+  assert evaluate.eval_settings(c).scoring == ("itc", "itc+itm")
+
+
+def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
+  """A real TrainState checkpoint (8-device layout) at steps 1 and 2, evaluated at the
+  named step 1 on 2 devices: parameters only, resharded on restore."""
+  overrides = {"model.vision_depth": 1, "data.global_batch_size": 8,
+               "data.eval_batch_size": 8, "data.synth_val_products": 10, "queue_size": 16}
+  c = config_lib.default_config()
+  for k, v in overrides.items():
+    node, _, leaf = k.rpartition(".")
+    (c[node] if node else c)[leaf] = v
+  c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
+  mesh = sharding.make_mesh(c.mesh)
+  state, _ = train_state_lib.create_train_state(
+      c, mesh, lambda p: optim.make_optimizer(c.optim, p, 10))
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+  ckpt.save(1, state, {"sampler": {}}, force=True)
+  ckpt.save(2, state.replace(step=state.step + 2), {"sampler": {}}, force=True)
+  ckpt.close()
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  run = subprocess.run(
+      [sys.executable, "-m", "syncmask_jax.evaluate",
+       f"--config={os.path.join(ROOT, 'configs', 'synthfashion.py')}",
+       f"--workdir={tmp_path}", "--step=1"]
+      + [f"--config.{k}={v}" for k, v in overrides.items()],
+      env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = json.load(open(tmp_path / "eval" / "pretrain.json"))
+  assert out["task"] == "pretrain" and out["step"] == 1
+  assert [(b["protocol"], b["scoring"]) for b in out["results"]] == [
+      ("full_gallery", "itc"), ("one_plus_100", "itc")]
+  assert out["protocol"] == "full_gallery" and out["num_texts"] == 10  # the headline
+  assert out["results"][1]["num_queries"] == 10 and out["results"][1]["num_negatives"] == 9
+  for kind in ("patch", "token"):
+    for masks in ("method", "random"):
+      assert 0.0 <= out[f"mask_precision_{kind}_{masks}"] <= 1.0
+  assert len(out["pictures"]) == 4
+  for path in out["pictures"]:
+    assert os.path.getsize(path) > 0 and Image.open(path).size[0] > 0
+  assert "retrieval full_gallery/itc (" in run.stdout and "mask precision" in run.stdout
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert any(r["step"] == 1 and "eval/pretrain/one_plus_100/itc/r_mean" in r for r in rows)
+  assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
+  # A step that is not there is an error naming it.
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint of step 5"):
+    finetune.load_pretrained(str(tmp_path / "checkpoints"), {}, step=5)
+
+
+def test_karpathy_pass_images_against_all_captions(tmp_path):
+  """COCO layout: 2 test images with 5 and 6 captions; both scorings through the model."""
+  os.makedirs(tmp_path / "val2014")
+  entries = []
+  for i, n in enumerate((5, 6)):
+    Image.fromarray(np.full((12, 10, 3), 60 * i + 20, np.uint8)).save(
+        tmp_path / "val2014" / f"img{i}.jpg")
+    entries.append({"image": f"val2014/img{i}.jpg",
+                    "caption": [f"a red dress number {k}" for k in range(n)]})
+  json.dump(entries, open(tmp_path / "coco_test.json", "w"))
+  c = _synth_config()
+  c.data.name = "coco"
+  c.data.root = str(tmp_path)
+  c.eval = ml_collections.ConfigDict(dict(scoring=("itc", "itc+itm"), itm_k=4,
+                                          itm_batch_size=8))
+  c.data.vocab_path = tokenizer_lib.synthfashion_vocab()
+  c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
+  build = lambda: train_state_lib.build_model(c, 0)
+  graphdef, _ = nnx.split(nnx.eval_shape(build))
+  mesh = sharding.make_mesh(c.mesh)
+  blocks = evaluate.retrieval_blocks(c, graphdef, ft.numpy_params(build), mesh)
+  assert [(b["protocol"], b["scoring"]) for b in blocks] == [("karpathy", "itc"),
+                                                             ("karpathy", "itc+itm")]
+  for b in blocks:
+    assert b["num_images"] == 2 and b["num_texts"] == 11 and b["split"] == "test"
+    # An image has >= 5 of the 11 captions: its best ranks at most 6th. A caption has
+    # 2 images to choose from.
+    assert b["i2t_r10"] == 100.0 and b["t2i_r5"] == 100.0
