@@ -133,8 +133,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.alpha = 0.4
   c.loss.alpha_ramp_steps = -1  # -1: one epoch
   c.loss.mlm_distill = True
-  c.loss.mim_target = "pixels"  # pixels | momentum_features
+  c.loss.mim_target = "pixels"  # pixels | momentum_features | prototypes (SemMIM)
   c.loss.mim_norm_pix = True
+
+  # SemMIM (METHOD.md section 4); read only when recipe == "semmim".
+  c.semmim = ml_collections.ConfigDict()
+  c.semmim.num_prototypes = 1024  # [paper] K of the shared prototype encoding space
+  c.semmim.student_temp = 0.1  # [ours, DINO] softmax temperature of student assignments
+  c.semmim.teacher_temp = 0.04  # [ours, DINO] sharpening of the momentum assignments
+  c.semmim.center_momentum = 0.9  # [ours, DINO] running centres of the momentum logits
+  # [ours, iBOT] the MIM output head also projects the global [CLS] into the prototype
+  # space, so global and local encodings share projection and codebook.
+  c.semmim.shared_head = True
+  # [ours, iBOT] the patch centre is the mean over "all" patches (or only "masked" ones).
+  c.semmim.patch_center = "all"
 
   c.momentum = 0.995
   c.queue_size = 256
@@ -164,6 +176,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_every = 0
   c.eval_every = 0
   c.eval_at_end = True
+  c.task = "pretrain"  # pretrain | category | tgir | retrieval
+  c.init_checkpoint = ""  # fine-tuning: a pretraining run's checkpoints/ dir (latest step)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.scoring = ("itc",)  # each listed scoring is reported: itc | itc+itm
+  c.eval.itm_k = 256  # ALBEF's k for itc+itm re-ranking
+  c.eval.itm_batch_size = 64  # (query, candidate) pairs per fused ITM batch
+  c.eval.query_chunk = 1024
+  c.eval.protocols = ()  # empty: the dataset's own (full_gallery + one_plus_100, karpathy, tgir)
+  c.eval.one_plus_100 = ml_collections.ConfigDict(
+      dict(num_queries=1000, num_negatives=100, rounds=5, seed=0))
+  c.eval.pictures = 4  # SynthFashion mask/attention overlays written at evaluation
+  c.eval.picture_words = 2
   c.profile_steps = 0  # >0: a profiler trace of that many steps (clu periodic_actions.Profile)
   c.nonfinite = "stop"  # stop | skip
   return c
@@ -187,6 +211,20 @@ def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> ml_collections.Co
     c.masking.strategy = "random"
     c.negatives.mode = "hard"
     c.loss.mim = 0.0
+  elif recipe == "semmim":
+    # Text-guided patch masks (METHOD.md 2.3), MIM on prototype targets, agreement on two
+    # views; ITC/ITM/MLM and the negatives stay the core's.
+    c.masking.strategy = "text_guided"
+    c.masking.ratio_img = 0.5
+    # [ours] gumbel sampling proportional to the text's attention mass (s^(1/tau)): masks
+    # follow the text yet vary; raw mass at tau=1 would be close to uniform.
+    c.masking.selection = "gumbel"
+    c.masking.score = "log_mass"
+    c.negatives.mode = "semi_hard"
+    c.loss.mim = 1.0
+    c.loss.mim_target = "prototypes"
+    c.loss.agreement = 1.0
+    c.data.two_views = True
   return c
 
 
@@ -222,6 +260,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.optim.grad_accum_steps >= 1, "optim.grad_accum_steps", c.optim.grad_accum_steps,
          "must be >= 1")
   _check(c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0")
+  if c.recipe == "semmim":
+    _validate_semmim(c)
+  else:
+    _check(c.loss.mim_target != "prototypes", "loss.mim_target", c.loss.mim_target,
+           "prototypes is SemMIM's target: needs recipe='semmim'")
   m = c.model
   _check(m.image_size % m.patch_size == 0, "model.image_size", m.image_size,
          f"must be a multiple of model.patch_size={m.patch_size}")
@@ -234,6 +277,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"must be divisible by the {n} processes")
   from syncmask_jax import queue  # pylint: disable=g-import-not-at-top
   queue.check_queue_size(c.queue_size, c.data.global_batch_size)
+
+
+def _validate_semmim(c: ml_collections.ConfigDict) -> None:
+  s = c.semmim
+  _check(s.num_prototypes >= 2, "semmim.num_prototypes", s.num_prototypes, "must be >= 2")
+  _check(s.student_temp > 0, "semmim.student_temp", s.student_temp, "must be > 0")
+  _check(s.teacher_temp > 0, "semmim.teacher_temp", s.teacher_temp, "must be > 0")
+  _check(0.0 <= s.center_momentum < 1.0, "semmim.center_momentum", s.center_momentum,
+         "must be in [0, 1)")
+  _check(s.patch_center in ("all", "masked"), "semmim.patch_center", s.patch_center,
+         "expected all | masked")
+  _check(isinstance(s.shared_head, bool), "semmim.shared_head", s.shared_head,
+         "expected a bool")
+  if c.loss.mim > 0:
+    _check(c.loss.mim_target == "prototypes", "loss.mim_target", c.loss.mim_target,
+           "recipe='semmim' predicts prototype assignments: expected prototypes")
+  if c.loss.agreement > 0:
+    _check(c.data.two_views, "data.two_views", c.data.two_views,
+           "SemMIM agreement learning (loss.agreement > 0) needs two augmented views")
 
 
 def jax_process_count() -> int:

@@ -51,28 +51,27 @@ def mim_head_kind(config: ml_collections.ConfigDict) -> str:
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int) -> VLP:
+  semmim = config.recipe == "semmim"
   return VLP(config.model, mim_head=mim_head_kind(config),
-             num_prototypes=config.get("semmim", {}).get("num_prototypes", 0)
-             if config.recipe == "semmim" else 0,
+             num_prototypes=config.semmim.num_prototypes if semmim else 0,
+             shared_prototype_head=bool(config.semmim.shared_head) if semmim else True,
              rngs=nnx.Rngs(params=seed))
 
 
 def init_centers(config: ml_collections.ConfigDict) -> dict:
+  """SemMIM's running centres of the momentum prototype logits (DINO), zero at start:
+  `global` for the agreement targets, `patch` for the MIM targets."""
   if config.recipe != "semmim":
     return {}
   k = config.semmim.num_prototypes
   return {"global": jnp.zeros((k,), jnp.float32), "patch": jnp.zeros((k,), jnp.float32)}
 
 
-def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       make_tx: Callable[[dict], optax.GradientTransformation],
-                       init_params: Callable[[dict], dict] | None = None
-                       ) -> tuple[TrainState, Setup]:
-  """Initialises the state straight into its sharded layout (no full host copy).
-
-  `init_params`, if given, edits the freshly initialised parameters on the host (the
-  checkpoint importer); the momentum model starts as an exact copy, as in ALBEF.
-  """
+def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               make_tx: Callable[[dict], optax.GradientTransformation]
+               ) -> tuple[Callable[[], TrainState], Setup]:
+  """The state's (unjitted) initialiser and the Setup with its shardings; no arrays
+  are created, so a state from elsewhere (a checkpoint, another layout) can be placed."""
   abstract_model = nnx.eval_shape(lambda: build_model(config, config.seed))
   graphdef, abstract_state = nnx.split(abstract_model)
   param_specs = sharding.param_specs(abstract_state, config.mesh.axis_rules, mesh)
@@ -96,11 +95,25 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
       step=P(), params=param_specs, momentum_params=param_specs, opt_state=opt_specs,
       rng=P(), queue=jax.tree.map(lambda _: P(), abstract.queue),
       centers=jax.tree.map(lambda _: P(), abstract.centers))
-  shardings = sharding.named(mesh, specs)
+  return init, Setup(graphdef=graphdef, state_shardings=sharding.named(mesh, specs),
+                     mesh=mesh, tx=tx)
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       make_tx: Callable[[dict], optax.GradientTransformation],
+                       init_params: Callable[[dict], dict] | None = None
+                       ) -> tuple[TrainState, Setup]:
+  """Initialises the state straight into its sharded layout (no full host copy).
+
+  `init_params`, if given, edits the freshly initialised parameters on the host (the
+  checkpoint importer); the momentum model starts as an exact copy, as in ALBEF.
+  """
+  init, setup = make_setup(config, mesh, make_tx)
+  shardings, tx = setup.state_shardings, setup.tx
   state = jax.jit(init, out_shardings=shardings)()
   if init_params is not None:
     params = init_params(jax.device_get(state.params))
     params = jax.device_put(params, shardings.params)
     state = state.replace(params=params, momentum_params=jax.tree.map(jnp.copy, params),
                           opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params))
-  return state, Setup(graphdef=graphdef, state_shardings=shardings, mesh=mesh, tx=tx)
+  return state, setup

@@ -3,8 +3,11 @@
 Read top to bottom it is METHOD.md section 3: momentum forward on the unmasked pair ->
 masks -> online losses (ITC, ITM with mined negatives, MLM, MIM) -> gradients ->
 optimizer -> EMA of the momentum parameters -> enqueue. The recipes (`syncmask`,
-`albef`, the ablations) differ only in config: masking strategy, negative-mining mode,
-loss weights, MIM target. Everything runs inside one `jax.jit` over the mesh.
+`albef`, `semmim`, the ablations) differ only in config: masking strategy,
+negative-mining mode, loss weights, MIM target. SemMIM (METHOD.md section 4) adds, from
+`semmim.py`, the momentum model's prototype targets (second view, text-injected patch
+targets, running centres) and the online agreement and prototype-MIM losses.
+Everything runs inside one `jax.jit` over the mesh.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from syncmask_jax import losses, masking, negatives, optim
+from syncmask_jax import losses, masking, negatives, optim, semmim
 from syncmask_jax import queue as queue_lib
 from syncmask_jax import sharding
 from syncmask_jax.train_state import Setup, TrainState
@@ -68,6 +71,12 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
   use_mlm = config.loss.mlm > 0
   use_mim = config.loss.mim > 0
   use_itm = config.loss.itm > 0
+  use_semmim = config.recipe == "semmim"
+  use_agreement = use_semmim and config.loss.agreement > 0
+  use_proto_mim = use_mim and config.loss.mim_target == "prototypes"
+  if use_proto_mim and not use_semmim:
+    raise ValueError("config.loss.mim_target='prototypes' needs config.recipe='semmim'")
+  sem_cfg = config.semmim if use_semmim else None
   masking.validate_config(config.masking)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -90,6 +99,12 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     num_patches = image_tokens_m.shape[1] - 1
     patch_mask, token_mask = masking.masks_from_config(
         k_mask, config.masking, cross_probs_m, maskable, num_patches)
+    if config.masking.strategy == "text_guided":
+      # Text-guided masking chooses patches only (METHOD.md 2.3); MLM keeps ALBEF's
+      # uniform token mask. A key folded from k_mask leaves the other recipes' draws as
+      # they were.
+      _, token_mask = masking.random_masks(jax.random.fold_in(k_mask, 1), num_patches,
+                                           maskable, 0.0, config.masking.ratio_txt)
     mlm_ids, mlm_labels, mlm_weights = masking.mlm_corrupt(
         k_mlm, ids, token_mask, tokens.vocab_size, tokens.mask_id, tokens.min_random_id)
     soft_labels = None
@@ -101,6 +116,21 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     bank_text = jnp.concatenate([text_feat_m, state.queue["text_feat"]])
     bank_pid = jnp.concatenate([pid, state.queue["product_id"]])
     bank_valid = jnp.concatenate([jnp.ones(pid.shape, bool), state.queue["valid"]])
+
+    # SemMIM targets, like the masks from the momentum model (METHOD.md 4): prototype
+    # assignments of both views' [CLS] (agreement) and of the text-fused unmasked
+    # patches (MIM), sharpened and centred; the running centres move after use (DINO).
+    centers = state.centers
+    global_probs = patch_probs = None
+    if use_agreement:
+      view2 = semmim.second_view(batch)
+      global_probs, center_global, _ = semmim.global_targets(
+          teacher, image_tokens_m, teacher.encode_image(view2), centers["global"], sem_cfg)
+      centers = {**centers, "global": center_global}
+    if use_proto_mim:
+      patch_probs, center_patch, _ = semmim.patch_targets(
+          teacher, image_tokens_m, text_hidden_m, tmask, centers["patch"], patch_mask, sem_cfg)
+      centers = {**centers, "patch": center_patch}
 
     # 3. Online losses.
     def loss_fn(params):
@@ -144,7 +174,23 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
         total += config.loss.mlm * loss_mlm
         aux["loss_mlm"] = loss_mlm
 
-      if use_mim:
+      if use_agreement:
+        loss_agree, _ = semmim.agreement(
+            model, image_tokens, model.encode_image(view2, rngs=drop), global_probs,
+            sem_cfg.student_temp)
+        total += config.loss.agreement * loss_agree
+        aux["loss_agreement"] = loss_agree
+
+      if use_proto_mim:
+        # SemMIM: the masked image tokens cross-attend to the text, then predict the
+        # prototype assignment of each masked patch.
+        loss_mim, pred_logits = semmim.semantic_mim(
+            model, model.encode_image(images, patch_mask, rngs=drop), text_hidden, tmask,
+            patch_probs, patch_mask, sem_cfg.student_temp, rngs=drop)
+        total += config.loss.mim * loss_mim
+        aux["loss_mim"] = loss_mim
+        aux["pred_logits"] = jax.lax.stop_gradient(pred_logits)
+      elif use_mim:
         # MIM sees the masked image and the *full* text.
         masked_tokens = model.encode_image(images, patch_mask, rngs=drop)
         pred = model.mim_decode(masked_tokens, text_hidden, tmask, rngs=drop)
@@ -159,6 +205,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
 
     # 4. Gradients, optimizer, temperature clamp, EMA, queue.
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    pred_logits = aux.pop("pred_logits", None)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -170,7 +217,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
                                    state.momentum_params)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
-        momentum_params=momentum_params,
+        momentum_params=momentum_params, centers=centers,
         queue=queue_lib.enqueue(state.queue, image_feat_m, text_feat_m, pid))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if config.nonfinite == "skip":
@@ -185,6 +232,9 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
                                              config.masking.head_reduce)
     metrics.update({f"mask/{k}": v for k, v in
                     masking.mask_stats(attn, patch_mask, token_mask, maskable).items()})
+    if use_semmim:
+      metrics.update({f"semmim/{k}": v for k, v in semmim.diagnostics(
+          global_probs, patch_probs, patch_mask, pred_logits, sem_cfg.student_temp).items()})
     if config.data.grouping == "embedding":
       # GRIT-VLP grouping: the next epoch's batches come from these ITC embeddings
       # (mean of the momentum image and text features: [ours]); the loop hands them back.

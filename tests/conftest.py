@@ -42,3 +42,16 @@ def tiny_config():
   c.model.vocab_size = 100
   c.model.text_dropout = 0.0
   return c
+
+
+def assert_no_host_round_trip(hlo: str) -> None:
+  """No host callback or transfer in a compiled step's HLO.
+
+  Instructions only: the HLO's stack-frame metadata names Python functions, which may
+  contain any word (a test called "..._callbacks", say).
+  """
+  import re  # pylint: disable=g-import-not-at-top
+  targets = re.findall(r'custom_call_target="([^"]+)"', hlo)
+  assert not [t for t in targets if "callback" in t or "host" in t.lower()], targets
+  for op in (" outfeed(", " infeed(", " send(", " recv("):
+    assert op not in hlo, op

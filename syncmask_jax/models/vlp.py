@@ -29,9 +29,12 @@ def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
 class VLP(nnx.Module):
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, mim_head: str = "none",
-               num_prototypes: int = 0, rngs: nnx.Rngs):
+               num_prototypes: int = 0, shared_prototype_head: bool = True, rngs: nnx.Rngs):
     if mim_head not in MIM_HEADS:
       raise ValueError(f"mim_head={mim_head!r}: expected one of {MIM_HEADS}")
+    if mim_head == "prototypes" and num_prototypes < 2:
+      raise ValueError(f"mim_head='prototypes' needs a codebook: num_prototypes="
+                       f"{num_prototypes} (config.semmim.num_prototypes)")
     dtype = jnp.dtype(cfg.dtype)
     self.temp_range = (float(cfg.temp_min), float(cfg.temp_max))
     self.vision = vit.ViT(
@@ -67,10 +70,18 @@ class VLP(nnx.Module):
                  "prototypes": cfg.embed_dim}[mim_head]
       self.mim_out = layers.Dense(cfg.vision_width, out_dim, ("embed", "mlp"), rngs=rngs,
                                   dtype=dtype)
+    self.num_prototypes = num_prototypes
+    self.shared_prototype_head = False
     if num_prototypes:
       # SemMIM: one codebook shared by global and local encodings (METHOD.md section 4).
       self.prototypes = layers.param(rngs, nnx.initializers.truncated_normal(1.0),
                                      (num_prototypes, cfg.embed_dim), ("prototypes", "proj"))
+      # iBOT's shared head: the MIM output head also projects the global [CLS]. Without a
+      # prototype MIM head (the loss.mim=0 ablation) the global encoding gets its own.
+      self.shared_prototype_head = shared_prototype_head and mim_head == "prototypes"
+      if not self.shared_prototype_head:
+        self.prototype_proj = layers.Dense(cfg.vision_width, cfg.embed_dim, ("embed", "proj"),
+                                           rngs=rngs, dtype=dtype)
 
   @property
   def num_patches(self) -> int:
@@ -113,3 +124,29 @@ class VLP(nnx.Module):
     h, _ = self.mim_decoder(image_tokens, jnp.ones(image_tokens.shape[:2], jnp.int32),
                             text_hidden, text_mask, rngs=rngs)
     return self.mim_out(h[:, 1:]).astype(jnp.float32)
+
+  def prototype_logits(self, encodings: Array) -> Array:
+    """Cosine similarity of (..., embed_dim) encodings to the K prototypes: (..., K).
+
+    Both sides are L2-normalised, so logits / temperature is DINO's head with a
+    weight-normalised last layer (g = 1) on a normalised bottleneck: bounded logits,
+    whose scale the student and teacher temperatures alone set.
+    """
+    if not self.num_prototypes:
+      raise ValueError("this model was built without prototypes (config.recipe != 'semmim')")
+    return l2_normalize(encodings) @ l2_normalize(self.prototypes[...]).T
+
+  def global_prototype_logits(self, image_tokens: Array) -> Array:
+    """The image [CLS] projected onto the prototypes: (B, K) cosines."""
+    if not self.num_prototypes:
+      raise ValueError("this model was built without prototypes (config.recipe != 'semmim')")
+    head = self.mim_out if self.shared_prototype_head else self.prototype_proj
+    return self.prototype_logits(head(image_tokens[:, 0]))
+
+  def patch_prototype_logits(self, image_tokens: Array, text_hidden: Array, text_mask: Array,
+                             rngs: nnx.Rngs | None = None) -> Array:
+    """Patch encodings after cross-attending to the text, onto the prototypes: (B, N, K)."""
+    if self.mim_head_kind != "prototypes":
+      raise ValueError(f"patch prototypes need mim_head='prototypes', got "
+                       f"{self.mim_head_kind!r}")
+    return self.prototype_logits(self.mim_decode(image_tokens, text_hidden, text_mask, rngs))
