@@ -42,7 +42,7 @@ from absl import logging
 from clu import periodic_actions
 from flax import nnx
 
-from syncmask_jax import checkpointing, config_lib, evaluate, losses, negatives, optim
+from syncmask_jax import checkpointing, config_lib, evaluate, losses, optim
 from syncmask_jax import sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax import train_step as train_step_lib
@@ -54,11 +54,6 @@ TASKS = ("category", "tgir", "retrieval")
 LABELS = ("category", "subcategory")
 # Parameters a task adds to the pretrained model: allowed to be absent from the checkpoint.
 NEW_PARAMS = {"category": ("classifier",), "tgir": (), "retrieval": ()}
-# The pretraining driver's loop helpers, shared rather than copied.
-# pylint: disable=protected-access
-_Preemption, _check_finite = train._Preemption, train._check_finite
-_mean_metrics, _global_like = train._mean_metrics, train._global_like
-# pylint: enable=protected-access
 
 
 # -- models and state -------------------------------------------------------------------
@@ -344,7 +339,6 @@ def make_retrieval_step(config: ml_collections.ConfigDict, setup: train_state_li
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_neg, k_drop = jax.random.split(rng)
     ids, tmask, pid = batch["text_ids"], batch["text_mask"], batch["product_id"]
-    b = ids.shape[0]
 
     def loss_fn(params):
       model = nnx.merge(setup.graphdef, params)
@@ -357,15 +351,9 @@ def make_retrieval_step(config: ml_collections.ConfigDict, setup: train_state_li
       # ALBEF's online-vs-momentum sims); every same-product entry is a positive.
       loss_itc, itc_aux = losses.itc_loss(image_feat, text_feat, image_feat, text_feat, pid,
                                           pid, model.temperature(), alpha=0.0)
-      neg_text, neg_image, mine_stats = negatives.mine_negatives(
-          k_neg, itc_aux["sim_i2t"], pid, ids, config.negatives.mode, config.negatives.margin)
-      fused_pos, _ = model.fuse(text_hidden, tmask, image_tokens, rngs=drop)
-      fused_neg, _ = model.fuse(
-          jnp.concatenate([text_hidden[neg_text], text_hidden]),
-          jnp.concatenate([tmask[neg_text], tmask]),
-          jnp.concatenate([image_tokens, image_tokens[neg_image]]), rngs=drop)
-      logits = model.itm_logits(jnp.concatenate([fused_pos, fused_neg]))
-      loss_itm = losses.itm_loss(logits, losses.itm_labels(b))
+      loss_itm, mine_stats = train_step_lib.itm_with_mined_negatives(
+          model, k_neg, itc_aux["sim_i2t"], pid, ids, text_hidden, tmask, image_tokens,
+          config.negatives, drop)
       aux = {"loss_itc": loss_itc, "loss_itm": loss_itm, "temp": model.temperature(),
              **{f"negatives/{k}": v for k, v in mine_stats.items()}}
       return config.loss.itc * loss_itc + config.loss.itm * loss_itm, aux
@@ -505,7 +493,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
 
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
-  preemption = _Preemption()
+  preemption = train.Preemption()
   history: list[dict] = []
   history_start = step = start
   p_step = batch_shardings = None
@@ -515,7 +503,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     while step < config.total_steps:
       host_batch = next(train_iter)
       if p_step is None:
-        like = _global_like(host_batch)
+        like = train.global_like(host_batch)
         batch_shardings = train_step_lib.batch_shardings(mesh, config.mesh.axis_rules, like)
         p_step = train_step_lib.jit_train_step(task.step_fn, task.setup, config, like)
       batch = pipeline.make_global_batch(host_batch, mesh, batch_shardings)
@@ -527,9 +515,9 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
                                            and ckpt.reached_preemption(step))
       if (step % config.log_every == 0 or step == config.total_steps
           or step % config.checkpoint_every == 0 or preempted):
-        _check_finite(history, history_start, config)
+        train.check_finite(history, history_start, config)
         writer.write_scalars(step, {f"train/{k}": v
-                                    for k, v in _mean_metrics(history).items()})
+                                    for k, v in train.mean_metrics(history).items()})
         history, history_start = [], step
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
         ckpt.save(step, state, train_iter.get_state(), force=True)

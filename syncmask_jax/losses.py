@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
+from syncmask_jax.models.vit import patchify  # the patch layout of the ViT input
+
 Array = jax.Array
 
 # Finite logit for empty queue slots: exp(-1e9 - max) is exactly 0, and unlike -inf it
@@ -145,16 +147,6 @@ def mlm_loss(logits: Array, labels: Array, weights: Array | None = None,
 
 
 # ---------------------------------------------------------------------------- MIM
-
-
-def patchify(images: Array, patch: int) -> Array:
-  """(B, H, W, C) -> (B, N, patch * patch * C): patches row-major, vectors (ph, pw, C)."""
-  b, h, w, c = images.shape
-  if h % patch or w % patch:
-    raise ValueError(f"image {h}x{w} not divisible by patch size {patch}")
-  x = images.reshape(b, h // patch, patch, w // patch, patch, c)
-  x = x.transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
 def mim_pixel_loss(pred: Array, images: Array, patch_mask: Array, patch: int,

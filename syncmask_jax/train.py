@@ -12,10 +12,8 @@ import json
 import os
 import signal
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -31,7 +29,7 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
-class _Preemption:
+class Preemption:
   """SIGTERM (preemption notice) sets a flag; the loop saves and exits cleanly."""
 
   def __init__(self):
@@ -124,12 +122,12 @@ def log_compiled(compiled, writer, global_batch: int) -> dict:
   return info
 
 
-def _mean_metrics(history: list[dict]) -> dict:
+def mean_metrics(history: list[dict]) -> dict:
   host = jax.device_get(history)
   return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
-def _check_finite(history: list[dict], first_step: int, config) -> None:
+def check_finite(history: list[dict], first_step: int, config) -> None:
   if config.nonfinite != "stop":
     return
   finite = jax.device_get([h["finite"] for h in history])
@@ -184,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0 and config.get("profile_steps", 0):
     hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
                                           logdir=workdir))
-  preemption = _Preemption()
+  preemption = Preemption()
   history: list[dict] = []
   history_start = start
   step = start
@@ -196,8 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       host_batch = next(train_iter)
       if p_step is None:
         batch_shardings = train_step_lib.batch_shardings(
-            mesh, config.mesh.axis_rules, _global_like(host_batch))
-        p_step = train_step_lib.jit_train_step(step_fn, setup, config, _global_like(host_batch))
+            mesh, config.mesh.axis_rules, global_like(host_batch))
+        p_step = train_step_lib.jit_train_step(step_fn, setup, config, global_like(host_batch))
         batch = pipeline.make_global_batch(host_batch, mesh, batch_shardings)
         compiled = p_step.lower(state, batch).compile()
         log_compiled(compiled, writer, config.data.global_batch_size)
@@ -217,8 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       boundary = (step % config.log_every == 0 or step == config.total_steps
                   or step % config.checkpoint_every == 0 or preempted)
       if boundary:
-        _check_finite(history, history_start, config)
-        writer.write_scalars(step, {f"train/{k}": v for k, v in _mean_metrics(history).items()})
+        check_finite(history, history_start, config)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in mean_metrics(history).items()})
         history, history_start = [], step
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
         ckpt.save(step, state, train_iter.get_state(), force=True)
@@ -246,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _global_like(host_batch: dict) -> dict:
+def global_like(host_batch: dict) -> dict:
   """Shape stand-ins of the global batch (host batch x process count) for jit."""
   n = jax.process_count()
   return {k: jax.ShapeDtypeStruct((v.shape[0] * n, *v.shape[1:]), v.dtype)

@@ -62,6 +62,26 @@ def ema(momentum_params: Any, params: Any, m: float) -> Any:
   return optax.incremental_update(params, momentum_params, step_size=1.0 - m)
 
 
+def itm_with_mined_negatives(model, key: Array, sim_i2t: Array, pid: Array, ids: Array,
+                             text_hidden: Array, tmask: Array, image_tokens: Array,
+                             negatives_cfg: ml_collections.ConfigDict,
+                             rngs: nnx.Rngs | None) -> tuple[Array, dict]:
+  """ITM on B positives, B (image, mined text) and B (mined image, text) pairs.
+
+  `sim_i2t` (B, B) are the in-batch ITC sims; the miner sees the whole (global) batch:
+  under jit these are global arrays.
+  """
+  neg_text, neg_image, stats = negatives.mine_negatives(
+      key, sim_i2t, pid, ids, negatives_cfg.mode, negatives_cfg.margin)
+  fused_pos, _ = model.fuse(text_hidden, tmask, image_tokens, rngs=rngs)
+  fused_neg, _ = model.fuse(
+      jnp.concatenate([text_hidden[neg_text], text_hidden]),
+      jnp.concatenate([tmask[neg_text], tmask]),
+      jnp.concatenate([image_tokens, image_tokens[neg_image]]), rngs=rngs)
+  logits = model.itm_logits(jnp.concatenate([fused_pos, fused_neg]))
+  return losses.itm_loss(logits, losses.itm_labels(ids.shape[0])), stats
+
+
 def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: TokenInfo,
                     steps_per_epoch: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """The pure step for `config`; `jit_train_step` compiles it over the mesh."""
@@ -150,17 +170,9 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
 
       if use_itm:
         b = ids.shape[0]
-        # The miner sees the whole (global) batch: under jit these are global arrays.
-        neg_text, neg_image, mine_stats = negatives.mine_negatives(
-            k_neg, itc_aux["sim_i2t"][:, :b], pid, ids, config.negatives.mode,
-            config.negatives.margin)
-        fused_pos, _ = model.fuse(text_hidden, tmask, image_tokens, rngs=drop)
-        fused_neg, _ = model.fuse(
-            jnp.concatenate([text_hidden[neg_text], text_hidden]),
-            jnp.concatenate([tmask[neg_text], tmask]),
-            jnp.concatenate([image_tokens, image_tokens[neg_image]]), rngs=drop)
-        logits = model.itm_logits(jnp.concatenate([fused_pos, fused_neg]))
-        loss_itm = losses.itm_loss(logits, losses.itm_labels(b))
+        loss_itm, mine_stats = itm_with_mined_negatives(
+            model, k_neg, itc_aux["sim_i2t"][:, :b], pid, ids, text_hidden, tmask,
+            image_tokens, config.negatives, drop)
         total += config.loss.itm * loss_itm
         aux["loss_itm"] = loss_itm
         aux.update({f"negatives/{k}": v for k, v in mine_stats.items()})

@@ -1,7 +1,6 @@
 """The pretraining step: EMA, queue, sharding invariance, learning, no host round trip."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_no_host_round_trip, toy_batch
