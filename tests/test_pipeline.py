@@ -17,6 +17,7 @@ from test_data_sources import write_fashiongen, write_fashioniq, write_karpathy
 def synth_config(grouping="none", batch=8, **data):
   c = config_lib.default_config()
   c.data.global_batch_size = batch
+  c.data.eval_batch_size = batch
   c.data.grouping = grouping
   c.data.subcategories_per_batch = 2
   c.data.read_threads = 2
