@@ -146,3 +146,14 @@ def test_mesh_config_errors():
   c.mesh.fsdp = 3
   with pytest.raises(ValueError, match="config.mesh"):
     sharding.make_mesh(c.mesh)
+
+
+def test_base_preset_matches_albef_size():
+  # ViT-B/16 (86M) + BERT-base (110M) + six new cross-attention blocks: ALBEF's ~210M.
+  cfg = config_lib.model_config("base")
+  abstract = nnx.eval_shape(lambda: VLP(cfg, rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(nnx.state(abstract))
+  total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert 209e6 < total < 211e6, total
+  assert params["vision"]["pos_embed"].shape == (1, 257, 768)
+  assert params["fusion"]["layer_5"]["cross_attn"]["key"]["kernel"].shape == (768, 768)
