@@ -7,11 +7,13 @@ these names to mesh axes through the config's rules table. Compute runs in `dtyp
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -32,8 +34,35 @@ def dropout(x: Array, rate: float, rngs: nnx.Rngs | None) -> Array:
 
 
 def gelu(x: Array) -> Array:
-  # BERT and ViT checkpoints use the exact erf GELU, not the tanh approximation.
-  return jax.nn.gelu(x, approximate=False)
+  # BERT and ViT checkpoints use the exact erf GELU, not the tanh approximation. Written
+  # with erf as PyTorch does: jax.nn.gelu's erfc form lowers on CPU to piecewise exp
+  # code that keeps extra (B, T, mlp) buffers alive (benchmarks/RESULTS.md: -11% peak
+  # memory on `small`).
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
+@jax.custom_vjp
+def dense(x: Array, kernel: Array, bias: Array) -> Array:
+  """x @ kernel + bias over the last axis of x (any leading shape)."""
+  return jnp.dot(x, kernel) + bias
+
+
+def _dense_fwd(x: Array, kernel: Array, bias: Array):
+  # The kernel gradient contracts the token axes: kept as x^T (din, N), it is a plain
+  # GEMM with the incoming gradient. Left to autodiff, XLA:CPU instead transposes the
+  # gradient, and fuses into every transposing copy the whole elementwise chain that
+  # produced it (the residual stream's gradient through all later blocks): -13% step
+  # time on `small` (benchmarks/RESULTS.md).
+  return dense(x, kernel, bias), (x.reshape(-1, x.shape[-1]).T, kernel)
+
+
+def _dense_bwd(res, g: Array):
+  x_t, kernel = res
+  g2 = g.reshape(-1, g.shape[-1])
+  return jnp.dot(g, kernel.T), jnp.dot(x_t, g2), jnp.sum(g2, axis=0)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 class Dense(nnx.Module):
@@ -50,8 +79,41 @@ class Dense(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-    return y + self.bias[...].astype(self.dtype)
+    return dense(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                 self.bias[...].astype(self.dtype))
+
+
+def _layer_norm_stats(x: Array, eps: float) -> tuple[Array, Array]:
+  x_c = x - x.mean(-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.square(x_c).mean(-1, keepdims=True) + eps)
+  return x_c * rstd, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (float32 inputs)."""
+  x_hat, _ = _layer_norm_stats(x, eps)
+  return x_hat * scale + bias
+
+
+def _layer_norm_fwd(x: Array, scale: Array, bias: Array, eps: float):
+  x_hat, rstd = _layer_norm_stats(x, eps)
+  return x_hat * scale + bias, (x_hat, rstd, scale)
+
+
+def _layer_norm_bwd(eps: float, res, dy: Array):
+  # The closed form, two row reductions. Autodiff of the two-pass statistics keeps more
+  # (B, T, D) intermediates: -10% bytes accessed, -7% peak memory, -5% fused kernels on
+  # `small` (benchmarks/RESULTS.md).
+  del eps
+  x_hat, rstd, scale = res
+  g = dy * scale
+  dx = rstd * (g - g.mean(-1, keepdims=True) - x_hat * (g * x_hat).mean(-1, keepdims=True))
+  rows = tuple(range(dy.ndim - 1))
+  return dx, jnp.sum(dy * x_hat, axis=rows), jnp.sum(dy, axis=rows)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nnx.Module):
@@ -64,10 +126,7 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     # Statistics in float32 even under bf16 compute: LN variance underflows in bf16.
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+    y = layer_norm(x.astype(jnp.float32), self.scale[...], self.bias[...], self.eps)
     return y.astype(self.dtype)
 
 
