@@ -63,7 +63,8 @@ def run_preset(preset: str, args) -> dict:
     print(f"[{preset}] jax {name}: lower {built['lower_s']:.1f}s compile "
           f"{built['compile_s']:.1f}s, {built['flops'] / 1e9:.2f} GFLOP/step", flush=True)
   out["jax"] = built_info
-  out["jax_params"] = int(sum(x.size for x in jax.tree.leaves(runners["jax_syncmask"].state.params)))
+  params = runners["jax_syncmask"].state.params
+  out["jax_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
 
   calls = {k: r.step for k, r in runners.items()}
   if not args.skip_torch:
