@@ -8,10 +8,5 @@ cd "$(dirname "$0")/.."
 CONFIG="${1:-configs/synthfashion.py}"
 WORKDIR="${2:-runs/synthfashion}"
 shift $(( $# > 2 ? 2 : $# ))
-VENV="${VENV:-.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-fi
-"$VENV/bin/pip" install -q -e .
+source launch/venv.sh
 exec "$VENV/bin/python" -m syncmask_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"

@@ -123,6 +123,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.negatives = ml_collections.ConfigDict()
   c.negatives.mode = "semi_hard"  # semi_hard | hard | random
   c.negatives.margin = 0.0
+  # Who may not be a negative: "false_negatives" (same product or identical caption:
+  # SyncMask) or "self" (only the pair itself: ALBEF's pretraining rule).
+  c.negatives.exclude = "false_negatives"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.itc = 1.0
@@ -204,12 +207,15 @@ def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> ml_collections.Co
   if recipe == "syncmask":
     c.masking.strategy = "syncmask"
     c.negatives.mode = "semi_hard"
+    c.negatives.exclude = "false_negatives"
     c.loss.mim = 1.0
     c.loss.mim_target = "pixels"
   elif recipe == "albef":
-    # The baseline: random MLM masks, no MIM, ALBEF's multinomial hard negatives.
+    # The baseline: random MLM masks, no MIM, ALBEF's multinomial hard negatives that
+    # exclude only the pair itself.
     c.masking.strategy = "random"
     c.negatives.mode = "hard"
+    c.negatives.exclude = "self"
     c.loss.mim = 0.0
   elif recipe == "semmim":
     # Text-guided patch masks (METHOD.md 2.3), MIM on prototype targets, agreement on two
@@ -250,6 +256,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.masking.tau > 0, "masking.tau", c.masking.tau, "must be > 0")
   _check(c.negatives.mode in ("semi_hard", "hard", "random"), "negatives.mode",
          c.negatives.mode, "expected semi_hard | hard | random")
+  _check(c.negatives.exclude in ("false_negatives", "self"), "negatives.exclude",
+         c.negatives.exclude, "expected false_negatives | self")
   _check(0.0 <= c.momentum < 1.0, "momentum", c.momentum, "must be in [0, 1)")
   _check(0.0 <= c.loss.alpha <= 1.0, "loss.alpha", c.loss.alpha, "must be in [0, 1]")
   _check(c.loss.mim_target in ("pixels", "momentum_features", "prototypes"), "loss.mim_target",

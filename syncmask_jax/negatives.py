@@ -27,14 +27,23 @@ MODES = ("semi_hard", "hard", "random")
 _EXCLUDED = -1e30
 
 
-def false_negative_mask(product_ids: Array, text_ids: Array) -> Array:
+EXCLUDE = ("false_negatives", "self")
+
+
+def false_negative_mask(product_ids: Array, text_ids: Array,
+                        exclude: str = "false_negatives") -> Array:
   """(B, B) bool, True where j must not be a negative for i.
 
-  Same product id, identical token sequence (duplicate caption, padding included) or
-  j == i. The (B, B, T) comparison is fused with its reduction by XLA, so it is not
-  materialised.
+  `false_negatives`: same product id, identical token sequence (duplicate caption,
+  padding included) or j == i. The (B, B, T) comparison is fused with its reduction by
+  XLA, so it is not materialised. `self`: only j == i, ALBEF's pretraining rule
+  (`weights.fill_diagonal_(0)`), which lets a product's other view be its negative.
   """
+  if exclude not in EXCLUDE:
+    raise ValueError(f"config.negatives.exclude={exclude!r}: expected one of {EXCLUDE}")
   batch = product_ids.shape[0]
+  if exclude == "self":
+    return jnp.eye(batch, dtype=bool)
   same_product = product_ids[:, None] == product_ids[None, :]
   same_text = jnp.all(text_ids[:, None, :] == text_ids[None, :, :], axis=-1)
   return same_product | same_text | jnp.eye(batch, dtype=bool)
@@ -74,19 +83,21 @@ def _mine_rows(key: Array, sim: Array, false_neg: Array, mode: str,
 
 def mine_negatives(key: Array, sim_i2t: Array, product_ids: Array, text_ids: Array,
                    mode: str = "semi_hard",
-                   margin: float | Array = 0.0) -> tuple[Array, Array, dict[str, Array]]:
+                   margin: float | Array = 0.0, exclude: str = "false_negatives"
+                   ) -> tuple[Array, Array, dict[str, Array]]:
   """Negative text per image and negative image per text from sim_i2t (B, B).
 
   `sim_i2t[i, j]` = similarity of image i and text j with pairs on the diagonal; for
   `hard` it must already be divided by the ITC temperature (ALBEF samples from
-  softmax(sim / temp)), and `margin` is in the same units as `sim_i2t`. Text-to-image
+  softmax(sim / temp)), and `margin` is in the same units as `sim_i2t`. `exclude` is
+  the rule of `false_negative_mask`. Text-to-image
   mining uses `sim_i2t.T`. No gradient flows through the sims.
 
   Returns (neg_text_idx (B,), neg_image_idx (B,), stats), stats over the 2B anchors:
   `fallback_rate` (rows without a candidate of the mode, which took a uniform
   non-false-negative), `forced_rate` (rows without any non-false-negative, which took
   any j != i), `false_negative_rate` (chosen negatives sharing the anchor's product id:
-  0 unless forced), `semi_hard_rate` (chosen negatives that are semi-hard).
+  0 unless forced or `exclude="self"`), `semi_hard_rate` (chosen negatives that are semi-hard).
   """
   if mode not in MODES:
     raise ValueError(f"config.negatives.mode={mode!r}: expected one of {MODES}")
@@ -94,7 +105,7 @@ def mine_negatives(key: Array, sim_i2t: Array, product_ids: Array, text_ids: Arr
   if sim_i2t.shape != (batch, batch) or batch < 2:
     raise ValueError(f"sim_i2t must be square (B, B) with B >= 2, got {sim_i2t.shape}")
   sim = jax.lax.stop_gradient(sim_i2t).astype(jnp.float32)
-  false_neg = false_negative_mask(product_ids, text_ids)
+  false_neg = false_negative_mask(product_ids, text_ids, exclude)
   key_i2t, key_t2i = jax.random.split(key)
   neg_text_idx, info_i = _mine_rows(key_i2t, sim, false_neg, mode, margin)
   neg_image_idx, info_t = _mine_rows(key_t2i, sim.T, false_neg.T, mode, margin)

@@ -72,7 +72,8 @@ def itm_with_mined_negatives(model, key: Array, sim_i2t: Array, pid: Array, ids:
   under jit these are global arrays.
   """
   neg_text, neg_image, stats = negatives.mine_negatives(
-      key, sim_i2t, pid, ids, negatives_cfg.mode, negatives_cfg.margin)
+      key, sim_i2t, pid, ids, negatives_cfg.mode, negatives_cfg.margin,
+      negatives_cfg.get("exclude", "false_negatives"))
   fused_pos, _ = model.fuse(text_hidden, tmask, image_tokens, rngs=rngs)
   fused_neg, _ = model.fuse(
       jnp.concatenate([text_hidden[neg_text], text_hidden]),

@@ -24,6 +24,27 @@ def test_false_negative_mask():
   np.testing.assert_array_equal(fn, want)
 
 
+def test_albef_rule_excludes_only_the_pair_and_counts_false_negatives():
+  # ALBEF's rule (exclude="self"): the other view of the product is allowed, and being
+  # the most similar it is what semi-hard mining picks; the stats count it.
+  pids = jnp.array([0, 0, 1, 2])
+  texts = _texts(4, duplicates=[(0, 1)])
+  np.testing.assert_array_equal(negatives.false_negative_mask(pids, texts, "self"),
+                                np.eye(4, dtype=bool))
+  sim = jnp.array([[0.9, 0.8, 0.1, 0.2], [0.8, 0.9, 0.2, 0.1], [0.1, 0.3, 0.9, 0.2],
+                   [0.2, 0.1, 0.4, 0.9]])
+  neg_txt, neg_img, stats = negatives.mine_negatives(jax.random.key(0), sim, pids, texts,
+                                                     exclude="self")
+  np.testing.assert_array_equal(neg_txt, [1, 0, 1, 2])
+  np.testing.assert_array_equal(neg_img, [1, 0, 3, 0])
+  assert float(stats["false_negative_rate"]) == pytest.approx(4 / 8)
+  neg_txt, _, stats = negatives.mine_negatives(jax.random.key(0), sim, pids, texts)
+  np.testing.assert_array_equal(neg_txt, [3, 2, 1, 2])
+  assert float(stats["false_negative_rate"]) == 0.0
+  with pytest.raises(ValueError, match="config.negatives.exclude='none'"):
+    negatives.false_negative_mask(pids, texts, "none")
+
+
 def test_semi_hard_picks_most_similar_valid_candidate():
   # Anchors 0 and 1 are the same product; 3 and 4 share a caption.
   pids = jnp.array([0, 0, 1, 2, 3])

@@ -1,0 +1,497 @@
+"""The study: runs the sweep of `configs/study.py` and writes `docs/results.md`.
+
+  python -m syncmask_jax.report --workdir=runs/study [--seeds=0,1,2] [--steps=1000]
+      [--finetune_steps=300] [--variants=albef,syncmask,...] [--jobs=2] [--docs=docs]
+      [--no_run]   (report from the runs already in --workdir)
+
+Each (variant, seed) is one pretraining run (`python -m syncmask_jax.main
+--config=configs/study.py:variant=V,seed=S,steps=N`, evaluated at the end: retrieval
+under the full-gallery and 1+100 protocols, mask precision on held-out pairs) and one
+subcategory fine-tuning run from its last checkpoint. A run whose evaluation file
+exists is not repeated, and an interrupted one resumes from its checkpoint, so the
+sweep can be stopped and started again.
+
+Every figure of the report is read back from the runs' files (`eval/pretrain.json`,
+`metrics.jsonl`, `finetune/eval/category.json`, `run.json`): nothing is typed in.
+Per variant: mean and sample standard deviation over seeds. A claim "A beats B" is
+judged on the difference of the means d against the pooled seed spread
+s = sqrt((std_A^2 + std_B^2) / 2): it *held* when d > 2s, went *the other way* when
+d < -2s, and is *within the seed spread* otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY_CONFIG = os.path.join("configs", "study.py")
+PROTOCOLS = (("full_gallery", "full gallery"), ("one_plus_100", "1+100"))
+RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean")
+CURVES = (("train/mask/patch_precision", "patches"), ("train/mask/token_precision", "tokens"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """`better` beats `worse` on `metric` (per-run values; `lower` if smaller is better).
+
+  With `worse` = None the comparison is paired inside `better`'s runs: `metric` against
+  `baseline_metric` (the same model's random masks)."""
+  text: str
+  metric: str
+  better: str
+  worse: str | None
+  baseline_metric: str | None = None
+  lower: bool = False
+
+
+CLAIMS = (
+    Claim("SyncMask's patch masks hit co-occurring patches more often than random masks "
+          "(same model, held-out pairs)", "patch_precision", "syncmask", None,
+          "patch_precision_random"),
+    Claim("SyncMask's token masks hit co-occurring words more often than random masks "
+          "(same model, held-out pairs)", "token_precision", "syncmask", None,
+          "token_precision_random"),
+    Claim("SyncMask masks give better retrieval than random MLM+MIM masks (full gallery)",
+          "full_gallery/r_mean", "syncmask", "random_masks"),
+    Claim("SyncMask masks give better retrieval than random MLM+MIM masks (1+100)",
+          "one_plus_100/r_mean", "syncmask", "random_masks"),
+    Claim("MIM + MLM on random masks beat the ALBEF baseline (full gallery)",
+          "full_gallery/r_mean", "random_masks", "albef"),
+    Claim("The full method (subcategory grouping + semi-hard) beats SyncMask masks alone "
+          "(full gallery)", "full_gallery/r_mean", "full_subcategory", "syncmask"),
+    Claim("Embedding grouping + semi-hard beats SyncMask masks alone (full gallery)",
+          "full_gallery/r_mean", "full_embedding", "syncmask"),
+    Claim("Semi-hard negatives beat hard negatives, both grouped (full gallery)",
+          "full_gallery/r_mean", "full_subcategory", "negatives_hard"),
+    Claim("Semi-hard negatives beat random negatives, both grouped (full gallery)",
+          "full_gallery/r_mean", "full_subcategory", "negatives_random"),
+    Claim("SyncMask's miner mines fewer same-product negatives than ALBEF's",
+          "false_negative_rate", "syncmask", "albef", lower=True),
+    Claim("The full method fine-tunes to a better subcategory accuracy than ALBEF",
+          "subcategory_accuracy", "full_subcategory", "albef"),
+    Claim("SemMIM beats the ALBEF baseline (full gallery)", "full_gallery/r_mean", "semmim",
+          "albef"),
+    Claim("SemMIM fine-tunes to a better subcategory accuracy than ALBEF",
+          "subcategory_accuracy", "semmim", "albef"),
+)
+
+
+def load_variants() -> dict[str, tuple[str, dict, str]]:
+  spec = importlib.util.spec_from_file_location("study_config",
+                                                os.path.join(REPO, STUDY_CONFIG))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.VARIANTS, module.FINETUNE
+
+
+def run_dir(root: str, variant: str, seed: int) -> str:
+  return os.path.join(root, variant, f"seed{seed}")
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def _commands(variant: str, seed: int, args: argparse.Namespace, finetune: str,
+              directory: str) -> list[tuple[str, list[str], str]]:
+  """(name, argv, file that marks it done) for the pretraining and fine-tuning runs."""
+  main = [sys.executable, "-m", "syncmask_jax.main"]
+  pretrain = main + [f"--config={STUDY_CONFIG}:variant={variant},seed={seed},"
+                     f"steps={args.steps}", f"--workdir={directory}", *args.override]
+  ft_dir = os.path.join(directory, "finetune")
+  tune = main + [f"--config={finetune},steps={args.finetune_steps}",
+                 f"--config.init_checkpoint={os.path.join(directory, 'checkpoints')}",
+                 f"--config.seed={seed}", f"--workdir={ft_dir}", *args.finetune_override]
+  return [("pretrain", pretrain, os.path.join(directory, "eval", "pretrain.json")),
+          ("finetune", tune, os.path.join(ft_dir, "eval", "category.json"))]
+
+
+def run_one(variant: str, seed: int, args: argparse.Namespace, finetune: str) -> dict:
+  """Runs what is missing of one (variant, seed); returns its run.json record."""
+  directory = run_dir(args.workdir, variant, seed)
+  os.makedirs(directory, exist_ok=True)
+  info_path = os.path.join(directory, "run.json")
+  info = {}
+  if os.path.exists(info_path):
+    with open(info_path, encoding="utf-8") as f:
+      info = json.load(f)
+  for name, argv, done in _commands(variant, seed, args, finetune, directory):
+    if os.path.exists(done):
+      continue
+    log = os.path.join(directory, f"{name}.log")
+    t0 = time.time()
+    with open(log, "w", encoding="utf-8") as f:
+      proc = subprocess.run(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0 or not os.path.exists(done):
+      raise RuntimeError(f"{variant} seed {seed}: {name} failed (exit {proc.returncode}); "
+                         f"see {log}")
+    info[name] = {"seconds": time.time() - t0, "command": " ".join(argv[1:])}
+    with open(info_path, "w", encoding="utf-8") as f:
+      json.dump(info, f, indent=2)
+  return info
+
+
+def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Namespace,
+              finetune: str) -> None:
+  jobs = [(v, s) for s in seeds for v in variants]
+  done, lock, t0 = [0], threading.Lock(), time.time()
+
+  def work(job):
+    run_one(*job, args, finetune)
+    with lock:
+      done[0] += 1
+      rate = (time.time() - t0) / done[0]
+      print(f"[{done[0]}/{len(jobs)}] {job[0]} seed {job[1]} done; "
+            f"{time.time() - t0:.0f} s so far, ETA {rate * (len(jobs) - done[0]):.0f} s",
+            flush=True)
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    for future in concurrent.futures.as_completed([pool.submit(work, j) for j in jobs]):
+      future.result()
+
+
+# -- reading the runs --------------------------------------------------------------------
+
+
+def read_run(directory: str) -> dict[str, Any]:
+  """The figures of one run, from its files."""
+  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
+    pretrain = json.load(f)
+  out: dict[str, Any] = {"step": pretrain["step"]}
+  for block in pretrain["results"]:
+    if block.get("scoring") == "itc":
+      for k in RECALLS:
+        out[f"{block['protocol']}/{k}"] = float(block[k])
+  for kind in ("patch", "token"):
+    out[f"{kind}_precision"] = float(pretrain[f"mask_precision_{kind}_method"])
+    out[f"{kind}_precision_random"] = float(pretrain[f"mask_precision_{kind}_random"])
+  curves: dict[str, list[tuple[int, float]]] = {name: [] for name, _ in CURVES}
+  false_negative = []
+  with open(os.path.join(directory, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      for name in curves:
+        if name in row:
+          curves[name].append((row["step"], row[name]))
+      if "train/negatives/false_negative_rate" in row:
+        false_negative.append(row["train/negatives/false_negative_rate"])
+  out["curves"] = curves
+  # Mean over the logged windows of training (each a mean over its steps).
+  out["false_negative_rate"] = float(np.mean(false_negative)) if false_negative else np.nan
+  tune_path = os.path.join(directory, "finetune", "eval", "category.json")
+  if os.path.exists(tune_path):
+    with open(tune_path, encoding="utf-8") as f:
+      block = json.load(f)["results"][0]
+    out["subcategory_accuracy"] = float(block["accuracy"])
+    out["subcategory_macro_f1"] = float(block["macro_f1"])
+  info_path = os.path.join(directory, "run.json")
+  if os.path.exists(info_path):
+    with open(info_path, encoding="utf-8") as f:
+      info = json.load(f)
+    out["seconds"] = sum(v["seconds"] for v in info.values())
+    out["commands"] = {k: v["command"] for k, v in info.items()}
+  out["pictures"] = sorted(p for p in pretrain.get("pictures", []) if p.endswith(".png"))
+  return out
+
+
+def collect(root: str, variants: Sequence[str], seeds: Sequence[int]
+            ) -> dict[str, dict[int, dict]]:
+  runs: dict[str, dict[int, dict]] = {}
+  for v in variants:
+    for s in seeds:
+      d = run_dir(root, v, s)
+      if os.path.exists(os.path.join(d, "eval", "pretrain.json")):
+        runs.setdefault(v, {})[s] = read_run(d)
+  return runs
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample (ddof=1) standard deviation; std 0 for a single value."""
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def judge(better: Sequence[float], worse: Sequence[float], lower: bool = False
+          ) -> dict[str, Any]:
+  """The verdict rule of the module docstring; `lower`: smaller values are better."""
+  mb, sb = mean_std(better)
+  mw, sw = mean_std(worse)
+  d = (mw - mb) if lower else (mb - mw)
+  spread = float(np.sqrt((sb**2 + sw**2) / 2))
+  if d > 2 * spread:
+    verdict = "held"
+  elif d < -2 * spread:
+    verdict = "the other way"
+  else:
+    verdict = "within the seed spread"
+  ratio = d / spread if spread > 0 else (0.0 if d == 0 else float(np.copysign(np.inf, d)))
+  return dict(better=mb, worse=mw, difference=d, spread=spread, verdict=verdict, ratio=ratio)
+
+
+def judge_claim(claim: Claim, runs: dict[str, dict[int, dict]]) -> dict[str, Any] | None:
+  if claim.better not in runs or (claim.worse is not None and claim.worse not in runs):
+    return None
+  if claim.worse is None:
+    rows = list(runs[claim.better].values())
+    better = [r[claim.metric] for r in rows]
+    worse = [r[claim.baseline_metric] for r in rows]
+  else:
+    seeds = sorted(set(runs[claim.better]) & set(runs[claim.worse]))
+    better = [runs[claim.better][s].get(claim.metric, np.nan) for s in seeds]
+    worse = [runs[claim.worse][s].get(claim.metric, np.nan) for s in seeds]
+  if not better or np.isnan(better).any() or np.isnan(worse).any():
+    return None
+  return judge(better, worse, claim.lower)
+
+
+# -- pictures ---------------------------------------------------------------------------
+
+
+def _save(fig: Figure, path: str) -> None:
+  FigureCanvasAgg(fig)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def plot_curves(runs: dict[str, dict[int, dict]], path: str) -> None:
+  """Training-batch mask precision vs step: mean over seeds, band = min..max."""
+  fig = Figure(figsize=(11, 4))
+  for i, (name, label) in enumerate(CURVES):
+    ax = fig.add_subplot(1, 2, i + 1)
+    for variant, seeds in runs.items():
+      series = [dict(r["curves"][name]) for r in seeds.values()]
+      steps = sorted(set.intersection(*(set(s) for s in series)))
+      if not steps:
+        continue
+      values = np.array([[s[t] for t in steps] for s in series])
+      line, = ax.plot(steps, values.mean(0), label=variant)
+      ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(),
+                      alpha=0.15)
+    ax.set_title(f"mask precision, {label} (training batches)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("share of masked that co-occur")
+    ax.grid(alpha=0.3)
+  fig.axes[0].legend(fontsize=8)
+  _save(fig, path)
+
+
+def plot_bars(runs: dict[str, dict[int, dict]], metrics: Sequence[tuple[str, str]],
+              ylabel: str, path: str) -> None:
+  """One panel per metric: a bar per variant, mean over seeds with std error bars."""
+  fig = Figure(figsize=(5.5 * len(metrics), 4))
+  names = list(runs)
+  for i, (metric, title) in enumerate(metrics):
+    ax = fig.add_subplot(1, len(metrics), i + 1)
+    stats = [mean_std([r.get(metric, np.nan) for r in runs[v].values()]) for v in names]
+    ax.bar(range(len(names)), [m for m, _ in stats], yerr=[s for _, s in stats],
+           capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+  _save(fig, path)
+
+
+# -- the markdown ----------------------------------------------------------------------
+
+
+def _fmt(values: Sequence[float], digits: int = 1) -> str:
+  values = [v for v in values if not np.isnan(v)]
+  if not values:
+    return "-"
+  m, s = mean_std(values)
+  return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _column(runs: dict[int, dict], metric: str, scale: float = 1.0, digits: int = 1) -> str:
+  return _fmt([r.get(metric, np.nan) * scale for r in runs.values()], digits)
+
+
+def machine() -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  model = platform.processor()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"cpu": model, "cpus": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "devices": [str(d) for d in jax.devices()]}
+
+
+def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequence[int],
+                 args: argparse.Namespace, command: str) -> str:
+  """docs/results.md, its PNGs and summary.json; returns the markdown's path."""
+  fig_dir = os.path.join(args.docs, "results")
+  os.makedirs(fig_dir, exist_ok=True)
+  plot_curves(runs, os.path.join(fig_dir, "mask_precision.png"))
+  plot_bars(runs, [(f"{p}/r_mean", f"retrieval, {label} (mean of R@1/5/10 both ways)")
+                   for p, label in PROTOCOLS], "recall (%)",
+            os.path.join(fig_dir, "recall.png"))
+  overlays = []
+  for variant in ("syncmask", "random_masks", "semmim"):
+    if variant in runs:
+      first = runs[variant][min(runs[variant])]
+      for i, src in enumerate(p for p in first["pictures"] if not p.endswith("_mask.png")):
+        if i == 2:
+          break
+        name = f"overlay_{variant}_{i}.png"
+        shutil.copyfile(src, os.path.join(fig_dir, name))
+        overlays.append((variant, name))
+
+  judged = [(c, judge_claim(c, runs)) for c in CLAIMS]
+  seconds = [r["seconds"] for v in runs.values() for r in v.values() if "seconds" in r]
+  m = machine()
+  lines = [
+      "# Results: the papers' claims on SynthFashion",
+      "",
+      "Written by `python -m syncmask_jax.report` from the runs' own files; do not edit by "
+      "hand (rerun the command below). "
+      f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.",
+      "",
+      "## How it was run",
+      "",
+      "```",
+      command,
+      "```",
+      "",
+      f"* Variants (`configs/study.py`), seeds {', '.join(map(str, seeds))}; each run "
+      f"pretrains the tiny model for {args.steps} steps (batch 32, SynthFashion: 2000 "
+      "train products, at most two views of a product per batch), is evaluated at the end "
+      "on the 200 held-out products (601 views), then fine-tuned "
+      f"{args.finetune_steps} steps for subcategory recognition (16 classes).",
+      f"* Machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}; Python {m['python']}, "
+      f"JAX {m['jax']} on {', '.join(m['devices'])}.",
+      f"* Wall time: {sum(seconds) / 60:.1f} min over {len(seconds)} runs "
+      f"(pretraining + fine-tuning, {args.jobs} at a time), median "
+      f"{np.median(seconds) if seconds else float('nan'):.0f} s per run.",
+      "* Figures: mean ± sample standard deviation over seeds. Recall in %; mask precision "
+      "is the share of masked patches (tokens) that the generator says co-occur with the "
+      "text (are named by it) in that view. The false-negative rate is the share of mined "
+      "ITM negatives from the anchor's own product, averaged over training.",
+      "",
+      "| variant | what | runs | mask precision patches | tokens | full gallery R mean "
+      "| 1+100 R mean | false-negative rate (%) | subcategory acc. (%) |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for v, seeds_runs in runs.items():
+    lines.append(
+        f"| {v} | {variants[v][2]} | {len(seeds_runs)} | "
+        f"{_column(seeds_runs, 'patch_precision', digits=3)} | "
+        f"{_column(seeds_runs, 'token_precision', digits=3)} | "
+        f"{_column(seeds_runs, 'full_gallery/r_mean')} | "
+        f"{_column(seeds_runs, 'one_plus_100/r_mean')} | "
+        f"{_column(seeds_runs, 'false_negative_rate', 100.0, 2)} | "
+        f"{_column(seeds_runs, 'subcategory_accuracy')} |")
+  lines += ["", "## The claims", "",
+            "A claim *held* when the difference of the means exceeds twice the pooled seed "
+            "standard deviation s, went *the other way* below minus twice s, and is "
+            "*within the seed spread* otherwise (d/s in the last column).", "",
+            "| claim | measure | A | B | difference | verdict (d/s) |", "|---|---|---|---|---|---|"]
+  for claim, j in judged:
+    if j is None:
+      continue
+    against = claim.worse or f"{claim.better}, random masks"
+    lines.append(f"| {claim.text} | {claim.metric} | {claim.better}: {j['better']:.3f} | "
+                 f"{against}: {j['worse']:.3f} | {j['difference']:+.3f} | "
+                 f"**{j['verdict']}** ({j['ratio']:+.1f}) |")
+  lines += ["", "## Mask precision", "",
+            "Held-out pairs, the final momentum model: its masks against uniform random "
+            "masks at the same ratios from the same model.", "",
+            "| variant | strategy patches | random patches | strategy tokens | random tokens |",
+            "|---|---|---|---|---|"]
+  for v, seeds_runs in runs.items():
+    lines.append(f"| {v} | " + " | ".join(_column(seeds_runs, k, digits=3) for k in (
+        "patch_precision", "patch_precision_random", "token_precision",
+        "token_precision_random")) + " |")
+  lines += ["", "Over training (training batches, the masks the step used):", "",
+            "![mask precision over training](results/mask_precision.png)", ""]
+  for p, label in PROTOCOLS:
+    lines += [f"## Retrieval, {label} (ITC)", "",
+              "| variant | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | R mean |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v, seeds_runs in runs.items():
+      lines.append(f"| {v} | " + " | ".join(_column(seeds_runs, f"{p}/{k}")
+                                             for k in RECALLS) + " |")
+    lines.append("")
+  lines += ["![recall per variant](results/recall.png)", "", "## Mask overlays", "",
+            "Held-out views (first seed): the patch mask in red, the cross-attention of the "
+            "masked words, the caption with the masked words marked.", ""]
+  lines += [f"* {v}: ![{v} overlay](results/{name})" for v, name in overlays]
+  lines += ["", "## Per-run commands", "", "```"]
+  for v, seeds_runs in runs.items():
+    for s, r in seeds_runs.items():
+      for name, cmd in r.get("commands", {}).items():
+        lines.append(f"{cmd}")
+  lines += ["```", ""]
+  path = os.path.join(args.docs, "results.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  summary = {v: {str(s): {k: val for k, val in r.items() if k not in ("curves", "pictures")}
+                 for s, r in sr.items()} for v, sr in runs.items()}
+  summary["claims"] = [dict(claim=c.text, **j) for c, j in judged if j is not None]
+  with open(os.path.join(fig_dir, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  return path
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  variants, _ = load_variants()
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", default="runs/study")
+  p.add_argument("--docs", default=os.path.join(REPO, "docs"))
+  p.add_argument("--variants", default=",".join(variants))
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--steps", type=int, default=1000)
+  p.add_argument("--finetune_steps", type=int, default=300)
+  p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+  p.add_argument("--no_run", action="store_true", help="only report the existing runs")
+  p.add_argument("--override", action="append", default=[],
+                 help="extra --config.x=y for every pretraining run (repeatable)")
+  p.add_argument("--finetune_override", action="append", default=[],
+                 help="extra --config.x=y for every fine-tuning run (repeatable)")
+  args = p.parse_args(argv)
+  unknown = sorted(set(args.variants.split(",")) - set(variants))
+  if unknown:
+    p.error(f"--variants: unknown {unknown}; expected some of {sorted(variants)}")
+  if args.jobs < 1 or args.steps < 1 or args.finetune_steps < 1:
+    p.error("--jobs, --steps and --finetune_steps must be >= 1")
+  args.workdir = os.path.abspath(args.workdir)
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  args = parse_args(argv)
+  variants, finetune = load_variants()
+  names = args.variants.split(",")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  if not args.no_run:
+    run_sweep(names, seeds, args, finetune)
+  runs = collect(args.workdir, names, seeds)
+  if not runs:
+    raise SystemExit(f"no finished runs under {args.workdir}")
+  command = "python -m syncmask_jax.report " + " ".join(
+      a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no_run")
+  path = write_report(runs, variants, seeds, args, command)
+  print(f"wrote {path}")
+  return path
+
+
+if __name__ == "__main__":
+  main()

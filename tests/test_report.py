@@ -1,0 +1,106 @@
+"""The study report: the verdict rule, aggregation from run files, and one real sweep."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from syncmask_jax import report
+
+
+def test_judge_against_hand_computation():
+  # means 2.0 and 0.5, stds 1.0 and 0.5: d = 1.5, s = sqrt((1 + 0.25) / 2) = 0.7906.
+  j = report.judge([1.0, 2.0, 3.0], [0.0, 0.5, 1.0])
+  assert j["difference"] == pytest.approx(1.5)
+  assert j["spread"] == pytest.approx(np.sqrt(0.625))
+  assert j["verdict"] == "within the seed spread"
+  assert report.judge([5.0, 5.2, 5.4], [1.0, 1.1, 1.2])["verdict"] == "held"
+  assert report.judge([1.0, 1.1, 1.2], [5.0, 5.2, 5.4])["verdict"] == "the other way"
+  # Lower is better: 0.0 against 0.3 rates held.
+  j = report.judge([0.0, 0.0, 0.0], [0.3, 0.31, 0.29], lower=True)
+  assert j["difference"] == pytest.approx(0.3) and j["verdict"] == "held"
+
+
+def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds):
+  os.makedirs(os.path.join(directory, "eval"))
+  os.makedirs(os.path.join(directory, "finetune", "eval"))
+  blocks = [dict(protocol=p, scoring="itc", **{k: r_mean + i for i, k in
+                                                enumerate(report.RECALLS)})
+            for p, _ in report.PROTOCOLS]
+  pretrain = dict(step=10, results=blocks, mask_precision_patch_method=patch,
+                  mask_precision_patch_random=patch_random,
+                  mask_precision_token_method=patch / 2,
+                  mask_precision_token_random=patch_random / 2, pictures=[])
+  with open(os.path.join(directory, "eval", "pretrain.json"), "w") as f:
+    json.dump(pretrain, f)
+  with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
+    for step in (5, 10):
+      f.write(json.dumps({"step": step, "train/mask/patch_precision": patch * step / 10,
+                          "train/mask/token_precision": 0.1,
+                          "train/negatives/false_negative_rate": fn_rate * step / 5}) + "\n")
+  with open(os.path.join(directory, "finetune", "eval", "category.json"), "w") as f:
+    json.dump({"results": [{"accuracy": accuracy, "macro_f1": accuracy / 2}]}, f)
+  with open(os.path.join(directory, "run.json"), "w") as f:
+    json.dump({"pretrain": {"seconds": seconds, "command": "main pretrain"},
+               "finetune": {"seconds": 1.0, "command": "main finetune"}}, f)
+
+
+def test_report_from_run_files(tmp_path):
+  root, docs = tmp_path / "runs", tmp_path / "docs"
+  for seed, (r, patch, acc) in enumerate([(10.0, 0.4, 50.0), (12.0, 0.5, 54.0)]):
+    _fake_run(report.run_dir(str(root), "syncmask", seed), r_mean=r, patch=patch,
+              patch_random=0.25, fn_rate=0.0, accuracy=acc, seconds=60.0)
+  for seed, r in enumerate([4.0, 5.0]):
+    _fake_run(report.run_dir(str(root), "random_masks", seed), r_mean=r, patch=0.25,
+              patch_random=0.25, fn_rate=0.01, accuracy=40.0, seconds=30.0)
+  path = report.main([f"--workdir={root}", f"--docs={docs}", "--variants=syncmask,random_masks",
+                      "--seeds=0,1", "--no_run", "--steps=10"])
+  text = open(path).read()
+  # Means and sample stds of the runs' own numbers (r_mean is block value + 6).
+  assert "| syncmask | SyncMask masks, ungrouped batches | 2 | 0.450 ± 0.071 |" in text
+  assert "17.0 ± 1.4" in text and "10.5 ± 0.7" in text  # R mean: syncmask, random_masks
+  assert "52.0 ± 2.8" in text  # subcategory accuracy
+  # False-negative rate: mean over the logged windows (0.01 and 0.02) in %.
+  assert "1.50 ± 0.00" in text
+  assert "Wall time: 3.1 min over 4 runs" in text
+  # SyncMask vs random retrieval: d = 6.5, s = sqrt((2 + 0.5) / 2) -> held.
+  claim = [l for l in text.splitlines() if l.startswith("| SyncMask masks give better "
+                                                        "retrieval than random MLM+MIM "
+                                                        "masks (full gallery)")][0]
+  assert "+6.500" in claim and "**held**" in claim
+  # Paired mask precision inside the syncmask runs: 0.45 vs 0.25.
+  claim = [l for l in text.splitlines() if l.startswith("| SyncMask's patch masks")][0]
+  assert "+0.200" in claim
+  for png in ("mask_precision.png", "recall.png"):
+    assert os.path.getsize(docs / "results" / png) > 1000
+  summary = json.load(open(docs / "results" / "summary.json"))
+  assert summary["syncmask"]["1"]["full_gallery/r_mean"] == 18.0
+  assert summary["random_masks"]["0"]["false_negative_rate"] == pytest.approx(0.015)
+
+
+def test_bad_variant_is_named(capsys):
+  with pytest.raises(SystemExit):
+    report.parse_args(["--variants=syncmask,nope"])
+  assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_sweep_end_to_end(tmp_path):
+  """One tiny real run: the report reads what main.py and the fine-tuning write."""
+  small = ["--override=--config.data.synth_train_products=64",
+           "--override=--config.data.synth_val_products=24",
+           "--override=--config.eval.pictures=1"]
+  path = report.main([f"--workdir={tmp_path / 'runs'}", f"--docs={tmp_path / 'docs'}",
+                      "--variants=syncmask", "--seeds=0", "--steps=3",
+                      "--finetune_steps=2", "--finetune_override=--config.log_every=1",
+                      "--finetune_override=--config.data.synth_train_products=64",
+                      "--finetune_override=--config.data.synth_val_products=24",
+                      *small])
+  run = report.read_run(report.run_dir(str(tmp_path / "runs"), "syncmask", 0))
+  assert run["step"] == 3
+  assert 0.0 <= run["patch_precision"] <= 1.0 and 0.0 <= run["token_precision"] <= 1.0
+  assert 0.0 <= run["full_gallery/r_mean"] <= 100.0
+  assert 0.0 <= run["subcategory_accuracy"] <= 100.0
+  assert [s for s, _ in run["curves"]["train/mask/patch_precision"]] == [3]
+  assert "overlay_syncmask_0.png" in open(path).read()
