@@ -141,6 +141,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, finetune: str) ->
     if proc.returncode != 0 or not os.path.exists(done):
       raise RuntimeError(f"{variant} seed {seed}: {name} failed (exit {proc.returncode}); "
                          f"see {log}")
+    # The command as a user types it (argv after the interpreter).
     info[name] = {"seconds": time.time() - t0, "command": " ".join(argv[1:])}
     with open(info_path, "w", encoding="utf-8") as f:
       json.dump(info, f, indent=2)
@@ -162,8 +163,14 @@ def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Name
             flush=True)
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-    for future in concurrent.futures.as_completed([pool.submit(work, j) for j in jobs]):
-      future.result()
+    futures = [pool.submit(work, j) for j in jobs]
+    try:
+      for future in concurrent.futures.as_completed(futures):
+        future.result()
+    except BaseException:
+      # A failed run stops the sweep once the runs in flight end; finished ones are kept.
+      pool.shutdown(wait=True, cancel_futures=True)
+      raise
 
 
 # -- reading the runs --------------------------------------------------------------------
@@ -358,6 +365,33 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
   judged = [(c, judge_claim(c, runs)) for c in CLAIMS]
   seconds = [r["seconds"] for v in runs.values() for r in v.values() if "seconds" in r]
   m = machine()
+  budget = (f"{args.steps} steps of the tiny model per run, seeds "
+            f"{', '.join(map(str, seeds))}, then {args.finetune_steps} fine-tuning steps")
+  overview = [
+      "| variant | what | runs | mask precision patches | tokens | full gallery R mean "
+      "| 1+100 R mean | false-negative rate (%) | subcategory acc. (%) |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for v, seeds_runs in runs.items():
+    overview.append(
+        f"| {v} | {variants[v][2]} | {len(seeds_runs)} | "
+        f"{_column(seeds_runs, 'patch_precision', digits=3)} | "
+        f"{_column(seeds_runs, 'token_precision', digits=3)} | "
+        f"{_column(seeds_runs, 'full_gallery/r_mean')} | "
+        f"{_column(seeds_runs, 'one_plus_100/r_mean')} | "
+        f"{_column(seeds_runs, 'false_negative_rate', 100.0, 2)} | "
+        f"{_column(seeds_runs, 'subcategory_accuracy')} |")
+  claims = ["| claim | measure | A | B | difference | verdict (d/s) |",
+            "|---|---|---|---|---|---|"]
+  for claim, j in judged:
+    if j is None:
+      continue
+    against = claim.worse or f"{claim.better}, random masks"
+    claims.append(f"| {claim.text} | {claim.metric} | {claim.better}: {j['better']:.3f} | "
+                  f"{against}: {j['worse']:.3f} | {j['difference']:+.3f} | "
+                  f"**{j['verdict']}** ({j['ratio']:+.1f}) |")
+  rule = ("A claim *held* when the difference of the means exceeds twice the pooled seed "
+          "standard deviation s, went *the other way* below minus twice s, and is "
+          "*within the seed spread* otherwise (d/s in the last column).")
   lines = [
       "# Results: the papers' claims on SynthFashion",
       "",
@@ -371,11 +405,10 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
       command,
       "```",
       "",
-      f"* Variants (`configs/study.py`), seeds {', '.join(map(str, seeds))}; each run "
-      f"pretrains the tiny model for {args.steps} steps (batch 32, SynthFashion: 2000 "
-      "train products, at most two views of a product per batch), is evaluated at the end "
-      "on the 200 held-out products (601 views), then fine-tuned "
-      f"{args.finetune_steps} steps for subcategory recognition (16 classes).",
+      f"* Variants (`configs/study.py`), {budget}. Each run pretrains with batch 32 on "
+      "SynthFashion (2000 train products, at most two views of a product per batch), is "
+      "evaluated at the end on the 200 held-out products (601 views), then fine-tuned "
+      "for subcategory recognition (16 classes) from its last checkpoint.",
       f"* Machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}; Python {m['python']}, "
       f"JAX {m['jax']} on {', '.join(m['devices'])}.",
       f"* Wall time: {sum(seconds) / 60:.1f} min over {len(seconds)} runs "
@@ -386,31 +419,8 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
       "text (are named by it) in that view. The false-negative rate is the share of mined "
       "ITM negatives from the anchor's own product, averaged over training.",
       "",
-      "| variant | what | runs | mask precision patches | tokens | full gallery R mean "
-      "| 1+100 R mean | false-negative rate (%) | subcategory acc. (%) |",
-      "|---|---|---|---|---|---|---|---|---|",
-  ]
-  for v, seeds_runs in runs.items():
-    lines.append(
-        f"| {v} | {variants[v][2]} | {len(seeds_runs)} | "
-        f"{_column(seeds_runs, 'patch_precision', digits=3)} | "
-        f"{_column(seeds_runs, 'token_precision', digits=3)} | "
-        f"{_column(seeds_runs, 'full_gallery/r_mean')} | "
-        f"{_column(seeds_runs, 'one_plus_100/r_mean')} | "
-        f"{_column(seeds_runs, 'false_negative_rate', 100.0, 2)} | "
-        f"{_column(seeds_runs, 'subcategory_accuracy')} |")
-  lines += ["", "## The claims", "",
-            "A claim *held* when the difference of the means exceeds twice the pooled seed "
-            "standard deviation s, went *the other way* below minus twice s, and is "
-            "*within the seed spread* otherwise (d/s in the last column).", "",
-            "| claim | measure | A | B | difference | verdict (d/s) |", "|---|---|---|---|---|---|"]
-  for claim, j in judged:
-    if j is None:
-      continue
-    against = claim.worse or f"{claim.better}, random masks"
-    lines.append(f"| {claim.text} | {claim.metric} | {claim.better}: {j['better']:.3f} | "
-                 f"{against}: {j['worse']:.3f} | {j['difference']:+.3f} | "
-                 f"**{j['verdict']}** ({j['ratio']:+.1f}) |")
+      *overview,
+      "", "## The claims", "", rule, "", *claims]
   lines += ["", "## Mask precision", "",
             "Held-out pairs, the final momentum model: its masks against uniform random "
             "masks at the same ratios from the same model.", "",
@@ -435,10 +445,9 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
             "masked words, the caption with the masked words marked.", ""]
   lines += [f"* {v}: ![{v} overlay](results/{name})" for v, name in overlays]
   lines += ["", "## Per-run commands", "", "```"]
-  for v, seeds_runs in runs.items():
-    for s, r in seeds_runs.items():
-      for name, cmd in r.get("commands", {}).items():
-        lines.append(f"{cmd}")
+  for seeds_runs in runs.values():
+    for r in seeds_runs.values():
+      lines += [f"python {cmd}" for cmd in r.get("commands", {}).values()]
   lines += ["```", ""]
   path = os.path.join(args.docs, "results.md")
   with open(path, "w", encoding="utf-8") as f:
@@ -448,7 +457,32 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
   summary["claims"] = [dict(claim=c.text, **j) for c, j in judged if j is not None]
   with open(os.path.join(fig_dir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
+  if args.readme:
+    docs = os.path.relpath(args.docs, os.path.dirname(os.path.abspath(args.readme)))
+    update_readme(args.readme, [
+        f"From `{command}` ({budget}; {m['cpus']} CPUs, {sum(seconds) / 60:.0f} min). "
+        f"Full tables, plots, mask overlays and commands: [{docs}/results.md]"
+        f"({docs}/results.md).", "", *overview, "", rule, "", *claims, "",
+        f"![mask precision over training]({docs}/results/mask_precision.png)",
+        f"![recall per variant]({docs}/results/recall.png)"])
   return path
+
+
+README_BEGIN = "<!-- report:begin (written by python -m syncmask_jax.report) -->"
+README_END = "<!-- report:end -->"
+
+
+def update_readme(path: str, block: Sequence[str]) -> None:
+  """Replaces the text between the README's report markers with `block`."""
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  if README_BEGIN not in text or README_END not in text:
+    raise ValueError(f"{path}: no {README_BEGIN!r} ... {README_END!r} markers to write "
+                     "the results between (or pass --readme='')")
+  head, rest = text.split(README_BEGIN, 1)
+  _, tail = rest.split(README_END, 1)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(head + README_BEGIN + "\n" + "\n".join(block) + "\n" + README_END + tail)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -456,6 +490,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/study")
   p.add_argument("--docs", default=os.path.join(REPO, "docs"))
+  p.add_argument("--readme", default=None,
+                 help="README whose report markers receive the overview ('': none; "
+                 "default: the repository's when --docs is the repository's docs/)")
   p.add_argument("--variants", default=",".join(variants))
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--steps", type=int, default=1000)
@@ -473,6 +510,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   if args.jobs < 1 or args.steps < 1 or args.finetune_steps < 1:
     p.error("--jobs, --steps and --finetune_steps must be >= 1")
   args.workdir = os.path.abspath(args.workdir)
+  if args.readme is None:
+    default_docs = os.path.abspath(args.docs) == os.path.join(REPO, "docs")
+    args.readme = os.path.join(REPO, "README.md") if default_docs else ""
   return args
 
 

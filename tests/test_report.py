@@ -54,8 +54,10 @@ def test_report_from_run_files(tmp_path):
   for seed, r in enumerate([4.0, 5.0]):
     _fake_run(report.run_dir(str(root), "random_masks", seed), r_mean=r, patch=0.25,
               patch_random=0.25, fn_rate=0.01, accuracy=40.0, seconds=30.0)
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# x\n{report.README_BEGIN}\nold\n{report.README_END}\n## next\n")
   path = report.main([f"--workdir={root}", f"--docs={docs}", "--variants=syncmask,random_masks",
-                      "--seeds=0,1", "--no_run", "--steps=10"])
+                      "--seeds=0,1", "--no_run", "--steps=10", f"--readme={readme}"])
   text = open(path).read()
   # Means and sample stds of the runs' own numbers (r_mean is block value + 6).
   assert "| syncmask | SyncMask masks, ungrouped batches | 2 | 0.450 ± 0.071 |" in text
@@ -74,6 +76,11 @@ def test_report_from_run_files(tmp_path):
   assert "+0.200" in claim
   for png in ("mask_precision.png", "recall.png"):
     assert os.path.getsize(docs / "results" / png) > 1000
+  # The README block between the markers is replaced, the rest kept.
+  block = readme.read_text()
+  assert "old" not in block and block.startswith("# x\n") and block.endswith("## next\n")
+  assert "| syncmask | SyncMask masks, ungrouped batches | 2 | 0.450 ± 0.071 |" in block
+  assert "](docs/results.md)" in block and "(docs/results/recall.png)" in block
   summary = json.load(open(docs / "results" / "summary.json"))
   assert summary["syncmask"]["1"]["full_gallery/r_mean"] == 18.0
   assert summary["random_masks"]["0"]["false_negative_rate"] == pytest.approx(0.015)
@@ -104,3 +111,11 @@ def test_real_sweep_end_to_end(tmp_path):
   assert 0.0 <= run["subcategory_accuracy"] <= 100.0
   assert [s for s, _ in run["curves"]["train/mask/patch_precision"]] == [3]
   assert "overlay_syncmask_0.png" in open(path).read()
+
+
+def test_readme_without_markers_is_an_error_naming_it(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("# no markers\n")
+  with pytest.raises(ValueError, match="README.md: no .*report:begin"):
+    report.update_readme(str(readme), ["x"])
+  assert readme.read_text() == "# no markers\n"
