@@ -180,10 +180,27 @@ def compiled_step(config, tokens: train_step.TokenInfo, host_batch: dict[str, np
           "memory": memory_bytes(compiled)}
 
 
+def lowered_step_flops(config, tokens: train_step.TokenInfo, host_batch: dict[str, np.ndarray],
+                       devices=None, steps_per_epoch: int = 1000) -> float:
+  """FLOPs of the step's HLO before backend optimisation, from abstract state and batch:
+  no array is created and nothing compiled, so `base` costs seconds on the CPU. The
+  figure for MFU on a GPU, whose cost analysis of the compiled step misses most FLOPs
+  (presumably the GEMMs handed to cuBLAS) and, of the `Lowered`, reports nothing."""
+  mesh = sharding.make_mesh(config.mesh, devices if devices is not None else jax.devices())
+  init, setup = train_state.make_setup(
+      config, mesh, lambda p: optim.make_optimizer(config.optim, p, config.total_steps))
+  fn = train_step.make_train_step(config, setup, tokens, steps_per_epoch)
+  jitted = train_step.jit_train_step(fn, setup, config, host_batch)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+  return step_flops(jitted.lower(jax.eval_shape(init), batch))
+
+
 def step_flops(compiled) -> float:
+  """XLA's cost analysis of a compiled step, or of a `Lowered` one (the HLO before backend
+  optimisation: the same count whatever the backend fuses or hands to a library)."""
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0))
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  return float((cost or {}).get("flops", 0.0))  # None where the backend gives none
 
 
 _HLO_DEF = re.compile(r"%([\w.-]+) = (\w+)\[([\d,]*)\]")
@@ -230,15 +247,21 @@ class JaxRunner:
     self.metrics = None
 
   def step(self) -> None:
-    self.state, self.metrics = self.compiled(self.state, self.batch)
+    self.steps(1)
+
+  def steps(self, k: int) -> None:
+    """k steps dispatched back to back, one wait at the end (an accelerator queues them)."""
+    for _ in range(k):
+      self.state, self.metrics = self.compiled(self.state, self.batch)
     jax.block_until_ready(self.metrics["loss"])
     jax.block_until_ready(self.state.step)
 
 
-def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-  """The machine's float32 matmul rate: a large jnp.dot, median of `repeats` calls."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jax.numpy.float32)
+def peak_matmul_flops(n: int = 2048, repeats: int = 10,
+                      dtype: str = "float32") -> dict[str, float]:
+  """The machine's matmul rate in `dtype`: a large jnp.dot, median of `repeats` calls."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.dtype(dtype))
+  b = jax.random.normal(jax.random.key(1), (n, n), jax.numpy.dtype(dtype))
   f = jax.jit(jax.numpy.dot)
   f(a, b).block_until_ready()
   times = time_calls(lambda: f(a, b).block_until_ready(), repeats)

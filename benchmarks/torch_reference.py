@@ -213,13 +213,21 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class TorchSyncMaskStep:
-  """Model, momentum copy, queue and optimizer; `step(batch)` is one training step."""
+  """Model, momentum copy, queue and optimizer; `step(batch)` is one training step.
+
+  `device` places everything (model, queue, random generator, the step's new tensors);
+  `amp_dtype` (e.g. torch.bfloat16) runs the step under `torch.autocast`, PyTorch's
+  mixed precision: float32 parameters, matmuls in `amp_dtype`, softmax/norms/losses in
+  float32, as the JAX model's `dtype="bfloat16"`.
+  """
 
   def __init__(self, config: Any, tokens: Any, steps_per_epoch: int = 1000,
-               attn: str = "sdpa", seed: int = 0):
+               attn: str = "sdpa", seed: int = 0, device: str = "cpu",
+               amp_dtype: torch.dtype | None = None):
     torch.manual_seed(seed)
     self.config, self.tokens, self.steps_per_epoch = config, tokens, steps_per_epoch
-    self.model = TorchVLP(config.model, attn).train()
+    self.device, self.amp_dtype = torch.device(device), amp_dtype
+    self.model = TorchVLP(config.model, attn).to(self.device).train()
     self.momentum = copy.deepcopy(self.model).eval()
     for p in self.momentum.parameters():
       p.requires_grad_(False)
@@ -229,9 +237,10 @@ class TorchSyncMaskStep:
     for layer in self.momentum.fusion:
       layer.crossattention.self.config = eager
     q, d = config.queue_size, config.model.embed_dim
-    self.queue = {"image": torch.zeros(q, d), "text": torch.zeros(q, d),
-                  "pid": torch.full((q,), -1, dtype=torch.long),
-                  "valid": torch.zeros(q, dtype=torch.bool), "ptr": 0}
+    with self.device:
+      self.queue = {"image": torch.zeros(q, d), "text": torch.zeros(q, d),
+                    "pid": torch.full((q,), -1, dtype=torch.long),
+                    "valid": torch.zeros(q, dtype=torch.bool), "ptr": 0}
     o = config.optim
     no_decay = [re.compile(p) for p in (r".*bias$", r".*LayerNorm.*", r".*embeddings.*",
                                         r".*cls_token.*", r".*mask_token.*", r"temp")]
@@ -251,7 +260,7 @@ class TorchSyncMaskStep:
       return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
 
     self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda)
-    self.gen = torch.Generator().manual_seed(seed)
+    self.gen = torch.Generator(device=self.device).manual_seed(seed)
     self.params = [p for p in self.model.parameters()]
     self.momentum_params = [p for p in self.momentum.parameters()]
     self.step_count = 0
@@ -261,12 +270,20 @@ class TorchSyncMaskStep:
 
   def to_torch(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Host batch (NHWC, the pipeline's layout) -> NCHW tensors, as a DataLoader yields."""
-    return {"image": torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))),
-            "text_ids": torch.from_numpy(batch["text_ids"].astype(np.int64)),
-            "text_mask": torch.from_numpy(batch["text_mask"].astype(np.int64)),
-            "product_id": torch.from_numpy(batch["product_id"].astype(np.int64))}
+    out = {"image": torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))),
+           "text_ids": torch.from_numpy(batch["text_ids"].astype(np.int64)),
+           "text_mask": torch.from_numpy(batch["text_mask"].astype(np.int64)),
+           "product_id": torch.from_numpy(batch["product_id"].astype(np.int64))}
+    return {k: v.to(self.device) for k, v in out.items()}
 
   def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    # New tensors (masks, labels, fills, random draws) on the step's device; autocast
+    # covers the backward too, which then runs each op in its forward's dtype.
+    with self.device, torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                     enabled=self.amp_dtype is not None):
+      return self._step(batch)
+
+  def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     c, tok, gen = self.config, self.tokens, self.gen
     images, ids, tmask, pid = (batch["image"], batch["text_ids"], batch["text_mask"],
                                batch["product_id"])

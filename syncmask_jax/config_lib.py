@@ -60,6 +60,10 @@ def model_config(preset: str = "tiny", vocab_size: int = 30522) -> ml_collection
   m.temp_max = 0.5
   m.dtype = "float32"  # compute dtype; params stay float32. "bfloat16" for mixed precision.
   m.remat = False  # nnx.remat per transformer block.
+  # Attention without probabilities or dropout: einsum | xla | cudnn (layers.py; cudnn:
+  # fused on NVIDIA GPUs, bfloat16 only; -15% base step time on an H100 with the dense
+  # layers' plain autodiff, benchmarks/RESULTS.md A4).
+  m.attention = "einsum"
   m.text_init = ""  # HF BERT-family checkpoint directory (config.json + weights).
   m.image_init = ""  # HF ViT/DeiT checkpoint directory.
   m.mim_decoder_layers = 2  # [ours] light cross-modal MIM decoder.
@@ -280,6 +284,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"must be <= model.max_positions={m.max_positions}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "expected float32 | bfloat16")
+  attention = m.get("attention", "einsum")
+  _check(attention in ("einsum", "xla", "cudnn"), "model.attention", attention,
+         "expected einsum | xla | cudnn")
+  _check(attention != "cudnn" or m.dtype == "bfloat16", "model.attention", attention,
+         "cuDNN attention needs model.dtype='bfloat16'")
   n = jax_process_count()
   _check(c.data.global_batch_size % n == 0, "data.global_batch_size", c.data.global_batch_size,
          f"must be divisible by the {n} processes")

@@ -55,6 +55,45 @@ def test_attention_gives_zero_probability_to_masked_keys():
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
 
 
+def test_fused_attention_matches_einsum_on_padded_odd_lengths():
+  # 257 keys (ViT-B/16's 256 patches + [CLS]): padded to 320 for the fused call; rows with
+  # prefix key masks of different lengths.
+  att = layers.Attention(16, 2, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (3, 257, 16))
+  key_mask = (jnp.arange(257)[None, :] < jnp.array([[257], [100], [1]])).astype(jnp.int32)
+  want, _ = att(x, key_mask=key_mask)
+  att.implementation = "xla"
+  got, probs = att(x, key_mask=key_mask)
+  assert probs is None
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Asking for probabilities takes the einsum path whatever the implementation.
+  y, probs = att(x, key_mask=key_mask, return_probs=True)
+  np.testing.assert_allclose(y, want, rtol=1e-6)
+  assert probs.shape == (3, 2, 257, 257)
+
+
+def test_attention_config_reaches_every_layer(model):
+  img, ids, mask = _inputs()
+  cfg = config_lib.model_config("tiny", vocab_size=100)
+  cfg.text_dropout = 0.0
+  cfg.attention = "xla"
+  fused_model = VLP(cfg, mim_head="pixels", rngs=nnx.Rngs(0))
+  impls = {n.implementation for _, n in nnx.iter_graph(fused_model)
+           if isinstance(n, layers.Attention)}
+  assert impls == {"xla"}
+  np.testing.assert_allclose(fused_model.encode_text(ids, mask), model.encode_text(ids, mask),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fused_model.encode_image(img), model.encode_image(img),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="config.model.attention='flash'"):
+    layers.set_attention_implementation(fused_model, "flash")
+  c = config_lib.default_config()
+  c.model.attention = "cudnn"
+  with pytest.raises(ValueError, match="config.model.attention='cudnn': cuDNN attention "
+                                       "needs model.dtype='bfloat16'"):
+    config_lib.validate(c)
+
+
 def test_mask_token_replaces_masked_patches(model):
   img, _, _ = _inputs()
   patch_mask = jnp.zeros((2, 16), bool).at[:, 5].set(True)

@@ -130,17 +130,49 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
+# How attention is computed where no probabilities are asked for (config.model.attention):
+# "einsum" (explicit logits and softmax; the only path that returns probabilities or
+# applies attention dropout), or `jax.nn.dot_product_attention` with implementation
+# "xla" or "cudnn" (fused; cuDNN needs bfloat16 and an NVIDIA GPU).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+_FUSED_BLOCK = 64  # sequences are zero-padded to a multiple of this for the fused call
+
+
+def fused_attention(q: Array, k: Array, v: Array, key_mask: Array | None,
+                    implementation: str) -> Array:
+  """(B, Tq, H, D) attention through `jax.nn.dot_product_attention`.
+
+  Key padding goes in as lengths, so `key_mask` must be a prefix mask (padding at the
+  end), as every key mask of this model is (BERT padding). Queries and keys are
+  zero-padded to a multiple of 64 and given their real lengths: cuDNN refuses odd
+  lengths such as ViT's 257 tokens.
+  """
+  b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
+  kv_len = (jnp.full((b,), tk, jnp.int32) if key_mask is None
+            else jnp.sum(key_mask.astype(jnp.int32), axis=-1))
+  pad = lambda a: jnp.pad(a, ((0, 0), (0, -a.shape[1] % _FUSED_BLOCK), (0, 0), (0, 0)))
+  y = jax.nn.dot_product_attention(
+      pad(q), pad(k), pad(v), query_seq_lengths=jnp.full((b,), tq, jnp.int32),
+      key_value_seq_lengths=kv_len, implementation=implementation)
+  return y[:, :tq]
+
+
 class Attention(nnx.Module):
   """Multi-head attention; one implementation for self- and cross-attention.
 
   `context=None` is self-attention; otherwise queries come from `x` and keys/values
   from `context` (whose width `kv_dim` may differ, e.g. text queries on ViT tokens).
   Returns the output and, when asked, the attention probabilities (B, H, Tq, Tk):
-  SyncMask and SemMIM read the fusion encoder's cross-attention from here.
+  SyncMask and SemMIM read the fusion encoder's cross-attention from here. Calls
+  without probabilities or dropout use `implementation` (ATTENTION_IMPLEMENTATIONS).
   """
 
   def __init__(self, dim: int, num_heads: int, *, kv_dim: int | None = None,
-               dropout_rate: float = 0.0, rngs: nnx.Rngs, dtype=jnp.float32):
+               dropout_rate: float = 0.0, rngs: nnx.Rngs, dtype=jnp.float32,
+               implementation: str = "einsum"):
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"config.model.attention={implementation!r}: expected one of "
+                       f"{ATTENTION_IMPLEMENTATIONS}")
     if dim % num_heads:
       raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
     kv_dim = kv_dim or dim
@@ -151,6 +183,7 @@ class Attention(nnx.Module):
     self.num_heads = num_heads
     self.dropout_rate = dropout_rate
     self.dtype = dtype
+    self.implementation = implementation
 
   def __call__(self, x: Array, context: Array | None = None, key_mask: Array | None = None,
                *, return_probs: bool = False, rngs: nnx.Rngs | None = None
@@ -161,6 +194,10 @@ class Attention(nnx.Module):
     q = self.query(x).reshape(b, tq, h, d // h)
     k = self.key(context).reshape(b, context.shape[1], h, d // h)
     v = self.value(context).reshape(b, context.shape[1], h, d // h)
+    dropout_on = rngs is not None and self.dropout_rate > 0.0
+    if self.implementation != "einsum" and not return_probs and not dropout_on:
+      y = fused_attention(q, k, v, key_mask, self.implementation)
+      return self.out(y.reshape(b, tq, d)), None
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // h)
     if key_mask is not None:
       # A large finite bias, not -inf: a fully padded row must give finite values.
@@ -179,6 +216,16 @@ class MLP(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     return self.fc2(gelu(self.fc1(x)))
+
+
+def set_attention_implementation(module: nnx.Module, implementation: str) -> None:
+  """Sets `implementation` on every Attention inside `module` (config.model.attention)."""
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"config.model.attention={implementation!r}: expected one of "
+                     f"{ATTENTION_IMPLEMENTATIONS}")
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, Attention):
+      node.implementation = implementation
 
 
 def stacked(module: nnx.Module, prefix: str, count: int) -> list[nnx.Module]:
