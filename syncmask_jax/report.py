@@ -68,6 +68,14 @@ CLAIMS = (
     Claim("SyncMask's token masks hit co-occurring words more often than random masks "
           "(same model, held-out pairs)", "token_precision", "syncmask", None,
           "token_precision_random"),
+    Claim("With subcategory-grouped batches (the full method), SyncMask's patch masks hit "
+          "co-occurring patches more often than random masks", "patch_precision",
+          "full_subcategory", None, "patch_precision_random"),
+    Claim("With embedding-grouped batches, SyncMask's patch masks hit co-occurring patches "
+          "more often than random masks", "patch_precision", "full_embedding", None,
+          "patch_precision_random"),
+    Claim("SemMIM's text-guided patch masks hit co-occurring patches more often than random "
+          "masks", "patch_precision", "semmim", None, "patch_precision_random"),
     Claim("SyncMask masks give better retrieval than random MLM+MIM masks (full gallery)",
           "full_gallery/r_mean", "syncmask", "random_masks"),
     Claim("SyncMask masks give better retrieval than random MLM+MIM masks (1+100)",
@@ -188,6 +196,10 @@ def read_run(directory: str) -> dict[str, Any]:
   for kind in ("patch", "token"):
     out[f"{kind}_precision"] = float(pretrain[f"mask_precision_{kind}_method"])
     out[f"{kind}_precision_random"] = float(pretrain[f"mask_precision_{kind}_random"])
+  if pretrain.get("mask_strategy") == "text_guided":
+    # Text-guided masking picks patches only (its MLM mask is uniform random: the
+    # random column), so it has no token precision of its own.
+    out["token_precision"] = np.nan
   curves: dict[str, list[tuple[int, float]]] = {name: [] for name, _ in CURVES}
   false_negative = []
   with open(os.path.join(directory, "metrics.jsonl"), encoding="utf-8") as f:
@@ -236,12 +248,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def judge(better: Sequence[float], worse: Sequence[float], lower: bool = False
           ) -> dict[str, Any]:
-  """The verdict rule of the module docstring; `lower`: smaller values are better."""
+  """The verdict rule of the module docstring; `lower`: smaller values are better.
+  Fewer than two seeds on a side give no spread, hence no verdict."""
   mb, sb = mean_std(better)
   mw, sw = mean_std(worse)
   d = (mw - mb) if lower else (mb - mw)
   spread = float(np.sqrt((sb**2 + sw**2) / 2))
-  if d > 2 * spread:
+  if min(len(better), len(worse)) < 2:
+    verdict = "no verdict (one seed)"
+  elif d > 2 * spread:
     verdict = "held"
   elif d < -2 * spread:
     verdict = "the other way"
@@ -388,7 +403,8 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
     against = claim.worse or f"{claim.better}, random masks"
     claims.append(f"| {claim.text} | {claim.metric} | {claim.better}: {j['better']:.3f} | "
                   f"{against}: {j['worse']:.3f} | {j['difference']:+.3f} | "
-                  f"**{j['verdict']}** ({j['ratio']:+.1f}) |")
+                  f"**{j['verdict']}**"
+                  + (f" ({j['ratio']:+.1f})" if np.isfinite(j["ratio"]) else "") + " |")
   rule = ("A claim *held* when the difference of the means exceeds twice the pooled seed "
           "standard deviation s, went *the other way* below minus twice s, and is "
           "*within the seed spread* otherwise (d/s in the last column).")
@@ -423,7 +439,9 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
       "", "## The claims", "", rule, "", *claims]
   lines += ["", "## Mask precision", "",
             "Held-out pairs, the final momentum model: its masks against uniform random "
-            "masks at the same ratios from the same model.", "",
+            "masks at the same ratios from the same model. SemMIM's text-guided masking "
+            "picks patches only (its MLM mask is uniform random), so it has no token "
+            "figure of its own.", "",
             "| variant | strategy patches | random patches | strategy tokens | random tokens |",
             "|---|---|---|---|---|"]
   for v, seeds_runs in runs.items():

@@ -17,6 +17,7 @@ def test_judge_against_hand_computation():
   assert j["verdict"] == "within the seed spread"
   assert report.judge([5.0, 5.2, 5.4], [1.0, 1.1, 1.2])["verdict"] == "held"
   assert report.judge([1.0, 1.1, 1.2], [5.0, 5.2, 5.4])["verdict"] == "the other way"
+  assert report.judge([5.0], [1.0, 1.1])["verdict"] == "no verdict (one seed)"
   # Lower is better: 0.0 against 0.3 rates held.
   j = report.judge([0.0, 0.0, 0.0], [0.3, 0.31, 0.29], lower=True)
   assert j["difference"] == pytest.approx(0.3) and j["verdict"] == "held"
