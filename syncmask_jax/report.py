@@ -225,6 +225,10 @@ def read_run(directory: str) -> dict[str, Any]:
       info = json.load(f)
     out["seconds"] = sum(v["seconds"] for v in info.values())
     out["commands"] = {k: v["command"] for k, v in info.items()}
+  # When the run started (its resolved config is written first) and last wrote a result.
+  out["started"] = os.path.getmtime(os.path.join(directory, "config.json"))
+  out["finished"] = max(os.path.getmtime(p) for p in (
+      os.path.join(directory, "eval", "pretrain.json"), tune_path) if os.path.exists(p))
   out["pictures"] = sorted(p for p in pretrain.get("pictures", []) if p.endswith(".png"))
   return out
 
@@ -379,6 +383,8 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
 
   judged = [(c, judge_claim(c, runs)) for c in CLAIMS]
   seconds = [r["seconds"] for v in runs.values() for r in v.values() if "seconds" in r]
+  every = [r for v in runs.values() for r in v.values()]
+  elapsed = max(r["finished"] for r in every) - min(r["started"] for r in every)
   m = machine()
   budget = (f"{args.steps} steps of the tiny model per run, seeds "
             f"{', '.join(map(str, seeds))}, then {args.finetune_steps} fine-tuning steps")
@@ -427,8 +433,9 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
       "for subcategory recognition (16 classes) from its last checkpoint.",
       f"* Machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}; Python {m['python']}, "
       f"JAX {m['jax']} on {', '.join(m['devices'])}.",
-      f"* Wall time: {sum(seconds) / 60:.1f} min over {len(seconds)} runs "
-      f"(pretraining + fine-tuning, {args.jobs} at a time), median "
+      f"* Wall time: {elapsed / 60:.0f} min from the first run's start to the last "
+      f"result, {args.jobs} runs at a time; {sum(seconds) / 60:.1f} min summed over "
+      f"{len(seconds)} runs (pretraining + fine-tuning), median "
       f"{np.median(seconds) if seconds else float('nan'):.0f} s per run.",
       "* Figures: mean ± sample standard deviation over seeds. Recall in %; mask precision "
       "is the share of masked patches (tokens) that the generator says co-occur with the "
@@ -465,12 +472,14 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
   lines += ["", "## Per-run commands", "", "```"]
   for seeds_runs in runs.values():
     for r in seeds_runs.values():
-      lines += [f"python {cmd}" for cmd in r.get("commands", {}).values()]
+      lines += [f"python {cmd}".replace(REPO + os.sep, "")  # paths from the repository
+                for cmd in r.get("commands", {}).values()]
   lines += ["```", ""]
   path = os.path.join(args.docs, "results.md")
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
-  summary = {v: {str(s): {k: val for k, val in r.items() if k not in ("curves", "pictures")}
+  summary = {v: {str(s): {k: val for k, val in r.items()
+                          if k not in ("curves", "pictures", "started", "finished")}
                  for s, r in sr.items()} for v, sr in runs.items()}
   summary["claims"] = [dict(claim=c.text, **j) for c, j in judged if j is not None]
   with open(os.path.join(fig_dir, "summary.json"), "w", encoding="utf-8") as f:
@@ -478,7 +487,7 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
   if args.readme:
     docs = os.path.relpath(args.docs, os.path.dirname(os.path.abspath(args.readme)))
     update_readme(args.readme, [
-        f"From `{command}` ({budget}; {m['cpus']} CPUs, {sum(seconds) / 60:.0f} min). "
+        f"From `{command}` ({budget}; {m['cpus']} CPUs, {elapsed / 60:.0f} min). "
         f"Full tables, plots, mask overlays and commands: [{docs}/results.md]"
         f"({docs}/results.md).", "", *overview, "", rule, "", *claims, "",
         f"![mask precision over training]({docs}/results/mask_precision.png)",

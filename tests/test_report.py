@@ -26,6 +26,8 @@ def test_judge_against_hand_computation():
 def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds):
   os.makedirs(os.path.join(directory, "eval"))
   os.makedirs(os.path.join(directory, "finetune", "eval"))
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump({}, f)
   blocks = [dict(protocol=p, scoring="itc", **{k: r_mean + i for i, k in
                                                 enumerate(report.RECALLS)})
             for p, _ in report.PROTOCOLS]
@@ -66,7 +68,7 @@ def test_report_from_run_files(tmp_path):
   assert "52.0 ± 2.8" in text  # subcategory accuracy
   # False-negative rate: mean over the logged windows (0.01 and 0.02) in %.
   assert "1.50 ± 0.00" in text
-  assert "Wall time: 3.1 min over 4 runs" in text
+  assert "3.1 min summed over 4 runs" in text
   # SyncMask vs random retrieval: d = 6.5, s = sqrt((2 + 0.5) / 2) -> held.
   claim = [l for l in text.splitlines() if l.startswith("| SyncMask masks give better "
                                                         "retrieval than random MLM+MIM "
