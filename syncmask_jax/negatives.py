@@ -90,14 +90,15 @@ def mine_negatives(key: Array, sim_i2t: Array, product_ids: Array, text_ids: Arr
   `sim_i2t[i, j]` = similarity of image i and text j with pairs on the diagonal; for
   `hard` it must already be divided by the ITC temperature (ALBEF samples from
   softmax(sim / temp)), and `margin` is in the same units as `sim_i2t`. `exclude` is
-  the rule of `false_negative_mask`. Text-to-image
-  mining uses `sim_i2t.T`. No gradient flows through the sims.
+  the rule of `false_negative_mask`. Text-to-image mining uses `sim_i2t.T`. No
+  gradient flows through the sims.
 
   Returns (neg_text_idx (B,), neg_image_idx (B,), stats), stats over the 2B anchors:
   `fallback_rate` (rows without a candidate of the mode, which took a uniform
   non-false-negative), `forced_rate` (rows without any non-false-negative, which took
   any j != i), `false_negative_rate` (chosen negatives sharing the anchor's product id:
-  0 unless forced or `exclude="self"`), `semi_hard_rate` (chosen negatives that are semi-hard).
+  0 unless forced or `exclude="self"`), `semi_hard_rate` (chosen negatives that are
+  semi-hard).
   """
   if mode not in MODES:
     raise ValueError(f"config.negatives.mode={mode!r}: expected one of {MODES}")

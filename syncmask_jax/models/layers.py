@@ -138,6 +138,13 @@ ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 _FUSED_BLOCK = 64  # sequences are zero-padded to a multiple of this for the fused call
 
 
+def _check_implementation(implementation: str) -> str:
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"config.model.attention={implementation!r}: expected one of "
+                     f"{ATTENTION_IMPLEMENTATIONS}")
+  return implementation
+
+
 def fused_attention(q: Array, k: Array, v: Array, key_mask: Array | None,
                     implementation: str) -> Array:
   """(B, Tq, H, D) attention through `jax.nn.dot_product_attention`.
@@ -170,9 +177,6 @@ class Attention(nnx.Module):
   def __init__(self, dim: int, num_heads: int, *, kv_dim: int | None = None,
                dropout_rate: float = 0.0, rngs: nnx.Rngs, dtype=jnp.float32,
                implementation: str = "einsum"):
-    if implementation not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"config.model.attention={implementation!r}: expected one of "
-                       f"{ATTENTION_IMPLEMENTATIONS}")
     if dim % num_heads:
       raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
     kv_dim = kv_dim or dim
@@ -183,7 +187,7 @@ class Attention(nnx.Module):
     self.num_heads = num_heads
     self.dropout_rate = dropout_rate
     self.dtype = dtype
-    self.implementation = implementation
+    self.implementation = _check_implementation(implementation)
 
   def __call__(self, x: Array, context: Array | None = None, key_mask: Array | None = None,
                *, return_probs: bool = False, rngs: nnx.Rngs | None = None
@@ -220,9 +224,7 @@ class MLP(nnx.Module):
 
 def set_attention_implementation(module: nnx.Module, implementation: str) -> None:
   """Sets `implementation` on every Attention inside `module` (config.model.attention)."""
-  if implementation not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f"config.model.attention={implementation!r}: expected one of "
-                     f"{ATTENTION_IMPLEMENTATIONS}")
+  _check_implementation(implementation)
   for _, node in nnx.iter_graph(module):
     if isinstance(node, Attention):
       node.implementation = implementation
