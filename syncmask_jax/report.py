@@ -411,6 +411,12 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
                   f"{against}: {j['worse']:.3f} | {j['difference']:+.3f} | "
                   f"**{j['verdict']}**"
                   + (f" ({j['ratio']:+.1f})" if np.isfinite(j["ratio"]) else "") + " |")
+  verdicts = [j["verdict"] for _, j in judged if j is not None]
+  held = [c.text for c, j in judged if j is not None and j["verdict"] == "held"]
+  tally = (f"Of {len(verdicts)} claims, {verdicts.count('held')} held, "
+           f"{verdicts.count('the other way')} went the other way and "
+           f"{verdicts.count('within the seed spread')} are within the seed spread"
+           + (f" (held: {'; '.join(held)})." if held else "."))
   rule = ("A claim *held* when the difference of the means exceeds twice the pooled seed "
           "standard deviation s, went *the other way* below minus twice s, and is "
           "*within the seed spread* otherwise (d/s in the last column).")
@@ -443,7 +449,7 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
       "ITM negatives from the anchor's own product, averaged over training.",
       "",
       *overview,
-      "", "## The claims", "", rule, "", *claims]
+      "", "## The claims", "", tally, "", rule, "", *claims]
   lines += ["", "## Mask precision", "",
             "Held-out pairs, the final momentum model: its masks against uniform random "
             "masks at the same ratios from the same model. SemMIM's text-guided masking "
@@ -489,7 +495,7 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
     update_readme(args.readme, [
         f"From `{command}` ({budget}; {m['cpus']} CPUs, {elapsed / 60:.0f} min). "
         f"Full tables, plots, mask overlays and commands: [{docs}/results.md]"
-        f"({docs}/results.md).", "", *overview, "", rule, "", *claims, "",
+        f"({docs}/results.md).", "", tally, "", *overview, "", rule, "", *claims, "",
         f"![mask precision over training]({docs}/results/mask_precision.png)",
         f"![recall per variant]({docs}/results/recall.png)"])
   return path

@@ -74,6 +74,8 @@ def test_report_from_run_files(tmp_path):
                                                         "retrieval than random MLM+MIM "
                                                         "masks (full gallery)")][0]
   assert "+6.500" in claim and "**held**" in claim
+  # The four claims on these two variants: paired patch and token precision, both recalls.
+  assert "Of 4 claims, 4 held, 0 went the other way and 0 are within the seed spread" in text
   # Paired mask precision inside the syncmask runs: 0.45 vs 0.25.
   claim = [l for l in text.splitlines() if l.startswith("| SyncMask's patch masks")][0]
   assert "+0.200" in claim
