@@ -16,7 +16,8 @@ Every figure of the report is read back from the runs' files (`eval/pretrain.jso
 Per variant: mean and sample standard deviation over seeds. A claim "A beats B" is
 judged on the difference of the means d against the pooled seed spread
 s = sqrt((std_A^2 + std_B^2) / 2): it *held* when d > 2s, went *the other way* when
-d < -2s, and is *within the seed spread* otherwise.
+d < -2s, and is *within the seed spread* otherwise (with fewer than two seeds a side:
+no verdict).
 """
 
 from __future__ import annotations
