@@ -498,7 +498,8 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
         f"Full tables, plots, mask overlays and commands: [{docs}/results.md]"
         f"({docs}/results.md).", "", tally, "", *overview, "", rule, "", *claims, "",
         f"![mask precision over training]({docs}/results/mask_precision.png)",
-        f"![recall per variant]({docs}/results/recall.png)"])
+        f"![recall per variant]({docs}/results/recall.png)",
+        *[f"![{v} mask overlay]({docs}/results/{name})" for v, name in overlays[:1]]])
   return path
 
 
