@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from typing import Any, Callable
 
 import flax
@@ -39,7 +38,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import periodic_actions
 from flax import nnx
 
 from syncmask_jax import checkpointing, config_lib, evaluate, losses, optim
@@ -470,11 +468,7 @@ def build_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Fine-tunes `config.task` from `config.init_checkpoint`, evaluates at the end."""
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = train.make_writer(workdir)
+  writer = train.start_run(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   task = build_task(config, mesh)
   train_iter = task.train_iter
@@ -489,52 +483,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       state = task.init_from(state, config.init_checkpoint)
     else:
       logging.warning("config.init_checkpoint is empty: fine-tuning from random weights")
-  start = int(jax.device_get(state.step))
-
-  report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
-                                           every_steps=config.log_every)
-  preemption = train.Preemption()
-  history: list[dict] = []
-  history_start = step = start
-  p_step = batch_shardings = None
-  t0 = time.time()
-  logging.info("%s: steps %d..%d in %s", task.name, start, config.total_steps, workdir)
-  try:
-    while step < config.total_steps:
-      host_batch = next(train_iter)
-      if p_step is None:
-        like = train.global_like(host_batch)
-        batch_shardings = train_step_lib.batch_shardings(mesh, config.mesh.axis_rules, like)
-        p_step = train_step_lib.jit_train_step(task.step_fn, task.setup, config, like)
-      batch = pipeline.make_global_batch(host_batch, mesh, batch_shardings)
-      state, metrics = p_step(state, batch)
-      history.append(metrics)
-      step += 1
-      report(step)
-      preempted = preemption.requested or (jax.process_count() > 1
-                                           and ckpt.reached_preemption(step))
-      if (step % config.log_every == 0 or step == config.total_steps
-          or step % config.checkpoint_every == 0 or preempted):
-        train.check_finite(history, history_start, config)
-        writer.write_scalars(step, {f"train/{k}": v
-                                    for k, v in train.mean_metrics(history).items()})
-        history, history_start = [], step
-      if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
-        ckpt.save(step, state, train_iter.get_state(), force=True)
-      if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
-        task.evaluate(state.params, workdir, writer, step)
-      if preempted:
-        ckpt.wait_until_finished()
-        logging.warning("preempted: checkpoint of step %d saved, exiting", step)
-        return {"preempted_at": step}
-    ckpt.wait_until_finished()
-  finally:
-    preemption.restore()
-    writer.flush()
-  logging.info("%s: trained %d steps in %.1f s", task.name, step - start, time.time() - t0)
-  results: dict = {"task": task.name, "step": step}
-  if config.eval_at_end:
-    results = task.evaluate(state.params, workdir, writer, step)
-  writer.close()
-  ckpt.close()
-  return results
+  return train.run_loop(
+      config, workdir, state=state, step_fn=task.step_fn, setup=task.setup,
+      train_iter=train_iter, ckpt=ckpt, writer=writer,
+      evaluate=lambda s, step: task.evaluate(s.params, workdir, writer, step), name=task.name)

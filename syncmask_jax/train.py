@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -93,6 +94,15 @@ def make_writer(workdir: str) -> metric_writers.MetricWriter:
       JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
 
 
+def start_run(config: ml_collections.ConfigDict, workdir: str) -> metric_writers.MetricWriter:
+  """Creates `workdir`, writes the resolved config.json (process 0), returns the writer."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return make_writer(workdir)
+
+
 def token_info(tokenizer) -> train_step_lib.TokenInfo:
   special = [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id,
              tokenizer.unk_id]
@@ -141,11 +151,7 @@ def check_finite(history: list[dict], first_step: int, config) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains per `config`, checkpoints into `workdir`, evaluates at the end."""
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = make_writer(workdir)
+  writer = start_run(config, workdir)
 
   # --- data, model, state --------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -169,13 +175,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if ckpt.latest_step() is not None:
     state, data_state, _ = ckpt.restore(state)
     train_iter.set_state(data_state)
-  start = int(jax.device_get(state.step))
-
+  logging.info("%d steps per epoch", steps_per_epoch)
   step_fn = train_step_lib.make_train_step(config, setup, tokens, steps_per_epoch)
-  batch_shardings = None
-  p_step = None
+  from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
 
-  # --- loop ----------------------------------------------------------------------
+  def on_metrics(metrics: dict) -> None:
+    if config.data.grouping == "embedding":
+      train_iter.record_embeddings(*jax.device_get(
+          (metrics.pop("example_index"), metrics.pop("example_embedding"))))
+
+  return run_loop(
+      config, workdir, state=state, step_fn=step_fn, setup=setup, train_iter=train_iter,
+      ckpt=ckpt, writer=writer,
+      evaluate=lambda s, step: evaluate.evaluate_pretraining(config, setup, s, tokens,
+                                                             workdir, writer, step=step),
+      on_metrics=on_metrics, log_compile=True)
+
+
+def run_loop(config: ml_collections.ConfigDict, workdir: str, *, state, step_fn: Callable,
+             setup: train_state_lib.Setup, train_iter, ckpt: checkpointing.Checkpointer,
+             writer: metric_writers.MetricWriter,
+             evaluate: Callable[[Any, int], dict],
+             on_metrics: Callable[[dict], None] | None = None, log_compile: bool = False,
+             name: str = "pretrain") -> dict:
+  """The training loop shared by pretraining and fine-tuning, from `state.step` on.
+
+  Compiles `step_fn` over `setup.mesh` at the first batch (logging its FLOPs and memory
+  with `log_compile`), logs metrics every `log_every` steps (the non-finite check
+  included), checkpoints with the data iterator's state, evaluates every `eval_every`
+  steps and at the end (`evaluate(state, step)`), and saves and returns
+  `{"preempted_at": step}` on SIGTERM or a multi-host preemption notice. `on_metrics`
+  sees (and may pop from) each step's metrics before they are kept for logging.
+  """
+  mesh = setup.mesh
+  start = int(jax.device_get(state.step))
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
   hooks = [report]
@@ -184,45 +217,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           logdir=workdir))
   preemption = Preemption()
   history: list[dict] = []
-  history_start = start
-  step = start
+  history_start = step = start
+  batch_shardings = p_step = None
   t0 = time.time()
-  logging.info("training steps %d..%d (%d per epoch) in %s", start, config.total_steps,
-               steps_per_epoch, workdir)
+  logging.info("%s: training steps %d..%d in %s", name, start, config.total_steps, workdir)
   try:
     while step < config.total_steps:
       host_batch = next(train_iter)
       if p_step is None:
-        batch_shardings = train_step_lib.batch_shardings(
-            mesh, config.mesh.axis_rules, global_like(host_batch))
-        p_step = train_step_lib.jit_train_step(step_fn, setup, config, global_like(host_batch))
+        like = global_like(host_batch)
+        batch_shardings = train_step_lib.batch_shardings(mesh, config.mesh.axis_rules, like)
+        p_step = train_step_lib.jit_train_step(step_fn, setup, config, like)
         batch = pipeline.make_global_batch(host_batch, mesh, batch_shardings)
-        compiled = p_step.lower(state, batch).compile()
-        log_compiled(compiled, writer, config.data.global_batch_size)
-        p_step = compiled
+        if log_compile:
+          p_step = p_step.lower(state, batch).compile()
+          log_compiled(p_step, writer, config.data.global_batch_size)
       else:
         batch = pipeline.make_global_batch(host_batch, mesh, batch_shardings)
       state, metrics = p_step(state, batch)
-      if config.data.grouping == "embedding":
-        train_iter.record_embeddings(*jax.device_get(
-            (metrics.pop("example_index"), metrics.pop("example_embedding"))))
+      if on_metrics is not None:
+        on_metrics(metrics)
       history.append(metrics)
       step += 1
       for hook in hooks:
         hook(step)
       preempted = preemption.requested or (jax.process_count() > 1
                                            and ckpt.reached_preemption(step))
-      boundary = (step % config.log_every == 0 or step == config.total_steps
-                  or step % config.checkpoint_every == 0 or preempted)
-      if boundary:
+      if (step % config.log_every == 0 or step == config.total_steps
+          or step % config.checkpoint_every == 0 or preempted):
         check_finite(history, history_start, config)
         writer.write_scalars(step, {f"train/{k}": v for k, v in mean_metrics(history).items()})
         history, history_start = [], step
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
         ckpt.save(step, state, train_iter.get_state(), force=True)
       if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
-        from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
-        evaluate.evaluate_pretraining(config, setup, state, tokens, workdir, writer, step=step)
+        evaluate(state, step)
       if preempted:
         ckpt.wait_until_finished()
         logging.warning("preempted: checkpoint of step %d saved, exiting", step)
@@ -231,14 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     preemption.restore()
     writer.flush()
-  logging.info("trained %d steps in %.1f s", step - start, time.time() - t0)
-
-  # --- evaluation ----------------------------------------------------------------
-  results: dict = {"step": step}
+  logging.info("%s: trained %d steps in %.1f s", name, step - start, time.time() - t0)
+  results: dict = {"task": name, "step": step}
   if config.eval_at_end:
-    from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
-    results = evaluate.evaluate_pretraining(config, setup, state, tokens, workdir, writer,
-                                            step=step)
+    results = evaluate(state, step)
   writer.close()
   ckpt.close()
   return results
