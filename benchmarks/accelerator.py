@@ -26,15 +26,18 @@ otherwise: SyncMask recipe, captions padded to 40, queue 256, dropout 0):
 `--variants` compiles and times other forms of the same step in the same process:
 `default`; `cudnn_attention` (`config.model.attention="cudnn"`: cuDNN's fused
 attention wherever attention probabilities are not returned, `layers.fused_attention`);
-`autodiff_dense` / `autodiff_layer_norm` (monkeypatches of `syncmask_jax.models.layers`,
-undone after each: the custom VJPs of `layers.dense` / `layers.layer_norm` replaced by
-plain autodiff);
+`autodiff_dense` (`config.model.dense_vjp="autodiff"`: plain autodiff for the dense
+layers instead of the custom VJP); `autodiff_layer_norm` (a monkeypatch of
+`syncmask_jax.models.layers`, undone after the variant: plain autodiff of the layer norm);
 `remat` (`model.remat=True`); `+` joins them (`cudnn_attention+autodiff_dense`).
 XLA flags go in `XLA_FLAGS`, one process per setting; they are printed with the rest.
+`--profile VARIANTS` traces `--profile_steps` more steps of those variants after timing
+and sums the device time by kernel kind (GEMM, attention, XLA fusion, copy), kernel and
+HLO op (`profile_summary`).
 
   python benchmarks/accelerator.py [--presets base] [--batch_size 64] [--dtype bfloat16]
       [--variants default,cudnn_attention] [--rounds 5] [--k 5] [--peak_n 8192,16384]
-      [--skip_torch] [--json out.json]
+      [--skip_torch] [--profile default --profile_steps 3] [--json out.json]
   python benchmarks/accelerator.py --recount out.json   # (re)count FLOPs, MFU, table
 """
 
@@ -59,13 +62,14 @@ import memory  # noqa: E402  (bert_tokens, synthetic_batch)
 
 
 def build(preset: str, batch_size: int, dtype: str, remat: bool = False,
-          attention: str = "einsum"):
+          attention: str = "einsum", dense_vjp: str = "custom"):
   config = common.experiment_config(preset, "syncmask", batch_size)
   tokens = memory.bert_tokens()
   config.model.vocab_size = tokens.vocab_size
   config.model.dtype = dtype
   config.model.remat = remat
   config.model.attention = attention
+  config.model.dense_vjp = dense_vjp
   return config, memory.synthetic_batch(config, tokens), tokens
 
 
@@ -178,36 +182,124 @@ def finish(r: dict, flops: float) -> None:
       v["jax_over_torch"] = v["examples_per_s"] / t["examples_per_s"]
 
 
+# -- a profile of the step -----------------------------------------------------------
+
+# Kernel name -> kind, first match wins (cuBLAS/CUTLASS GEMM kernels are named nvjet_*,
+# sm90_xmma_*, cutlass_*, *gemm*; cuDNN's fused attention *fmha*/*flash*).
+KERNEL_KINDS = (("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "wgmma")),
+                ("attention", ("fmha", "flash", "cudnn", "sdpa")),
+                ("copy", ("memcpy", "memset", "copy")),
+                ("triton", ("triton",)))
+
+
+def kernel_kind(name: str) -> str:
+  low = name.lower()
+  for kind, keys in KERNEL_KINDS:
+    if any(k in low for k in keys):
+      return kind
+  return "xla_fusion"
+
+
+def profile_summary(trace_dir: str, steps: int, top: int = 40) -> dict:
+  """Device time of a `jax.profiler.trace(..., create_perfetto_trace=True)` directory
+  summed by kernel kind, by kernel and by HLO op (events of the `/device:` processes;
+  where there are none, as on the CPU, the non-Python host threads)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                          recursive=True))[-1]
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  procs = {e["pid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
+  thread = lambda e: threads.get((e["pid"], e.get("tid")), "")
+  device = [e for e in spans if procs.get(e["pid"], "").startswith("/device:")]
+  # A GPU's process also has summary lines ("XLA Ops", "XLA Modules") over the same
+  # time as the kernels on its "Stream #" lines: kernels only.
+  if any(thread(e).startswith("Stream") for e in device):
+    device = [e for e in device if thread(e).startswith("Stream")]
+  if not device:
+    device = [e for e in spans if thread(e) != "python"]
+  by_thread = {}
+  for e in spans:
+    name = f"{procs.get(e['pid'], e['pid'])} / {thread(e)}"
+    by_thread[name] = by_thread.get(name, 0.0) + float(e["dur"])
+  by_kind, by_kernel, by_op = ({} for _ in range(3))
+  for e in device:
+    us, args = float(e["dur"]), e.get("args") or {}
+    kind = kernel_kind(e["name"])
+    by_kind[kind] = by_kind.get(kind, 0.0) + us
+    key = (e["name"][:120], kind)
+    by_kernel[key] = by_kernel.get(key, 0.0) + us
+    op = args.get("hlo_op") or args.get("long_name") or e["name"]
+    by_op[op[:120]] = by_op.get(op[:120], 0.0) + us
+  total = sum(by_kind.values())
+  span_us = (max(e["ts"] + e["dur"] for e in device) - min(e["ts"] for e in device)
+             if device else 0.0)
+  per_step = lambda us: us / 1e3 / steps
+  return {
+      "trace": path, "steps": steps, "events": len(device),
+      "threads_ms_per_step": {k: v / 1e3 / steps for k, v in by_thread.items()},
+      "busy_ms_per_step": per_step(total), "span_ms_per_step": per_step(span_us),
+      "by_kind_ms_per_step": {k: per_step(v) for k, v in
+                              sorted(by_kind.items(), key=lambda kv: -kv[1])},
+      "top_kernels": [{"kernel": k, "kind": kind, "ms_per_step": per_step(v)} for (k, kind), v
+                      in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:top]],
+      "top_hlo_ops": [{"op": k, "ms_per_step": per_step(v)} for k, v
+                      in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]],
+  }
+
+
+def print_profile(name: str, prof: dict) -> None:
+  print(f"[{name}] profile of {prof['steps']} steps ({prof['events']} device events): busy "
+        f"{prof['busy_ms_per_step']:.1f} ms/step of a {prof['span_ms_per_step']:.1f} ms span",
+        flush=True)
+  for kind, ms in prof["by_kind_ms_per_step"].items():
+    print(f"    {kind:12s} {ms:8.2f} ms/step ({100 * ms / prof['busy_ms_per_step']:.1f}%)")
+  for row in prof["top_kernels"][:25]:
+    print(f"    {row['ms_per_step']:8.2f} ms  {row['kind']:10s} {row['kernel']}")
+  for row in prof["top_hlo_ops"][:25]:
+    print(f"    {row['ms_per_step']:8.2f} ms  {row['op']}")
+
+
 # -- the JAX step, and its variants ---------------------------------------------------
+
+
+VARIANT_PARTS = ("default", "remat", "cudnn_attention", "autodiff_dense",
+                 "autodiff_layer_norm")
 
 
 @contextlib.contextmanager
 def patched(variant: str):
   from syncmask_jax.models import layers  # pylint: disable=g-import-not-at-top
-  saved = {"dense": layers.dense, "layer_norm": layers.layer_norm}
-  parts = set(variant.split("+")) - {"default", "remat"}
-  unknown = parts - {"cudnn_attention", "autodiff_dense", "autodiff_layer_norm"}
+  saved = layers.layer_norm
+  parts = set(variant.split("+"))
+  unknown = parts - set(VARIANT_PARTS)
   if unknown:
-    raise ValueError(f"unknown variant part(s) {sorted(unknown)}")
+    raise ValueError(f"unknown variant part(s) {sorted(unknown)}: expected {VARIANT_PARTS}")
   try:
-    if "autodiff_dense" in parts:
-      layers.dense = saved["dense"].fun  # the undecorated x @ kernel + bias
     if "autodiff_layer_norm" in parts:
-      layers.layer_norm = saved["layer_norm"].fun
+      layers.layer_norm = saved.fun  # the undecorated closed form
     yield
   finally:
-    layers.dense, layers.layer_norm = saved["dense"], saved["layer_norm"]
+    layers.layer_norm = saved
 
 
 def run_jax(preset: str, variant: str, args) -> dict:
   parts = variant.split("+")
   config, batch, tokens = build(preset, args.batch_size, args.dtype, remat="remat" in parts,
-                                attention="cudnn" if "cudnn_attention" in parts else "einsum")
+                                attention="cudnn" if "cudnn_attention" in parts else "einsum",
+                                dense_vjp="autodiff" if "autodiff_dense" in parts else "custom")
   out = {"variant": variant}
   t0 = time.perf_counter()
   try:
     with patched(variant):
-      built = common.compiled_step(config, tokens, batch, devices=jax.devices()[:1])
+      built = common.compiled_step(config, tokens, batch, devices=jax.devices()[:1],
+                                   state_on_host=args.state_on_host)
   except Exception as e:  # pylint: disable=broad-except
     out["error"] = f"{type(e).__name__}: {str(e)[:1500]}"
     return out
@@ -226,6 +318,12 @@ def run_jax(preset: str, variant: str, args) -> dict:
     return out
   out["loss_last"] = float(runner.metrics["loss"])
   out["examples_per_s"] = args.batch_size / out["times"]["median_s"]
+  if variant in args.profile.split(","):
+    trace_dir = os.path.join(args.profile_dir, f"{preset}_{variant}")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      runner.steps(args.profile_steps)
+    out["profile"] = profile_summary(trace_dir, args.profile_steps)
+    print_profile(f"{preset} {variant}", out["profile"])
   out["params"] = int(sum(x.size for x in jax.tree.leaves(runner.state.params)))
   stats = jax.devices()[0].memory_stats() or {}
   out["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
@@ -337,6 +435,14 @@ def main() -> None:
   parser.add_argument("--peak_repeats", type=int, default=20)
   parser.add_argument("--torch_attn", default="sdpa", choices=("sdpa", "eager"))
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--state_on_host", action=argparse.BooleanOptionalAction, default=True,
+                      help="initialise the state on the CPU and place it on the device "
+                           "(saves XLA:GPU's ~2 min compile of the initialiser)")
+  parser.add_argument("--compilation_cache", default="",
+                      help="jax_compilation_cache_dir for this run ('' = off)")
+  parser.add_argument("--profile", default="", help="variants to profile after timing")
+  parser.add_argument("--profile_steps", type=int, default=3)
+  parser.add_argument("--profile_dir", default="/tmp/syncmask_profile")
   parser.add_argument("--recount", default="", help="result JSON to recount (CPU only)")
   parser.add_argument("--torch_child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--flops_child", action="store_true", help=argparse.SUPPRESS)
@@ -352,6 +458,8 @@ def main() -> None:
     recount(args.recount, args.json or args.recount)
     return
 
+  if args.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
   presets = args.presets.split(",")
   # PyTorch first, each preset in its own child: JAX has not claimed the GPU yet.
   torch_results = {}

@@ -64,6 +64,9 @@ def model_config(preset: str = "tiny", vocab_size: int = 30522) -> ml_collection
   # fused on NVIDIA GPUs, bfloat16 only; -15% base step time on an H100 with the dense
   # layers' plain autodiff, benchmarks/RESULTS.md A4).
   m.attention = "einsum"
+  # Backward of the dense layers: custom (keeps x^T from the forward; XLA:CPU's fast form)
+  # | autodiff (plain; for GPUs, with attention=cudnn, benchmarks/RESULTS.md A4).
+  m.dense_vjp = "custom"
   m.text_init = ""  # HF BERT-family checkpoint directory (config.json + weights).
   m.image_init = ""  # HF ViT/DeiT checkpoint directory.
   m.mim_decoder_layers = 2  # [ours] light cross-modal MIM decoder.
@@ -196,6 +199,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.pictures = 4  # SynthFashion mask/attention overlays written at evaluation
   c.eval.picture_words = 2
   c.profile_steps = 0  # >0: a profiler trace of that many steps (clu periodic_actions.Profile)
+  # JAX's persistent compilation cache ('' = off), e.g. ~/.cache/syncmask_jax/xla; shared
+  # by restarts and by runs of the same model (train.use_compilation_cache).
+  c.compilation_cache_dir = ""
   c.nonfinite = "stop"  # stop | skip
   return c
 
@@ -289,6 +295,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "expected einsum | xla | cudnn")
   _check(attention != "cudnn" or m.dtype == "bfloat16", "model.attention", attention,
          "cuDNN attention needs model.dtype='bfloat16'")
+  _check(m.get("dense_vjp", "custom") in ("custom", "autodiff"), "model.dense_vjp",
+         m.get("dense_vjp"), "expected custom | autodiff")
   n = jax_process_count()
   _check(c.data.global_batch_size % n == 0, "data.global_batch_size", c.data.global_batch_size,
          f"must be divisible by the {n} processes")

@@ -558,6 +558,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   from syncmask_jax import train_state as train_state_lib
   # pylint: enable=g-import-not-at-top
   task = config.get("task", "pretrain")
+  train.use_compilation_cache(config)
   mesh = sharding.make_mesh(config.mesh)
   directory = os.path.join(workdir, "checkpoints")
   writer = train.make_writer(workdir)

@@ -59,15 +59,20 @@ def _wait_for(pred, timeout=300):
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
   ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+  # The interrupted run and its resumption share a persistent compilation cache: the
+  # resumed run's executables come from it and must still be bitwise exact.
+  cache = str(tmp_path / "xla_cache")
   subprocess.run(_cmd(ref, 6), check=True, env=_env(), cwd=ROOT, capture_output=True)
-  proc = subprocess.Popen(_cmd(cut, 6), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(_cmd(cut, 6, f"--config.compilation_cache_dir={cache}"), env=_env(),
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(cut, "checkpoints")
   _wait_for(lambda: os.path.isdir(os.path.join(ckpt_dir, "2")) or proc.poll() is not None)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not os.path.isdir(os.path.join(ckpt_dir, "6")), "killed too late to test resume"
-  subprocess.run(_cmd(cut, 6), check=True, env=_env(), cwd=ROOT, capture_output=True)
+  assert os.listdir(cache), "the first run wrote nothing to the compilation cache"
+  subprocess.run(_cmd(cut, 6, f"--config.compilation_cache_dir={cache}"), check=True,
+                 env=_env(), cwd=ROOT, capture_output=True)
   a, b = _final_state(ref, 6), _final_state(cut, 6)
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b) > 0
@@ -132,6 +137,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ("queue_size", 20, "config.queue_size=20"),
     ("data.max_text_len", 1000, "config.data.max_text_len=1000"),
     ("model.image_size", 70, "config.model.image_size=70"),
+    ("model.dense_vjp", "manual", "config.model.dense_vjp='manual'"),
 ])
 def test_config_validation_names_the_field(field, value, match):
   c = config_lib.default_config()

@@ -11,11 +11,16 @@ from syncmask_jax.models import layers, vit
 from syncmask_jax.models.vlp import VLP
 
 
-@pytest.fixture(scope="module")
-def model():
+def _tiny_model(**fields) -> VLP:
   cfg = config_lib.model_config("tiny", vocab_size=100)
   cfg.text_dropout = 0.0
+  cfg.update(fields)
   return VLP(cfg, mim_head="pixels", rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return _tiny_model()
 
 
 def _inputs(b=2, t=10, s=64, seed=0):
@@ -74,10 +79,7 @@ def test_fused_attention_matches_einsum_on_padded_odd_lengths():
 
 def test_attention_config_reaches_every_layer(model):
   img, ids, mask = _inputs()
-  cfg = config_lib.model_config("tiny", vocab_size=100)
-  cfg.text_dropout = 0.0
-  cfg.attention = "xla"
-  fused_model = VLP(cfg, mim_head="pixels", rngs=nnx.Rngs(0))
+  fused_model = _tiny_model(attention="xla")
   impls = {n.implementation for _, n in nnx.iter_graph(fused_model)
            if isinstance(n, layers.Attention)}
   assert impls == {"xla"}
@@ -86,12 +88,65 @@ def test_attention_config_reaches_every_layer(model):
   np.testing.assert_allclose(fused_model.encode_image(img), model.encode_image(img),
                              rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="config.model.attention='flash'"):
-    layers.set_attention_implementation(fused_model, "flash")
+    layers.set_implementations(fused_model, "flash")
+  with pytest.raises(ValueError, match="config.model.dense_vjp='x'"):
+    layers.set_implementations(fused_model, "xla", "x")
   c = config_lib.default_config()
   c.model.attention = "cudnn"
   with pytest.raises(ValueError, match="config.model.attention='cudnn': cuDNN attention "
                                        "needs model.dtype='bfloat16'"):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5)])
+def test_custom_vjps_match_autodiff(shape):
+  # layers.dense / layer_norm carry hand-written backwards (XLA:CPU speed, RESULTS.md
+  # attempts 4 and 6): their gradients must equal autodiff of the plain formulas.
+  ks = jax.random.split(jax.random.key(0), 5)
+  x = jax.random.normal(ks[0], shape)
+  kernel, bias = jax.random.normal(ks[1], (5, 4)), jax.random.normal(ks[2], (4,))
+  scale, shift = jax.random.normal(ks[3], (5,)), jax.random.normal(ks[4], (5,))
+  cot = jax.random.normal(ks[0], shape[:-1] + (4,))
+
+  def plain_ln(x, s, b):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * s + b
+
+  for fast, plain, args in (
+      (layers.dense, layers.dense_autodiff, (x, kernel, bias)),
+      (lambda *a: layers.dense(layers.layer_norm(*a, 1e-6), kernel, bias),
+       lambda *a: layers.dense_autodiff(plain_ln(*a), kernel, bias), (x, scale, shift))):
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * cot)
+    np.testing.assert_allclose(fast(*args), plain(*args), rtol=1e-5, atol=1e-6)
+    for g_fast, g_plain in zip(jax.grad(loss(fast), argnums=(0, 1, 2))(*args),
+                               jax.grad(loss(plain), argnums=(0, 1, 2))(*args)):
+      assert g_fast.shape == g_plain.shape
+      np.testing.assert_allclose(g_fast, g_plain, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_vjp_config_reaches_every_dense_and_keeps_gradients(model):
+  img, ids, mask = _inputs()
+  plain = _tiny_model(dense_vjp="autodiff")
+  assert {n.vjp for _, n in nnx.iter_graph(plain) if isinstance(n, layers.Dense)} == {
+      "autodiff"}
+  assert {n.vjp for _, n in nnx.iter_graph(model) if isinstance(n, layers.Dense)} == {
+      "custom"}
+
+  def grads(m):
+    graphdef, state = nnx.split(m)
+
+    def loss(state):
+      mm = nnx.merge(graphdef, state)
+      image = mm.encode_image(img)
+      return jnp.sum(mm.fuse(mm.encode_text(ids, mask), mask, image)[0] ** 2)
+
+    return jax.grad(loss)(state)
+
+  got, want = nnx.to_pure_dict(grads(plain)), nnx.to_pure_dict(grads(model))
+  flat_got, flat_want = jax.tree.leaves(got), jax.tree.leaves(want)
+  assert len(flat_got) == len(flat_want) > 50
+  for a, b in zip(flat_got, flat_want):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
 
 
 def test_mask_token_replaces_masked_patches(model):

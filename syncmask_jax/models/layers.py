@@ -41,10 +41,15 @@ def gelu(x: Array) -> Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
-@jax.custom_vjp
-def dense(x: Array, kernel: Array, bias: Array) -> Array:
+def dense_autodiff(x: Array, kernel: Array, bias: Array) -> Array:
   """x @ kernel + bias over the last axis of x (any leading shape)."""
   return jnp.dot(x, kernel) + bias
+
+
+@jax.custom_vjp
+def dense(x: Array, kernel: Array, bias: Array) -> Array:
+  """`dense_autodiff` with the backward below (config.model.dense_vjp="custom")."""
+  return dense_autodiff(x, kernel, bias)
 
 
 def _dense_fwd(x: Array, kernel: Array, bias: Array):
@@ -64,6 +69,11 @@ def _dense_bwd(res, g: Array):
 
 dense.defvjp(_dense_fwd, _dense_bwd)
 
+# config.model.dense_vjp: "custom" (the backward above; the CPU's faster form) or
+# "autodiff" (a GPU's cuBLAS reads transposed operands for free, so saving x^T is an
+# extra copy: with cuDNN attention, -15% base step time on an H100, RESULTS.md A4).
+DENSE_VJPS = {"custom": dense, "autodiff": dense_autodiff}
+
 
 class Dense(nnx.Module):
 
@@ -77,10 +87,11 @@ class Dense(nnx.Module):
     self.kernel = param(rngs, nnx.initializers.truncated_normal(std), (din, dout), axes)
     self.bias = param(rngs, nnx.initializers.zeros, (dout,), (axes[1],))
     self.dtype = dtype
+    self.vjp = "custom"  # DENSE_VJPS; set_implementations
 
   def __call__(self, x: Array) -> Array:
-    return dense(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                 self.bias[...].astype(self.dtype))
+    return DENSE_VJPS[self.vjp](x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                               self.bias[...].astype(self.dtype))
 
 
 def _layer_norm_stats(x: Array, eps: float) -> tuple[Array, Array]:
@@ -222,12 +233,19 @@ class MLP(nnx.Module):
     return self.fc2(gelu(self.fc1(x)))
 
 
-def set_attention_implementation(module: nnx.Module, implementation: str) -> None:
-  """Sets `implementation` on every Attention inside `module` (config.model.attention)."""
-  _check_implementation(implementation)
+def set_implementations(module: nnx.Module, attention: str = "einsum",
+                        dense_vjp: str = "custom") -> None:
+  """Sets `attention` (config.model.attention) on every Attention inside `module` and
+  `dense_vjp` (config.model.dense_vjp) on every Dense."""
+  _check_implementation(attention)
+  if dense_vjp not in DENSE_VJPS:
+    raise ValueError(f"config.model.dense_vjp={dense_vjp!r}: expected one of "
+                     f"{tuple(DENSE_VJPS)}")
   for _, node in nnx.iter_graph(module):
     if isinstance(node, Attention):
-      node.implementation = implementation
+      node.implementation = attention
+    elif isinstance(node, Dense):
+      node.vjp = dense_vjp
 
 
 def stacked(module: nnx.Module, prefix: str, count: int) -> list[nnx.Module]:
