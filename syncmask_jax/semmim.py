@@ -5,7 +5,7 @@ METHOD.md section 4 as pure functions that the train step composes:
 * momentum model -> `global_targets` (agreement targets of the two augmented views)
   and `patch_targets` (MIM targets: momentum patch encodings that cross-attended to the
   momentum text features, projected onto the *same* prototypes), each sharpened and
-  centred, with the updated running centres (DINO);
+  centred, with the batch means that `next_centers` moves the running centres by (DINO);
 * online model -> `agreement` (each view's global encoding predicts the other view's
   target, symmetrised) and `semantic_mim` (the masked image tokens cross-attend to the
   text, then predict the masked patches' targets);
@@ -48,22 +48,21 @@ def _masked_mean(logits: Array, weights: Array) -> Array:
 def global_targets(teacher: VLP, image_tokens_v1: Array, image_tokens_v2: Array,
                    center: Array, cfg: ml_collections.ConfigDict
                    ) -> tuple[tuple[Array, Array], Array, tuple[Array, Array]]:
-  """Momentum assignments of both views' [CLS]: ((p1, p2), new centre, (cos1, cos2)).
+  """Momentum assignments of both views' [CLS]: ((p1, p2), batch mean, (cos1, cos2)).
 
-  The targets use the centre *before* this batch; the centre then moves towards the
-  mean logits of both views over the global batch (DINO's order).
+  The targets use the centre *before* this batch; `next_centers` then moves it towards
+  the batch mean: the mean logits of both views over the global batch (DINO's order).
   """
   logits = (teacher.global_prototype_logits(image_tokens_v1),
             teacher.global_prototype_logits(image_tokens_v2))
   probs = tuple(losses.sharpen_and_center(l, center, cfg.teacher_temp) for l in logits)
-  mean = jnp.mean(jnp.concatenate(logits), axis=0)
-  return probs, losses.update_center(center, mean, cfg.center_momentum), logits
+  return probs, jnp.mean(jnp.concatenate(logits), axis=0), logits
 
 
 def patch_targets(teacher: VLP, image_tokens_m: Array, text_hidden_m: Array, text_mask: Array,
                   center: Array, patch_mask: Array, cfg: ml_collections.ConfigDict
                   ) -> tuple[Array, Array, Array]:
-  """Text-injected MIM targets (B, N, K), the new patch centre, and the cosines.
+  """Text-injected MIM targets (B, N, K), the batch mean for the centre, and the cosines.
 
   The momentum model's *unmasked* image tokens pass through its MIM decoder, whose
   cross-attention reads the momentum text features, before the projection onto the
@@ -74,9 +73,40 @@ def patch_targets(teacher: VLP, image_tokens_m: Array, text_hidden_m: Array, tex
   probs = losses.sharpen_and_center(logits, center, cfg.teacher_temp)
   # iBOT centres on every patch; "masked" centres on the targets actually used.
   weights = patch_mask if cfg.patch_center == "masked" else jnp.ones(patch_mask.shape, bool)
-  new_center = losses.update_center(center, _masked_mean(logits, weights),
-                                    cfg.center_momentum)
-  return probs, new_center, logits
+  return probs, _masked_mean(logits, weights), logits
+
+
+def init_centers(num_prototypes: int, accum_steps: int) -> dict:
+  """The running centres of the momentum prototype logits, zero at start: `global` for
+  the agreement targets, `patch` for the MIM targets; with gradient accumulation also
+  the sums of the micro-batch means since the last update (`*_sum`)."""
+  names = ("global", "patch") + (("global_sum", "patch_sum") if accum_steps > 1 else ())
+  return {name: jnp.zeros((num_prototypes,), jnp.float32) for name in names}
+
+
+def next_centers(centers: dict, means: dict, momentum: float, accum_steps: int,
+                 updated: Array | bool) -> dict:
+  """The centres after a step, from its batch means ({name: (K,)}).
+
+  Every step: c <- m c + (1 - m) mean (`losses.update_center`). Under k-step gradient
+  accumulation (`updated`: whether this micro-step applied the optimizer update) the
+  centres stay fixed over the k micro-batches of one update, as the momentum model
+  does, while their means are summed; the update then uses the mean of the k means,
+  i.e. the same centre as one step on the whole batch (exactly, when the micro-batches
+  weigh the same: always for `global`, for `patch` unless `patch_center="masked"` masks
+  differ in size).
+  """
+  out = dict(centers)
+  for name, mean in means.items():
+    if accum_steps == 1:
+      out[name] = losses.update_center(centers[name], mean, momentum)
+      continue
+    total = centers[name + "_sum"] + mean
+    out[name] = jnp.where(
+        updated, losses.update_center(centers[name], total / accum_steps, momentum),
+        centers[name])
+    out[name + "_sum"] = jnp.where(updated, jnp.zeros_like(total), total)
+  return out
 
 
 def agreement(model: VLP, image_tokens_v1: Array, image_tokens_v2: Array,

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from syncmask_jax import queue as queue_lib
-from syncmask_jax import sharding
+from syncmask_jax import semmim, sharding
 from syncmask_jax.models.vlp import VLP
 
 
@@ -59,12 +59,10 @@ def build_model(config: ml_collections.ConfigDict, seed: int) -> VLP:
 
 
 def init_centers(config: ml_collections.ConfigDict) -> dict:
-  """SemMIM's running centres of the momentum prototype logits (DINO), zero at start:
-  `global` for the agreement targets, `patch` for the MIM targets."""
+  """SemMIM's running centres of the momentum prototype logits (DINO), `semmim.init_centers`."""
   if config.recipe != "semmim":
     return {}
-  k = config.semmim.num_prototypes
-  return {"global": jnp.zeros((k,), jnp.float32), "patch": jnp.zeros((k,), jnp.float32)}
+  return semmim.init_centers(config.semmim.num_prototypes, config.optim.grad_accum_steps)
 
 
 def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,

@@ -141,17 +141,17 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     # SemMIM targets, like the masks from the momentum model (METHOD.md 4): prototype
     # assignments of both views' [CLS] (agreement) and of the text-fused unmasked
     # patches (MIM), sharpened and centred; the running centres move after use (DINO).
-    centers = state.centers
+    center_means = {}
     global_probs = patch_probs = None
     if use_agreement:
       view2 = semmim.second_view(batch)
-      global_probs, center_global, _ = semmim.global_targets(
-          teacher, image_tokens_m, teacher.encode_image(view2), centers["global"], sem_cfg)
-      centers = {**centers, "global": center_global}
+      global_probs, center_means["global"], _ = semmim.global_targets(
+          teacher, image_tokens_m, teacher.encode_image(view2), state.centers["global"],
+          sem_cfg)
     if use_proto_mim:
-      patch_probs, center_patch, _ = semmim.patch_targets(
-          teacher, image_tokens_m, text_hidden_m, tmask, centers["patch"], patch_mask, sem_cfg)
-      centers = {**centers, "patch": center_patch}
+      patch_probs, center_means["patch"], _ = semmim.patch_targets(
+          teacher, image_tokens_m, text_hidden_m, tmask, state.centers["patch"], patch_mask,
+          sem_cfg)
 
     # 3. Online losses.
     def loss_fn(params):
@@ -228,6 +228,9 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     momentum_params = jax.tree.map(lambda new, old: jnp.where(updated, new, old),
                                    ema(state.momentum_params, params, config.momentum),
                                    state.momentum_params)
+    centers = (semmim.next_centers(state.centers, center_means, sem_cfg.center_momentum,
+                                   config.optim.grad_accum_steps, updated)
+               if center_means else state.centers)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         momentum_params=momentum_params, centers=centers,

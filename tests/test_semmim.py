@@ -289,6 +289,43 @@ def test_short_run_mim_falls_without_prototype_collapse(synth, reference):
     assert h["semmim/patch_usage_share"] >= 4 / K
 
 
+def test_centres_move_once_per_update_under_grad_accumulation(synth, reference):
+  """k = 2 micro-batches: the centres stay put after the first (as the momentum model
+  does) and then move once, by the mean of both batch means: one step on both batches."""
+  base, tokens, batches = synth
+  c = semmim_config()
+  c.model.vocab_size = base.model.vocab_size
+  c.optim.grad_accum_steps = 2
+  run = Run(c, tokens, batches[0], jax.devices()[:1])
+  jax.tree.map(np.testing.assert_array_equal, run.initial.momentum_params,
+               reference[1][0].momentum_params)
+
+  @jax.jit
+  def batch_means(momentum_params, batch):
+    teacher = nnx.merge(run.setup.graphdef, momentum_params)
+    tokens_m = teacher.encode_image(batch["image"])
+    text_m = teacher.encode_text(batch["text_ids"], batch["text_mask"])
+    _, g, _ = semmim.global_targets(teacher, tokens_m, teacher.encode_image(
+        batch["image_view2"]), jnp.zeros(K), c.semmim)
+    every_patch = jnp.ones((tokens_m.shape[0], tokens_m.shape[1] - 1), bool)
+    _, p, _ = semmim.patch_targets(teacher, tokens_m, text_m, batch["text_mask"],
+                                   jnp.zeros(K), every_patch, c.semmim)
+    return {"global": g, "patch": p}
+
+  means = [jax.device_get(batch_means(run.initial.momentum_params, b)) for b in batches[:2]]
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for name in ("global", "patch"):  # without accumulation: one EMA step per batch
+    close(reference[1][1].centers[name], 0.1 * means[0][name])
+  s1, _ = run(run.initial, batches[0])
+  s2, _ = run(s1, batches[1])
+  for name in ("global", "patch"):
+    np.testing.assert_array_equal(s1.centers[name], np.zeros(K))
+    close(s1.centers[name + "_sum"], means[0][name])
+    close(s2.centers[name], 0.1 * (means[0][name] + means[1][name]) / 2)
+    np.testing.assert_array_equal(s2.centers[name + "_sum"], np.zeros(K))
+  assert np.abs(means[0]["global"] - means[1]["global"]).max() > 1e-4  # distinct batches
+
+
 def test_compiled_step_has_no_host_round_trip(reference):
   assert_no_host_round_trip(reference[0].step.as_text())
 
