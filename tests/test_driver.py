@@ -159,12 +159,15 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(tmp_path):
   one = str(tmp_path / "one")
-  # One process with 2 devices vs two processes with 1 device each: same global mesh.
-  subprocess.run(_cmd(one, 3), check=True, env=_env(2), cwd=ROOT, capture_output=True)
+  # One process with 2 devices vs two processes with 1 device each: same global mesh,
+  # training and then the end-of-training evaluation (each process scores its shard).
+  evaluate = ["--config.eval_at_end=True", "--config.eval.pictures=0"]
+  subprocess.run(_cmd(one, 3, *evaluate), check=True, env=_env(2), cwd=ROOT,
+                 capture_output=True)
   two = str(tmp_path / "two")
   port = _free_port()
   procs = [subprocess.Popen(
-      _cmd(two, 3, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+      _cmd(two, 3, *evaluate, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
            f"--process_id={i}", "--cpu_collectives=gloo"),
       env=_env(1), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
@@ -174,3 +177,14 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
   for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
   np.testing.assert_array_equal(a["queue"]["product_id"], b["queue"]["product_id"])
+  # The evaluation: every protocol's figures, the mask statistics and the counts agree
+  # (features equal to float tolerance; ranks and hence recalls exactly).
+  one_eval, two_eval = (json.load(open(os.path.join(w, "eval", "pretrain.json"),
+                                       encoding="utf-8")) for w in (one, two))
+  assert one_eval["num_images"] == 41 and len(one_eval["results"]) == 2
+  assert jax.tree.structure(one_eval) == jax.tree.structure(two_eval)
+  for x, y in zip(jax.tree.leaves(one_eval), jax.tree.leaves(two_eval)):
+    if isinstance(x, float):
+      np.testing.assert_allclose(x, y, rtol=1e-6)
+    else:
+      assert x == y
