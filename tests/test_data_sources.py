@@ -278,7 +278,7 @@ def test_karpathy_bad_image_and_empty_caption(tmp_path):
   test[0]["caption"][1] = "   "
   json.dump(test, open(tmp_path / "coco_test.json", "w"))
   index, store = coco.load(str(tmp_path), "coco")
-  with pytest.raises(ValueError, match=r"coco_test\.json: entry 0, field 'caption'"):
+  with pytest.raises(ValueError, match=r"coco_test\.json: record 0, field 'caption'"):
     coco.KarpathyImages(index, store, "test")
   ims = coco.KarpathyImages(index, store, "test", skip_bad_records=True)
   assert len(ims) == 1 and ims.stats["num_skipped"] == 2

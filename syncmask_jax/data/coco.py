@@ -16,7 +16,7 @@ Sources:
 Image ids are ranks in the sorted union of every image path the splits mention.
 
 Bad input: a missing or undecodable image (a header check at construction) or an
-empty caption is an error naming the file, entry and field; with
+empty caption is an error naming the file, record (entry) and field; with
 `skip_bad_records=True` it is counted in `stats` and left out (an image with all of
 its captions).
 
@@ -35,16 +35,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from syncmask_jax.data.image_folder import BadRecords, ImageChecks, ImageFolderBuilder
 from syncmask_jax.data.transforms import ImageFiles, TfdsImages
 
 NAMES = ("coco", "flickr30k")
 SPLITS = ("train", "val", "test")
-_MAX_REPORTED = 100
 
 
 def annotation_file(root: str, name: str, split: str) -> str:
@@ -95,49 +95,26 @@ def _captions(entry: dict[str, Any]) -> list[str]:
   return [c] if isinstance(c, str) else list(c)
 
 
-class _Checker:
-  """Image checks once per path, and the raise-or-count rule for bad records."""
-
-  def __init__(self, store: Any, verify: bool, skip: bool, origin: str):
-    self.store, self.verify, self.skip = store, verify, skip
-    self.stats: dict[str, Any] = {"origin": origin, "num_records": 0, "num_skipped": 0,
-                                  "skipped": []}
-    self._problems: dict[str, str | None] = {}
-
-  def image_problem(self, path: str) -> str | None:
-    if path not in self._problems:
-      self._problems[path] = (self.store.check(path) if self.verify
-                              else None if path in self.store else "no image file")
-    return self._problems[path]
-
-  def bad(self, entry: int, field: str, reason: str) -> None:
-    message = f"{self.stats['origin']}: entry {entry}, field {field!r}: {reason}"
-    if not self.skip:
-      raise ValueError(message + " (skip_bad_records=True leaves such records out)")
-    self.stats["num_skipped"] += 1
-    if len(self.stats["skipped"]) < _MAX_REPORTED:
-      self.stats["skipped"].append(message)
-
-
 class KarpathyPairs:
   """One record per (image, caption) pair of a split (train format; eval is expanded)."""
 
   def __init__(self, index: KarpathyIndex, store: Any, split: str = "train", *,
                skip_bad_records: bool = False, verify_images: bool = True):
     self.index, self.store = index, store
-    check = _Checker(store, verify_images, skip_bad_records, index.file(split))
+    bad = BadRecords(index.file(split), skip_bad_records)
+    image_problem = ImageChecks(store, verify_images)
     self.pairs: list[tuple[str, str]] = []
     for i, entry in enumerate(index.entries(split)):
-      problem = check.image_problem(entry["image"])
+      problem = image_problem(entry["image"])
       if problem is not None:
-        check.bad(i, "image", problem)
+        bad(i, "image", problem)
         continue
       for caption in _captions(entry):
         if caption and caption.strip():
           self.pairs.append((entry["image"], caption.strip()))
         else:
-          check.bad(i, "caption", "empty caption")
-    self.stats = check.stats
+          bad(i, "caption", "empty caption")
+    self.stats = bad.stats
     self.stats["num_records"] = len(self.pairs)
 
   def __len__(self) -> int:
@@ -160,23 +137,24 @@ class KarpathyImages:
   def __init__(self, index: KarpathyIndex, store: Any, split: str, *,
                skip_bad_records: bool = False, verify_images: bool = True):
     self.index, self.store, self.split = index, store, split
-    check = _Checker(store, verify_images, skip_bad_records, index.file(split))
+    bad = BadRecords(index.file(split), skip_bad_records)
+    image_problem = ImageChecks(store, verify_images)
     self.paths: list[str] = []
     self.captions: list[list[str]] = []  # per kept image, its non-empty captions
     for i, entry in enumerate(index.entries(split)):
-      problem = check.image_problem(entry["image"])
+      problem = image_problem(entry["image"])
       if problem is not None:
-        check.bad(i, "image", problem)
+        bad(i, "image", problem)
         continue
       kept = []
       for caption in _captions(entry):
         if caption and caption.strip():
           kept.append(caption.strip())
         else:
-          check.bad(i, "caption", "empty caption")
+          bad(i, "caption", "empty caption")
       self.paths.append(entry["image"])
       self.captions.append(kept)
-    self.stats = check.stats
+    self.stats = bad.stats
     self.stats["num_records"] = len(self.paths)
 
   def __len__(self) -> int:
@@ -233,7 +211,7 @@ def load(root: str, name: str, *, image_root: str | None = None,
 # -- TFDS builder -----------------------------------------------------------------------
 
 
-class KarpathyRetrieval(tfds.core.GeneratorBasedBuilder):
+class KarpathyRetrieval(ImageFolderBuilder):
   """COCO / Flickr30K images (Karpathy splits) as ArrayRecord; annotations in metadata."""
 
   name = "karpathy_retrieval"
@@ -244,40 +222,9 @@ class KarpathyRetrieval(tfds.core.GeneratorBasedBuilder):
       "Place ALBEF's {coco,flickr30k}_{train,val,test}.json in `manual_dir`, with the "
       "images at the relative paths their `image` fields name (symlink train2014/, "
       "val2014/ or flickr30k-images/ there).")
+  KEY, KEYS_METADATA = "path", "images"
+  HOMEPAGE = "https://github.com/salesforce/ALBEF"
 
-  def __init__(self, *, skip_bad_records: bool = True, file_format=None, **kwargs):
-    # Bad images are left out by default and counted in metadata["stats"].
-    self.skip_bad_records = skip_bad_records
-    super().__init__(file_format=file_format or "array_record", **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "path": tfds.features.Text(),
-            "image": tfds.features.Image(shape=(None, None, 3)),  # original bytes
-        }),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
-        homepage="https://github.com/salesforce/ALBEF",
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = os.fspath(dl_manager.manual_dir)
+  def _read_manual_dir(self, root: str):
     index = KarpathyIndex.from_root(root, self.builder_config.name)
-    store = ImageFiles(root)
-    check = _Checker(store, True, self.skip_bad_records, root)
-    paths = []
-    for k, path in enumerate(sorted(index.image_ids)):
-      problem = check.image_problem(path)
-      if problem is None:
-        paths.append(path)
-      else:
-        check.bad(k, "image", problem)
-    self.info.metadata.update(annotations=index.annotations, images=paths,
-                              stats=check.stats)
-    return {"images": self._generate_examples(store, paths)}
-
-  def _generate_examples(self, store: ImageFiles, paths: Sequence[str]):
-    for i, p in enumerate(paths):
-      with open(store.path(p), "rb") as fh:
-        yield i, {"path": p, "image": fh.read()}
+    return ImageFiles(root), index.image_ids, {"annotations": index.annotations}

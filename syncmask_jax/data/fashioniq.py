@@ -39,18 +39,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from syncmask_jax.data.image_folder import BadRecords, ImageChecks, ImageFolderBuilder
 from syncmask_jax.data.transforms import ImageFiles, TfdsImages
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val", "test")
 GALLERY_PROTOCOLS = ("split", "val_union")
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_MAX_REPORTED = 100
 
 
 class FashionIQIndex:
@@ -110,32 +110,6 @@ def image_files(root: str) -> ImageFiles:
   return ImageFiles(directory, resolve)
 
 
-def _new_stats(origin: str) -> dict[str, Any]:
-  return {"origin": origin, "num_records": 0, "num_skipped": 0, "skipped": [],
-          "target_not_in_gallery": 0}
-
-
-class _Skipper:
-  """Raises on a bad record, or counts it when `skip_bad_records`."""
-
-  def __init__(self, skip: bool, stats: dict[str, Any]):
-    self.skip = skip
-    self.stats = stats
-
-  def __call__(self, where: str, record: int, field: str, reason: str) -> None:
-    message = f"{where}: record {record}, field {field!r}: {reason}"
-    if not self.skip:
-      raise ValueError(message + " (skip_bad_records=True leaves such records out)")
-    self.stats["num_skipped"] += 1
-    if len(self.stats["skipped"]) < _MAX_REPORTED:
-      self.stats["skipped"].append(message)
-
-
-def _checked(store: Any, asins: set[str], verify: bool) -> dict[str, str | None]:
-  return {a: (store.check(a) if verify else (None if a in store else "no image file"))
-          for a in sorted(asins)}
-
-
 class FashionIQGallery:
   """Gallery images of one category and split under a protocol (`split` | `val_union`)."""
 
@@ -159,13 +133,13 @@ class FashionIQGallery:
         if t.get("target"):
           seen.setdefault(t["target"], None)
       asins, where = sorted(seen), index.caption_file(split)
-    self.stats = _new_stats(where)
-    bad = _Skipper(skip_bad_records, self.stats)
-    problems = _checked(store, set(asins), verify_images)
+    bad = BadRecords(where, skip_bad_records, target_not_in_gallery=0)
+    self.stats = bad.stats
+    problem = ImageChecks(store, verify_images)
     self.asins = []
     for i, a in enumerate(asins):
-      if problems[a] is not None:
-        bad(where, i, "image", f"ASIN {a}: {problems[a]}")
+      if problem(a) is not None:
+        bad(i, "image", f"ASIN {a}: {problem(a)}")
       else:
         self.asins.append(a)
     self.position = {a: i for i, a in enumerate(self.asins)}
@@ -194,22 +168,20 @@ class FashionIQTriplets:
       raise FileNotFoundError(f"{index.caption_file(split)}: missing")
     self.index, self.store, self.split, self.gallery = index, store, split, gallery
     where = index.caption_file(split)
-    self.stats = _new_stats(where)
-    bad = _Skipper(skip_bad_records, self.stats)
+    bad = BadRecords(where, skip_bad_records, target_not_in_gallery=0)
+    self.stats = bad.stats
     triplets = index.captions[split]
-    needed = {t["candidate"] for t in triplets} | {t["target"] for t in triplets
-                                                  if t.get("target")}
-    problems = _checked(store, needed, verify_images)
+    problem = ImageChecks(store, verify_images)
     self.items: list[tuple[str, str, str]] = []  # (reference, target or "", text)
     for i, t in enumerate(triplets):
       text = " and ".join(c.strip() for c in t.get("captions", []) if c and c.strip())
       target = t.get("target") or ""
       if not text:
-        bad(where, i, "captions", "no caption text")
-      elif problems[t["candidate"]] is not None:
-        bad(where, i, "candidate", f"ASIN {t['candidate']}: {problems[t['candidate']]}")
-      elif target and problems[target] is not None:
-        bad(where, i, "target", f"ASIN {target}: {problems[target]}")
+        bad(i, "captions", "no caption text")
+      elif problem(t["candidate"]) is not None:
+        bad(i, "candidate", f"ASIN {t['candidate']}: {problem(t['candidate'])}")
+      elif target and problem(target) is not None:
+        bad(i, "target", f"ASIN {target}: {problem(target)}")
       else:
         self.items.append((t["candidate"], target, text))
     self.stats["num_records"] = len(self.items)
@@ -273,8 +245,12 @@ def sources(root: str, category: str, split: str, *, gallery_protocol: str = "sp
 # -- TFDS builder -----------------------------------------------------------------------
 
 
-class FashionIq(tfds.core.GeneratorBasedBuilder):
-  """FashionIQ images per category as ArrayRecord; captions and splits in metadata."""
+class FashionIq(ImageFolderBuilder):
+  """FashionIQ images per category as ArrayRecord; captions and splits in metadata.
+
+  Bad images are left out (the default): the count lands in metadata["stats"] and the
+  triplets that need them are counted again when the sources are built.
+  """
 
   name = "fashion_iq"
   VERSION = tfds.core.Version("1.0.0")
@@ -284,42 +260,10 @@ class FashionIq(tfds.core.GeneratorBasedBuilder):
       "Place the FashionIQ release in `manual_dir`: captions/cap.{dress,shirt,toptee}."
       "{train,val,test}.json, image_splits/split.{dress,shirt,toptee}.{train,val,test}"
       ".json and images/<ASIN>.{png,jpg}.")
+  KEY, KEYS_METADATA = "asin", "asins"
+  HOMEPAGE = "https://github.com/XiaoxiaoGuo/fashion-iq"
 
-  def __init__(self, *, skip_bad_records: bool = True, file_format=None, **kwargs):
-    # Bad images are left out by default: the count lands in metadata["stats"] and
-    # the triplets that need them are counted again when the sources are built.
-    self.skip_bad_records = skip_bad_records
-    super().__init__(file_format=file_format or "array_record", **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "asin": tfds.features.Text(),
-            # The original bytes (PNG or JPEG), not re-encoded.
-            "image": tfds.features.Image(shape=(None, None, 3)),
-        }),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
-        homepage="https://github.com/XiaoxiaoGuo/fashion-iq",
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = os.fspath(dl_manager.manual_dir)
+  def _read_manual_dir(self, root: str):
     index = FashionIQIndex.from_root(root, self.builder_config.name)
-    store = image_files(root)
-    asins, stats = [], {"num_skipped": 0, "skipped": []}
-    bad = _Skipper(self.skip_bad_records, stats)
-    for k, a in enumerate(sorted(index.asin_ids)):
-      problem = store.check(a)
-      if problem is None:
-        asins.append(a)
-      else:
-        bad(store.root, k, "image", f"ASIN {a}: {problem}")
-    self.info.metadata.update(captions=index.captions, splits=index.splits, asins=asins,
-                              stats=stats)
-    return {"images": self._generate_examples(store, asins)}
-
-  def _generate_examples(self, store: ImageFiles, asins: Sequence[str]):
-    for i, a in enumerate(asins):
-      with open(store.path(a), "rb") as fh:
-        yield i, {"asin": a, "image": fh.read()}
+    return (image_files(root), index.asin_ids,
+            {"captions": index.captions, "splits": index.splits})
