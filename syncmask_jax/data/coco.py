@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from syncmask_jax.data.image_folder import BadRecords, ImageChecks, ImageFolderBuilder
-from syncmask_jax.data.transforms import ImageFiles, TfdsImages
+from syncmask_jax.data.transforms import ImageFiles
 
 NAMES = ("coco", "flickr30k")
 SPLITS = ("train", "val", "test")
@@ -202,9 +202,7 @@ def load(root: str, name: str, *, image_root: str | None = None,
     builder = KarpathyRetrieval(config=name, data_dir=tfds_data_dir)
     index = KarpathyIndex(name, builder.info.metadata["annotations"],
                           origin=builder.data_dir)
-    ds = builder.as_data_source(split="images",
-                                decoders={"image": tfds.decode.SkipDecoding()})
-    return index, TfdsImages(ds, builder.info.metadata["images"], key_field="path")
+    return index, builder.image_store()
   return KarpathyIndex.from_root(root, name), ImageFiles(image_root or root)
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from syncmask_jax.data.image_folder import BadRecords, ImageChecks, ImageFolderBuilder
-from syncmask_jax.data.transforms import ImageFiles, TfdsImages
+from syncmask_jax.data.transforms import ImageFiles
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val", "test")
@@ -225,9 +225,7 @@ def sources(root: str, category: str, split: str, *, gallery_protocol: str = "sp
     builder = FashionIq(config=category, data_dir=tfds_data_dir)
     index = FashionIQIndex(category, builder.info.metadata["captions"],
                            builder.info.metadata["splits"], origin=builder.data_dir)
-    ds = builder.as_data_source(split="images",
-                                decoders={"image": tfds.decode.SkipDecoding()})
-    store = TfdsImages(ds, builder.info.metadata["asins"], key_field="asin")
+    store = builder.image_store()
     verify_images = False  # the builder left bad images out
   else:
     index = FashionIQIndex.from_root(root, category)

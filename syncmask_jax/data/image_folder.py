@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
-from syncmask_jax.data.transforms import ImageFiles
+from syncmask_jax.data.transforms import ImageFiles, TfdsImages
 
 MAX_REPORTED = 100  # skipped records listed one by one in stats; the rest only counted
 
@@ -66,6 +66,11 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   def __init__(self, *, skip_bad_records: bool = True, file_format=None, **kwargs):
     self.skip_bad_records = skip_bad_records
     super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  def image_store(self) -> TfdsImages:
+    """The built `images` split as an image store (bytes decoded when loaded)."""
+    ds = self.as_data_source(split="images", decoders={"image": tfds.decode.SkipDecoding()})
+    return TfdsImages(ds, self.info.metadata[self.KEYS_METADATA], key_field=self.KEY)
 
   def _read_manual_dir(self, root: str) -> tuple[ImageFiles, Sequence[str], dict[str, Any]]:
     """(image store, every key the annotations name, metadata fields) of `root`."""
