@@ -567,7 +567,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       config_lib.validate(config)
       eval_settings(config)
       tokens = train.token_info(pipeline.make_tokenizer(config))
-      finetune.match_vocab(config, tokens)
+      train.match_vocab(config, tokens)
       graphdef, abstract = finetune.abstract_params(
           lambda: train_state_lib.build_model(config, config.seed), config, mesh)
       params, step = finetune.load_pretrained(directory, abstract, step=step)

@@ -238,16 +238,6 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
   return n
 
 
-def match_vocab(config: ml_collections.ConfigDict, tokens: train_step_lib.TokenInfo) -> None:
-  """The model's vocabulary is the tokenizer's unless a text checkpoint fixes it."""
-  if config.model.vocab_size != tokens.vocab_size:
-    if config.model.text_init:
-      raise ValueError(f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
-                       f"has {tokens.vocab_size} entries")
-    with config.unlocked():
-      config.model.vocab_size = tokens.vocab_size
-
-
 # -- steps ------------------------------------------------------------------------------
 
 
@@ -442,7 +432,7 @@ def build_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   else:
     tokenizer = pipeline.make_tokenizer(config)
   tokens = train.token_info(tokenizer)
-  match_vocab(config, tokens)
+  train.match_vocab(config, tokens)
   if task == "category":
     n = num_classes(config)
     build = lambda: CategoryModel(config.model, n, rngs=nnx.Rngs(params=config.seed))

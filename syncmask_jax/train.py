@@ -122,6 +122,16 @@ def token_info(tokenizer) -> train_step_lib.TokenInfo:
       sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id, min_random_id=max(special) + 1)
 
 
+def match_vocab(config: ml_collections.ConfigDict, tokens: train_step_lib.TokenInfo) -> None:
+  """The model's vocabulary is the tokenizer's unless a text checkpoint fixes it."""
+  if config.model.vocab_size != tokens.vocab_size:
+    if config.model.text_init:
+      raise ValueError(f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
+                       f"has {tokens.vocab_size} entries")
+    with config.unlocked():
+      config.model.vocab_size = tokens.vocab_size
+
+
 def log_compiled(compiled, writer, global_batch: int) -> dict:
   """FLOPs and memory of the compiled step (XLA's own analyses), logged at start."""
   info = {}
@@ -168,12 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   train_iter = pipeline.make_train_iterator(config)
   tokens = token_info(train_iter.tokenizer)
-  if config.model.vocab_size != tokens.vocab_size:
-    if config.model.text_init:
-      raise ValueError(f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
-                       f"has {tokens.vocab_size} entries")
-    with config.unlocked():
-      config.model.vocab_size = tokens.vocab_size
+  match_vocab(config, tokens)
   steps_per_epoch = train_iter.steps_per_epoch
   state, setup = train_state_lib.create_train_state(
       config, mesh, lambda p: optim.make_optimizer(config.optim, p, config.total_steps),
