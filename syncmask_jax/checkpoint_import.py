@@ -1,13 +1,18 @@
-"""Initialise the model from Hugging Face BERT-family and ViT/DeiT checkpoints.
+"""Initialise the model from Hugging Face BERT-family and ViT/DeiT, and timm ViT/DeiT
+checkpoints.
 
 METHOD.md section 1: the ALBEF split builds the text encoder from BERT layers
 0..L_t-1 and the fusion encoder from layers L_t..L_t+L_f-1 of one checkpoint; the
 fusion encoder's cross-attention (and its LayerNorm) has no counterpart in BERT and
 stays newly initialised, as in ALBEF. The image encoder comes from a ViT or DeiT.
 
-A checkpoint is a directory holding `config.json` and `model.safetensors` (or a
-sharded `model.safetensors.index.json`), or `pytorch_model.bin` when torch is
-installed. Keys may carry any prefix (`bert.`, `vit.`, `deit.`, none, ...): it is found
+A Hugging Face checkpoint is a directory holding `config.json` and `model.safetensors`
+(or a sharded `model.safetensors.index.json`), or `pytorch_model.bin` when torch is
+installed. A timm ViT/DeiT is such a directory (timm's `config.json` is not needed) or a
+single `.safetensors` or torch file (`.pth`, `.pt`, `.bin`: a state dict, possibly under
+"model" or "state_dict", as ALBEF's `deit_base_patch16_224-b5f2ef4d.pth` or a full ALBEF
+checkpoint). The layout is told from the keys, not the file name. Keys may carry any
+prefix (`bert.`, `vit.`, `deit.`, `visual_encoder.`, `module.`, none, ...): it is found
 from one anchor key. Our parameters are the functional pure dict of
 `nnx.split(model)[1].to_pure_dict()`; Dense kernels are (in, out), so torch Linear
 weights are transposed.
@@ -18,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import re
 from typing import Any, Callable, Iterable
 
 import jax
@@ -32,7 +39,6 @@ from syncmask_jax.models import vit
 Params = dict[str, Any]
 
 _BERT_ANCHOR = "embeddings.word_embeddings.weight"
-_VIT_ANCHOR = "embeddings.patch_embeddings.projection.weight"
 # Families whose position ids start after the padding index: a silent misalignment here.
 _OFFSET_POSITION_FAMILIES = ("roberta", "xlm-roberta", "camembert", "longformer")
 
@@ -98,7 +104,10 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
         f"{path} is a PyTorch pickle and torch is not installed: convert the checkpoint to "
         "safetensors (e.g. `transformers` `save_pretrained(dir, safe_serialization=True)` or "
         "`safetensors.torch.save_file`) or install torch") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+    raise ValueError(f"cannot read {path!r} as a torch checkpoint: {e}") from e
   state = state.get("model", state.get("state_dict", state))
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
           for k, v in state.items() if hasattr(v, "numpy")}
@@ -114,15 +123,35 @@ def _normalise_key(key: str) -> str:
   return key
 
 
-def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """(config.json contents, {key: array}) of a Hugging Face checkpoint directory."""
+def _read_weights_file(path: str) -> dict[str, np.ndarray]:
+  """A single weights file: safetensors by its extension, else a torch pickle."""
+  if path.endswith(".safetensors"):
+    return _read_safetensors(path)
+  return _read_torch_bin(path)
+
+
+def read_checkpoint(path: str, *, require_config: bool = True
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json contents, {key: array}) of a checkpoint.
+
+  `path` is a directory with `model.safetensors` (or a sharded index) or
+  `pytorch_model.bin`, and `config.json`. With `require_config=False` the config may be
+  absent ({} then) and `path` may also be a single weights file (`_read_weights_file`).
+  """
+  if not require_config and os.path.isfile(path):
+    return {}, {_normalise_key(k): v for k, v in _read_weights_file(path).items()}
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+    if require_config:
+      raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist: expected a checkpoint "
+                            "directory or a .safetensors/.pth/.pt/.bin file")
   config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
+  hf_config: dict[str, Any] = {}
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      hf_config = json.load(f)
+  elif require_config:
     raise FileNotFoundError(f"no config.json in checkpoint directory {path!r}")
-  with open(config_path) as f:
-    hf_config = json.load(f)
   single = os.path.join(path, "model.safetensors")
   index = os.path.join(path, "model.safetensors.index.json")
   torch_bin = os.path.join(path, "pytorch_model.bin")
@@ -148,9 +177,14 @@ def _find_prefix(tensors: dict[str, np.ndarray], anchor: str, path: str) -> str:
   if not prefixes:
     raise ValueError(f"checkpoint {path!r} has no key ending in {anchor!r}: not the expected "
                      "Hugging Face layout")
-  if len(prefixes) > 1:
-    raise ValueError(f"checkpoint {path!r} holds several models ({prefixes}); expected one")
-  return prefixes[0]
+  # ALBEF-style checkpoints also hold the momentum copy (`visual_encoder_m.` beside
+  # `visual_encoder.`, `text_encoder_m.bert.` beside `text_encoder.bert.`): the online
+  # model is the one to load; the copy is reported unused.
+  online = [p for p in prefixes if p.replace("_m.", ".", 1) == p
+            or p.replace("_m.", ".", 1) not in prefixes]
+  if len(online) > 1:
+    raise ValueError(f"checkpoint {path!r} holds several models ({online}); expected one")
+  return online[0]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -227,14 +261,17 @@ class _Importer:
 
 
 def _check_fields(hf_config: dict[str, Any], expected: dict[str, int | None], path: str,
-                  ours: Callable[[str], str]) -> None:
+                  ours: Callable[[str], str],
+                  source: Callable[[str], str] = lambda field: "config.json") -> None:
+  """Each `expected` field (None: unchecked) against the checkpoint's; `source(field)`
+  says where the checkpoint's value comes from, for the error."""
   for field, want in expected.items():
     if want is None:
       continue
     got = hf_config.get(field)
     if got != want:
-      raise ValueError(f"checkpoint {path!r}: config.json {field}={got} but the model has "
-                       f"{ours(field)}={want}")
+      raise ValueError(f"checkpoint {path!r}: {source(field)} {field}={got} but the model "
+                       f"has {ours(field)}={want}")
 
 
 def _check_eps(hf_config: dict[str, Any], ln_eps: float | None, field: str,
@@ -348,77 +385,202 @@ def load_bert(path: str, params: Params, text_layers: int, fusion_layers: int, *
 # ----------------------------------------------------------------------------- ViT
 
 
+@dataclasses.dataclass(frozen=True)
+class _ViTLayout:
+  """Where one checkpoint layout keeps the parts of ALBEF's ViT (keys after the prefix)."""
+  anchor: str  # the patch projection's Conv2d weight; locates the prefix.
+  patch_embed: str
+  cls_token: str
+  pos_embed: str
+  dist_token: str  # DeiT's distillation token.
+  mask_token: str
+  block: str  # one block's key prefix; `{i}` is its index.
+  norm1: str
+  qkv: str  # with `{name}`: separate query/key/value Linears; else one fused [q; k; v].
+  attn_out: str
+  norm2: str
+  fc1: str
+  fc2: str
+  norm: str
+
+
+_HF_VIT = _ViTLayout(
+    anchor="embeddings.patch_embeddings.projection.weight",
+    patch_embed="embeddings.patch_embeddings.projection", cls_token="embeddings.cls_token",
+    pos_embed="embeddings.position_embeddings", dist_token="embeddings.distillation_token",
+    mask_token="embeddings.mask_token", block="encoder.layer.{i}.", norm1="layernorm_before",
+    qkv="attention.attention.{name}", attn_out="attention.output.dense",
+    norm2="layernorm_after", fc1="intermediate.dense", fc2="output.dense", norm="layernorm")
+_TIMM_VIT = _ViTLayout(
+    anchor="patch_embed.proj.weight", patch_embed="patch_embed.proj",
+    cls_token="cls_token", pos_embed="pos_embed", dist_token="dist_token",
+    mask_token="mask_token", block="blocks.{i}.", norm1="norm1", qkv="attn.qkv",
+    attn_out="attn.proj", norm2="norm2", fc1="mlp.fc1", fc2="mlp.fc2", norm="norm")
+# Every key (after the prefix) of a timm ViT/DeiT that is ALBEF's ViT; the classifier
+# heads are accepted and left unused. Anything else (fc_norm, norm_pre, layer scale
+# ls1/ls2, register tokens, q/k norms, BEiT's q_bias, ...) changes the network.
+_TIMM_VIT_KEY = re.compile(
+    r"(cls_token|pos_embed|dist_token|mask_token|patch_embed\.proj\.(weight|bias)"
+    r"|blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
+    r"|norm\.(weight|bias)|(head|head_dist|pre_logits)\..+)")
+# timm's ViT LayerNorm eps; a state dict does not store it.
+_TIMM_LN_EPS = 1e-6
+
+
+def _vit_layout(tensors: dict[str, np.ndarray], path: str) -> tuple[_ViTLayout, str]:
+  """The layout of a ViT checkpoint, told from its keys, and its key prefix."""
+  found = [layout for layout in (_HF_VIT, _TIMM_VIT)
+           if any(k.endswith(layout.anchor) for k in tensors)]
+  if not found:
+    raise ValueError(f"checkpoint {path!r} has no ViT: no key ending in {_HF_VIT.anchor!r} "
+                     f"(Hugging Face) or {_TIMM_VIT.anchor!r} (timm)")
+  if len(found) > 1:
+    raise ValueError(f"checkpoint {path!r} holds both a Hugging Face and a timm ViT; "
+                     "expected one")
+  return found[0], _find_prefix(tensors, found[0].anchor, path)
+
+
+def _timm_vit_config(tensors: dict[str, np.ndarray], prefix: str, path: str
+                     ) -> tuple[dict[str, Any], Callable[[str], str]]:
+  """What a timm state dict says about its ViT, as Hugging Face config.json fields, and
+  the key each is read from. The number of heads is not stored."""
+  keys = [k[len(prefix):] for k in tensors if k.startswith(prefix)]
+  for key in sorted(keys):
+    if key.startswith("fc_norm."):
+      raise ValueError(f"checkpoint {path!r} has {prefix + key!r}: a global-average-pool "
+                       "ViT (fc_norm after pooling, no final norm), not ALBEF's [CLS] ViT")
+    if not _TIMM_VIT_KEY.fullmatch(key):
+      raise ValueError(f"checkpoint {path!r}: key {prefix + key!r} is not part of ALBEF's "
+                       "ViT (timm layout)")
+  if "cls_token" not in keys:
+    raise ValueError(f"checkpoint {path!r} has no {prefix + 'cls_token'!r}: ALBEF's ViT "
+                     "needs a class token")
+  conv = tensors[prefix + _TIMM_VIT.anchor]
+  if conv.ndim != 4 or conv.shape[2] != conv.shape[3]:
+    raise ValueError(f"checkpoint {path!r}: {prefix + _TIMM_VIT.anchor!r} has shape "
+                     f"{tuple(conv.shape)}; expected (width, channels, patch, patch)")
+  blocks = {int(k.split(".")[1]) for k in keys if k.startswith("blocks.")}
+  fc1 = tensors.get(f"{prefix}blocks.0.{_TIMM_VIT.fc1}.weight")
+  config = {"hidden_size": conv.shape[0], "num_channels": conv.shape[1],
+            "patch_size": conv.shape[2], "num_hidden_layers": max(blocks, default=-1) + 1,
+            "intermediate_size": None if fc1 is None else fc1.shape[0],
+            "layer_norm_eps": _TIMM_LN_EPS,
+            "qkv_bias": f"{prefix}blocks.0.{_TIMM_VIT.qkv}.bias" in tensors}
+  source = {"intermediate_size": f"blocks.0.{_TIMM_VIT.fc1}.weight",
+            "num_hidden_layers": "blocks.*"}
+  return config, lambda field: f"{prefix + source.get(field, _TIMM_VIT.anchor)!r} gives"
+
+
+def _vit_qkv(imp: _Importer, ours: str, key: str, width: int, bias: bool) -> None:
+  """q/k/v projections: `key` with `{name}` names three Linears (Hugging Face); without,
+  one fused Linear whose output rows are [q; k; v] (timm). Biasless projections get zero
+  biases (our Dense has one)."""
+  names = ("query", "key", "value")
+  if "{name}" in key:
+    keys = [key.format(name=n) for n in names]
+    weights = [imp.get(k + ".weight") for k in keys]
+    biases = [imp.get(k + ".bias") if bias else None for k in keys]
+  else:
+    keys = [key] * 3
+    weights = np.split(imp.get(key + ".weight"), 3)
+    biases = np.split(imp.get(key + ".bias"), 3) if bias else [None] * 3
+  for name, k, w, b in zip(names, keys, weights, biases):
+    imp.put(f"{ours}/{name}/kernel", w.T, k + ".weight")
+    imp.put(f"{ours}/{name}/bias", np.zeros((width,), np.float32) if b is None else b,
+            k + (".weight" if b is None else ".bias"))
+
+
 def load_vit(path: str, params: Params, image_size: int, *, num_heads: int | None = None,
              ln_eps: float | None = None) -> tuple[Params, ImportReport]:
-  """A Hugging Face ViTModel / DeiT checkpoint -> the image encoder `vision`.
+  """A ViT / DeiT checkpoint, Hugging Face or timm layout -> the image encoder `vision`.
+
+  `path` is a Hugging Face ViTModel / DeiT directory (config.json + weights), or a timm
+  state dict: a `.pth`/`.pt`/`.bin`/`.safetensors` file or a directory with
+  `model.safetensors` / `pytorch_model.bin`, keys possibly under a prefix
+  (`visual_encoder.` of an ALBEF checkpoint, whose momentum copy `visual_encoder_m.` is
+  skipped; `module.`). The layout is told from the keys. Widths, patch size and depth are
+  checked against the parameter shapes (a deeper checkpoint gives its first blocks, with a
+  warning), heads against `num_heads` for Hugging Face only (a timm state dict does not
+  store them: the model's are used). `ln_eps` (the model's `vision_ln_eps`) is compared
+  with the checkpoint's (timm: 1e-6) and a difference is reported as a warning.
 
   The position table is resized (`vit.interpolate_pos_embed`, [CLS] row kept) when the
   checkpoint's patch grid differs from `image_size // patch_size`. DeiT's
   distillation token has no counterpart in ALBEF's ViT: the token and its position row
-  (row 1, between [CLS] and the patches) are dropped. A `embeddings.mask_token`
-  (ViTForMaskedImageModeling) initialises our MIM [MASK] embedding.
+  (row 1, between [CLS] and the patches) are dropped. A mask token
+  (`embeddings.mask_token` of ViTForMaskedImageModeling, timm `mask_token`) initialises
+  our MIM [MASK] embedding; without one it keeps its init. timm models that are not
+  ALBEF's ViT (`fc_norm`, no class token, other extra keys) are refused. Classifier heads
+  are reported unused. Returns new params (the input is not modified) and the report.
   """
-  hf, tensors = read_checkpoint(path)
+  config, tensors = read_checkpoint(path, require_config=False)
+  layout, prefix = _vit_layout(tensors, path)
+  if layout is _TIMM_VIT:
+    config, source = _timm_vit_config(tensors, prefix, path)
+    num_heads = None  # not in a timm state dict: nothing to check.
+  elif not config:
+    raise FileNotFoundError(f"checkpoint {path!r} is in the Hugging Face ViT layout but has no "
+                            "config.json: pass its directory")
+  else:
+    source = lambda field: "config.json"
   v = params["vision"]
   width = v["cls_token"].shape[-1]
   depth = sum(1 for k in v if k.startswith("block_"))
   patch_dim = v["patch_embed"]["kernel"].shape[0]
-  patch = hf.get("patch_size")
-  _check_fields(hf, {"hidden_size": width, "intermediate_size":
-                     v["block_0"]["mlp"]["fc1"]["kernel"].shape[1] if depth else None,
-                     "num_attention_heads": num_heads, "num_channels": 3}, path,
+  have = config.get("num_hidden_layers")
+  if have is None or have < depth:
+    raise ValueError(f"checkpoint {path!r}: {source('num_hidden_layers')} num_hidden_layers="
+                     f"{have}, fewer than the model's vision_depth={depth}")
+  patch = config.get("patch_size")
+  _check_fields(config, {"hidden_size": width, "intermediate_size":
+                         v["block_0"]["mlp"]["fc1"]["kernel"].shape[1] if depth else None,
+                         "num_attention_heads": num_heads, "num_channels": 3}, path,
                 {"hidden_size": "vision_width", "intermediate_size": "vision_mlp_dim",
-                 "num_attention_heads": "vision_heads", "num_channels": "channels"}.get)
+                 "num_attention_heads": "vision_heads", "num_channels": "channels"}.get,
+                source)
   if patch is None or patch * patch * 3 != patch_dim:
-    raise ValueError(f"checkpoint {path!r}: config.json patch_size={patch} but the model has "
-                     f"patch_size={int(round((patch_dim / 3) ** 0.5))}")
+    raise ValueError(f"checkpoint {path!r}: {source('patch_size')} patch_size={patch} but the "
+                     f"model has patch_size={int(round((patch_dim / 3) ** 0.5))}")
   grid = image_size // patch
   if 1 + grid * grid != v["pos_embed"].shape[1]:
     raise ValueError(f"image_size={image_size} gives {grid * grid} patches, but the model's "
                      f"position table has {v['pos_embed'].shape[1] - 1}")
-  have = hf.get("num_hidden_layers")
-  if have is None or have < depth:
-    raise ValueError(f"checkpoint {path!r} has num_hidden_layers={have}, fewer than the "
-                     f"model's vision_depth={depth}")
 
-  prefix = _find_prefix(tensors, _VIT_ANCHOR, path)
   imp = _Importer(path, params, tensors, scopes=("vision",))
-  _check_eps(hf, ln_eps, "vision_ln_eps", imp.report)
+  _check_eps(config, ln_eps, "vision_ln_eps", imp.report)
   if have > depth:
     imp.report.warnings.append(f"checkpoint has {have} layers, the model {depth}: the first "
                                f"{depth} are used, then the final layernorm")
-  e = f"{prefix}embeddings."
-  imp.put("vision/cls_token", imp.get(e + "cls_token"), e + "cls_token")
-  pos = imp.get(e + "position_embeddings")
-  if e + "distillation_token" in tensors:
-    imp.used.add(e + "distillation_token")
+  key = {f.name: prefix + getattr(layout, f.name) for f in dataclasses.fields(layout)}
+  imp.put("vision/cls_token", imp.get(key["cls_token"]), key["cls_token"])
+  pos = imp.get(key["pos_embed"])
+  if key["dist_token"] in tensors:
+    imp.used.add(key["dist_token"])
     pos = np.concatenate([pos[:, :1], pos[:, 2:]], axis=1)
+  n = pos.shape[1] - 1
+  if int(round(n ** 0.5)) ** 2 != n:
+    raise ValueError(f"checkpoint {path!r}: {key['pos_embed']!r} of shape {pos.shape} (after "
+                     "dropping any distillation row) is not [CLS] + a square grid of patches")
   imp.put("vision/pos_embed", np.asarray(vit.interpolate_pos_embed(pos, grid)),
-          e + "position_embeddings")
+          key["pos_embed"])
   # Conv2d (D, C, ph, pw) -> Dense on patchify's (ph, pw, C) vectors.
-  conv = imp.get(e + "patch_embeddings.projection.weight")
+  conv = imp.get(key["patch_embed"] + ".weight")
   imp.put("vision/patch_embed/kernel", conv.transpose(2, 3, 1, 0).reshape(-1, conv.shape[0]),
-          e + "patch_embeddings.projection.weight")
-  imp.put("vision/patch_embed/bias", imp.get(e + "patch_embeddings.projection.bias"),
-          e + "patch_embeddings.projection.bias")
-  if e + "mask_token" in tensors:
-    imp.put("vision/mask_token", imp.get(e + "mask_token").reshape(-1), e + "mask_token")
+          key["patch_embed"] + ".weight")
+  imp.put("vision/patch_embed/bias", imp.get(key["patch_embed"] + ".bias"),
+          key["patch_embed"] + ".bias")
+  if key["mask_token"] in tensors:
+    imp.put("vision/mask_token", imp.get(key["mask_token"]).reshape(-1), key["mask_token"])
 
   for i in range(depth):
-    ours, k = f"vision/block_{i}", f"{prefix}encoder.layer.{i}."
-    imp.norm(f"{ours}/norm1", k + "layernorm_before")
-    for name in ("query", "key", "value"):
-      if hf.get("qkv_bias", True):
-        imp.linear(f"{ours}/attn/{name}", f"{k}attention.attention.{name}")
-      else:  # Biasless q/k/v: our Dense has a bias, so it is zero.
-        w = f"{k}attention.attention.{name}.weight"
-        imp.put(f"{ours}/attn/{name}/kernel", imp.get(w).T, w)
-        imp.put(f"{ours}/attn/{name}/bias", np.zeros((width,), np.float32), w)
-    imp.linear(f"{ours}/attn/out", k + "attention.output.dense")
-    imp.norm(f"{ours}/norm2", k + "layernorm_after")
-    imp.linear(f"{ours}/mlp/fc1", k + "intermediate.dense")
-    imp.linear(f"{ours}/mlp/fc2", k + "output.dense")
-  imp.norm("vision/norm", prefix + "layernorm")
+    ours, k = f"vision/block_{i}", key["block"].replace("{i}", str(i))
+    imp.norm(f"{ours}/norm1", k + layout.norm1)
+    _vit_qkv(imp, f"{ours}/attn", k + layout.qkv, width, config.get("qkv_bias", True))
+    imp.linear(f"{ours}/attn/out", k + layout.attn_out)
+    imp.norm(f"{ours}/norm2", k + layout.norm2)
+    imp.linear(f"{ours}/mlp/fc1", k + layout.fc1)
+    imp.linear(f"{ours}/mlp/fc2", k + layout.fc2)
+  imp.norm("vision/norm", key["norm"])
   return imp.finish()
 
 

@@ -68,7 +68,7 @@ def model_config(preset: str = "tiny", vocab_size: int = 30522) -> ml_collection
   # | autodiff (plain; for GPUs, with attention=cudnn, benchmarks/RESULTS.md A4).
   m.dense_vjp = "custom"
   m.text_init = ""  # HF BERT-family checkpoint directory (config.json + weights).
-  m.image_init = ""  # HF ViT/DeiT checkpoint directory.
+  m.image_init = ""  # ViT/DeiT: HF checkpoint directory, or timm .pth/.safetensors file or dir.
   m.mim_decoder_layers = 2  # [ours] light cross-modal MIM decoder.
   return m
 

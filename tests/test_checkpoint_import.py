@@ -1,8 +1,10 @@
-"""Parity of syncmask_jax.checkpoint_import with the PyTorch reference (transformers).
+"""Parity of syncmask_jax.checkpoint_import with the PyTorch references (transformers, timm).
 
 Small random BERT/ViT models are built in-process and saved to a temporary directory;
-nothing is downloaded. Every comparison is float32 on CPU with dropout off (our model
-called without rngs, HF in eval()). The error measure is max|ours - hf| / max|hf|, bound
+nothing is downloaded. timm is optional (see `_timm`): without it the timm layout is
+still tested, on the Hugging Face ViT's weights under timm's names. Every comparison is
+float32 on CPU with dropout off (our model called without rngs, the references in
+eval()). The error measure is max|ours - ref| / max|ref|, bound
 1e-5: both sides compute the same float32 graph with different summation orders, so the
 expected error is a few ulps (~1e-7) grown over a few layers, two orders below the bound,
 while any mapping mistake (a transposed kernel, a swapped LayerNorm, a dropped bias, a
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -26,6 +29,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
 
 from syncmask_jax import checkpoint_import, config_lib  # pylint: disable=g-import-not-at-top
+from syncmask_jax.models import vit  # pylint: disable=g-import-not-at-top
 from syncmask_jax.models.vlp import VLP  # pylint: disable=g-import-not-at-top
 from syncmask_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
 
@@ -55,7 +59,7 @@ def _randomise(model: "torch.nn.Module", seed: int) -> None:
   with torch.no_grad():
     for name, p in model.named_parameters():
       noise = torch.randn(p.shape, generator=g)
-      if "LayerNorm.weight" in name or "layernorm" in name and name.endswith("weight"):
+      if "norm" in name.lower() and name.endswith("weight"):  # BERT, HF and timm LNs
         p.copy_(1.0 + 0.2 * noise)
       else:
         p.copy_(0.1 * noise)
@@ -368,3 +372,243 @@ def test_apply_inits(bert_dir, vit_dir, loaded_bert):
                                 loaded_bert[1]["text"]["layer_0"]["self_attn"]["query"]["kernel"])
   _, ref, _ = _load_vit(vit_dir)
   np.testing.assert_array_equal(params["vision"]["norm"]["scale"], ref["vision"]["norm"]["scale"])
+
+
+# ----------------------------------------------------------------------------- timm ViT
+
+
+def _timm():
+  """timm, or a skip. timm imports torchvision, and PyPI's torchvision is a CUDA build
+  that does not import beside the CPU torch wheel launch/test.sh installs, so the suite
+  runs without timm; the layout itself is tested below on HF weights under timm names."""
+  try:
+    import timm.models.deit  # pylint: disable=g-import-not-at-top
+  except (ImportError, RuntimeError, OSError) as e:
+    pytest.skip(f"timm is not usable here: {e}")
+  return timm
+
+
+def _hf_to_timm(hf: dict[str, np.ndarray], depth: int = 2) -> dict[str, np.ndarray]:
+  """A Hugging Face ViTModel state dict under timm's names: the inverse of transformers'
+  `convert_vit_timm_to_pytorch` (timm's one qkv Linear has output rows [q; k; v])."""
+  e = "embeddings."
+  out = {"cls_token": hf[e + "cls_token"], "pos_embed": hf[e + "position_embeddings"]}
+  for p in ("weight", "bias"):
+    out[f"patch_embed.proj.{p}"] = hf[f"{e}patch_embeddings.projection.{p}"]
+    out[f"norm.{p}"] = hf[f"layernorm.{p}"]
+    for i in range(depth):
+      t, h = f"blocks.{i}.", f"encoder.layer.{i}."
+      for timm_name, hf_name in (("norm1", "layernorm_before"), ("attn.proj",
+                                 "attention.output.dense"), ("norm2", "layernorm_after"),
+                                 ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
+        out[f"{t}{timm_name}.{p}"] = hf[f"{h}{hf_name}.{p}"]
+      out[f"{t}attn.qkv.{p}"] = np.concatenate(
+          [hf[f"{h}attention.attention.{n}.{p}"] for n in ("query", "key", "value")])
+  return out
+
+
+def _save_pth(state, path) -> str:
+  """torch.save of {key: array}, dicts nested as in ALBEF's {"model": ...}."""
+  def to_torch(v):
+    if isinstance(v, dict):
+      return {k: to_torch(x) for k, x in v.items()}
+    return torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+  torch.save(to_torch(state), str(path))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def timm_base():
+  """(graphdef, params) of the test model with timm's LayerNorm eps, 1e-6."""
+  return _split(_model_cfg(vision_ln_eps=1e-6))
+
+
+@pytest.fixture(scope="module")
+def timm_state(vit_dir):
+  """The random HF ViT of `vit_dir` in timm's layout, with a 10-way classifier head."""
+  state = _hf_to_timm(load_file(os.path.join(vit_dir, "model.safetensors")))
+  rng = np.random.default_rng(3)
+  state["head.weight"] = rng.normal(size=(10, 64)).astype(np.float32)
+  state["head.bias"] = rng.normal(size=(10,)).astype(np.float32)
+  return state
+
+
+@pytest.fixture(scope="module")
+def hf_vision(vit_dir):
+  """The `vision` params that the Hugging Face import of `vit_dir` gives."""
+  return _load_vit(vit_dir)[1]["vision"]
+
+
+def _load_timm(path, params, image_size=32, ln_eps=1e-6):
+  return checkpoint_import.load_vit(path, params, image_size, num_heads=4, ln_eps=ln_eps)
+
+
+def _assert_same(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _random_timm(cls, seed, **kwargs):
+  """A timm ViT sized to the test model, every parameter random (LN scales around 1)."""
+  torch.manual_seed(0)
+  model = cls(**{**dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                        mlp_ratio=2.0, qkv_bias=True, num_classes=10), **kwargs})
+  _randomise(model, seed=seed)
+  return model.eval()
+
+
+def _load_random_timm(model, path, timm_base):
+  """(our encode_image after `load_vit` of `model`'s state dict, the report)."""
+  graphdef, params = timm_base
+  torch.save(model.state_dict(), path)
+  params, report = _load_timm(str(path), params)
+  return nnx.merge(graphdef, params).encode_image, report
+
+
+def _images():
+  """(NCHW for torch, NHWC for us) of the same random images."""
+  images = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+  return torch.tensor(images), jnp.asarray(images.transpose(0, 2, 3, 1))
+
+
+def test_timm_vit_matches_timm(timm_base, tmp_path):
+  """Our forward (final normalised tokens, [CLS] first) is timm's forward_features."""
+  timm = _timm()
+  model = _random_timm(timm.models.vision_transformer.VisionTransformer, seed=4)
+  encode, report = _load_random_timm(model, tmp_path / "vit.pth", timm_base)
+  theirs, ours = _images()
+  with torch.no_grad():
+    ref = model.forward_features(theirs).numpy()
+  err = _rel_err(encode(ours), ref)
+  print(f"timm ViT rel err {err:.2e}")
+  assert err <= RTOL
+  assert report.initialised == ["vision/mask_token"] and report.warnings == []
+  assert report.unused == ["head.bias", "head.weight"]
+
+
+def test_timm_deit_distilled_matches_timm(timm_base, tmp_path):
+  """timm's forward_features of a distilled DeiT is [CLS], the distillation token, then
+  the patches, and the distillation token takes part in every attention: dropping it (as
+  ALBEF's ViT has none) changes all tokens. The reference is therefore timm's own modules
+  (patch_embed, blocks, norm) on the sequence without it: [CLS] + patches, position
+  rows 0 and 2.."""
+  timm = _timm()
+  model = _random_timm(timm.models.deit.VisionTransformerDistilled, seed=5)
+  encode, report = _load_random_timm(model, tmp_path / "deit.pth", timm_base)
+  theirs, ours = _images()
+  with torch.no_grad():
+    x = model.patch_embed(theirs)
+    x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+    x = x + torch.cat([model.pos_embed[:, :1], model.pos_embed[:, 2:]], dim=1)
+    ref = model.norm(model.blocks(x)).numpy()
+    with_dist = model.forward_features(theirs).numpy()
+  ours = encode(ours)
+  err = _rel_err(ours, ref)
+  print(f"timm DeiT rel err {err:.2e}")
+  assert err <= RTOL
+  assert with_dist.shape[1] == ref.shape[1] + 1
+  assert _rel_err(ours, np.delete(with_dist, 1, axis=1)) > 1e-2
+  assert report.unused == ["head.bias", "head.weight", "head_dist.bias", "head_dist.weight"]
+
+
+def test_timm_layout_matches_hf_import(timm_state, timm_base, hf_vision, tmp_path):
+  """The same weights under timm's names load to exactly the HF import (whose forward
+  test_vit_matches_hf checks); the eps check uses timm's 1e-6."""
+  path = _save_pth(timm_state, tmp_path / "vit.pth")
+  params, report = _load_timm(path, timm_base[1], ln_eps=1e-12)
+  _assert_same(params["vision"], hf_vision)
+  assert report.initialised == ["vision/mask_token"]
+  assert report.unused == ["head.bias", "head.weight"]
+  assert len(report.warnings) == 1 and "layer_norm_eps=1e-06" in report.warnings[0]
+
+
+def test_timm_albef_safetensors_and_directory(timm_state, timm_base, tmp_path):
+  """An ALBEF checkpoint ({"model": ...}, the ViT under `visual_encoder.`, beside its
+  momentum copy and the text side), a `module.`-prefixed .safetensors file and a timm
+  hub directory give the plain .pth's params."""
+  params = timm_base[1]
+  ref, _ = _load_timm(_save_pth(timm_state, tmp_path / "vit.pth"), params)
+  model = {f"visual_encoder.{k}": v for k, v in timm_state.items() if not k.startswith("head.")}
+  model.update({f"visual_encoder_m.{k}": v + 1 for k, v in timm_state.items()})
+  model["text_encoder.bert.embeddings.word_embeddings.weight"] = np.ones((8, 64), np.float32)
+  albef = _save_pth({"model": model, "epoch": 3}, tmp_path / "albef.pth")
+  got, report = _load_timm(albef, params)
+  _assert_same(got, ref)
+  assert set(report.unused) == {k for k in model if not k.startswith("visual_encoder.")}
+
+  save_file({f"module.{k}": v for k, v in timm_state.items()},
+            str(tmp_path / "vit.safetensors"))
+  _assert_same(_load_timm(str(tmp_path / "vit.safetensors"), params)[0], ref)
+
+  hub = tmp_path / "hub"
+  hub.mkdir()
+  save_file(timm_state, str(hub / "model.safetensors"))
+  (hub / "config.json").write_text(json.dumps({"architecture": "vit_test_patch8_32",
+                                               "num_classes": 10, "num_features": 64}))
+  _assert_same(_load_timm(str(hub), params)[0], ref)
+
+
+def test_timm_deit_drops_distillation_token(timm_state, timm_base, hf_vision, tmp_path):
+  pos = timm_state["pos_embed"]
+  deit = {**timm_state, "dist_token": np.ones((1, 1, 64), np.float32),
+          "pos_embed": np.concatenate([pos[:, :1], np.full((1, 1, 64), 7.0, np.float32),
+                                       pos[:, 1:]], axis=1),
+          "head_dist.weight": np.zeros((10, 64), np.float32)}
+  params, report = _load_timm(_save_pth(deit, tmp_path / "deit.pth"), timm_base[1])
+  _assert_same(params["vision"], hf_vision)
+  assert report.unused == ["head.bias", "head.weight", "head_dist.weight"]
+
+
+def test_timm_without_qkv_bias(timm_state, timm_base, hf_vision, tmp_path):
+  """qkv_bias=False: no attn.qkv.bias keys, so our q/k/v biases are zero."""
+  state = {k: v for k, v in timm_state.items() if not k.endswith("attn.qkv.bias")}
+  params, _ = _load_timm(_save_pth(state, tmp_path / "vit.pth"), timm_base[1])
+  attn, ref = params["vision"]["block_1"]["attn"], hf_vision["block_1"]["attn"]
+  for name in ("query", "key", "value"):
+    np.testing.assert_array_equal(attn[name]["bias"], np.zeros(64, np.float32))
+    np.testing.assert_array_equal(attn[name]["kernel"], ref[name]["kernel"])
+  np.testing.assert_array_equal(attn["out"]["bias"], ref["out"]["bias"])
+
+
+def test_timm_deeper_checkpoint_uses_first_blocks(timm_state, hf_vision, tmp_path):
+  _, params = _split(_model_cfg(vision_depth=1))
+  params, report = _load_timm(_save_pth(timm_state, tmp_path / "vit.pth"), params)
+  _assert_same(params["vision"]["block_0"], hf_vision["block_0"])
+  _assert_same(params["vision"]["norm"], hf_vision["norm"])
+  assert {k.split(".")[1] for k in report.unused if k.startswith("blocks.")} == {"1"}
+  assert any("the first 1 are used" in w for w in report.warnings)
+
+
+def test_timm_pos_embed_interpolation(timm_state, tmp_path):
+  """A checkpoint trained at 32 px (grid 4) into a 48 px model (grid 6)."""
+  path = _save_pth(timm_state, tmp_path / "vit.pth")
+  _, params = _split(_model_cfg(image_size=48))
+  params, _ = _load_timm(path, params, image_size=48)
+  pos = np.asarray(params["vision"]["pos_embed"])
+  assert pos.shape == (1, 37, 64)
+  np.testing.assert_array_equal(pos, vit.interpolate_pos_embed(timm_state["pos_embed"], 6))
+
+
+def test_timm_errors(timm_state, timm_base, tmp_path):
+  params = timm_base[1]
+  path = _save_pth(timm_state, tmp_path / "vit.pth")
+
+  def raises(path, message, params=params, error=ValueError):
+    with pytest.raises(error, match=re.escape(repr(str(path))) + ".*" + message):
+      _load_timm(str(path), params)
+
+  raises(_save_pth({"text_encoder.embeddings.word_embeddings.weight": np.ones((8, 64))},
+                   tmp_path / "text.pth"), r"no ViT.*'patch_embed\.proj\.weight' \(timm\)")
+  raises(path, r"'patch_embed\.proj\.weight' gives patch_size=8 but the model has "
+         "patch_size=16", params=_split(_model_cfg(patch_size=16))[1])
+  raises(path, r"'blocks\.\*' gives num_hidden_layers=2, fewer than the model's "
+         "vision_depth=3", params=_split(_model_cfg(vision_depth=3))[1])
+  raises(path, r"'patch_embed\.proj\.weight' gives hidden_size=64 but the model has "
+         "vision_width=32", params=_split(_model_cfg(vision_width=32))[1])
+  # timm's global_pool="avg" ViT: fc_norm after pooling, no final norm.
+  gap = {("fc_" + k if k.startswith("norm.") else k): v for k, v in timm_state.items()}
+  raises(_save_pth(gap, tmp_path / "gap.pth"), r"'fc_norm\.bias'.*global-average-pool")
+  no_cls = {k: v for k, v in timm_state.items() if k != "cls_token"}
+  raises(_save_pth(no_cls, tmp_path / "no_cls.pth"), "no 'cls_token'")
+  layer_scale = {**timm_state, "blocks.0.ls1.gamma": np.ones((64,), np.float32)}
+  raises(_save_pth(layer_scale, tmp_path / "ls.pth"), r"'blocks\.0\.ls1\.gamma' is not part")
+  raises(tmp_path / "nowhere.pth", "does not exist", error=FileNotFoundError)
