@@ -290,13 +290,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"must be <= model.max_positions={m.max_positions}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "expected float32 | bfloat16")
+  from syncmask_jax.models import layers  # pylint: disable=g-import-not-at-top
   attention = m.get("attention", "einsum")
-  _check(attention in ("einsum", "xla", "cudnn"), "model.attention", attention,
-         "expected einsum | xla | cudnn")
+  _check(attention in layers.ATTENTION_IMPLEMENTATIONS, "model.attention", attention,
+         "expected " + " | ".join(layers.ATTENTION_IMPLEMENTATIONS))
   _check(attention != "cudnn" or m.dtype == "bfloat16", "model.attention", attention,
          "cuDNN attention needs model.dtype='bfloat16'")
-  _check(m.get("dense_vjp", "custom") in ("custom", "autodiff"), "model.dense_vjp",
-         m.get("dense_vjp"), "expected custom | autodiff")
+  _check(m.get("dense_vjp", "custom") in layers.DENSE_VJPS, "model.dense_vjp",
+         m.get("dense_vjp"), "expected " + " | ".join(layers.DENSE_VJPS))
   n = jax_process_count()
   _check(c.data.global_batch_size % n == 0, "data.global_batch_size", c.data.global_batch_size,
          f"must be divisible by the {n} processes")
