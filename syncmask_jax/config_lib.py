@@ -126,6 +126,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.masking.random_fraction = 0.0
   c.masking.layers = (-1,)  # fusion layers whose cross-attention is averaged
   c.masking.head_reduce = "mean"  # mean | max
+  # The word->patch map: attention | attention_centered | gradcam (masking.word_patch_map).
+  c.masking.source = "attention"
+  # [ours] random masks before this step: a teacher trained from scratch is not grounded.
+  c.masking.warmup_steps = 0
 
   c.negatives = ml_collections.ConfigDict()
   c.negatives.mode = "semi_hard"  # semi_hard | hard | random

@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import config_lib, masking, retrieval, sharding, train_step
+from syncmask_jax import config_lib, grounding, masking, retrieval, sharding, train_step
 from syncmask_jax.data import pipeline
 
 # config.eval fields and their defaults (used where a config has no `eval` block).
@@ -202,19 +202,52 @@ def _pair_pass_fn(graphdef: Any, tokens: bool, masking_json: str | None, seed: i
     teacher = nnx.merge(graphdef, p[1])
     image_m = teacher.encode_image(batch["image"])
     text_m = teacher.encode_text(batch["text_ids"], batch["text_mask"])
-    _, probs = teacher.fuse(text_m, batch["text_mask"], image_m)
+    probs, cams = masking.teacher_cross_attention(teacher, text_m, batch["text_mask"],
+                                                  image_m, "gradcam")
     maskable = train_step.text_maskable(batch["text_ids"], batch["text_mask"], token_info)
     # A key per batch, from its first record: the same masks for any batching order.
     k = jax.random.fold_in(key, batch["index"][0])
+    num_patches = image_m.shape[1] - 1
     for name, cfg in (("method", method_cfg), ("random", random_cfg)):
-      patch, token = masking.masks_from_config(k, cfg, probs, maskable, image_m.shape[1] - 1)
+      patch, token = masking.masks_from_config(k, cfg, probs, maskable, num_patches, cams)
       out[f"{name}_patch_hits"] = jnp.sum(patch & batch["gt_patch_visible"], axis=1)
       out[f"{name}_patch_count"] = jnp.sum(patch, axis=1)
       out[f"{name}_token_hits"] = jnp.sum(token & batch["gt_token_visible"], axis=1)
       out[f"{name}_token_count"] = jnp.sum(token, axis=1)
+      for word_class, members in grounding.word_classes(batch["gt_token_part"],
+                                                        maskable).items():
+        out[f"{name}_token_{word_class}"] = jnp.sum(token & members, axis=1)
+    out.update(_grounding_rows(method_cfg, k, probs, cams, maskable, batch))
     return out
 
   return fn
+
+
+def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.Array,
+                    cams: jax.Array, maskable: jax.Array, batch: dict) -> dict[str, jax.Array]:
+  """Per-row grounding sums (`grounding.py`) of every mask source's map, with the AUCs
+  of its SyncMask scores (`grounding/<source>/...`), and of every fusion layer and head
+  of the attention and Grad-CAM maps (`heads/<source>/...`, (B, L, H))."""
+  token_part, patch_part = batch["gt_token_part"], batch["gt_patch_part"]
+  out = {}
+  for source in masking.SOURCES:
+    attn = masking.word_patch_map(cfg, probs, maskable, cams, source=source)
+    sync_cfg = ml_collections.ConfigDict(dict(cfg.to_dict(), strategy="syncmask",
+                                              source=source, warmup_steps=0))
+    patch, _ = masking.masks_from_config(key, sync_cfg, probs, maskable, attn.shape[-1], cams)
+    sums = {**grounding.map_sums(attn, token_part, maskable, patch_part),
+            **grounding.score_sums(masking.patch_score(attn, maskable),
+                                   masking.token_score(attn, maskable, patch),
+                                   batch["gt_patch_visible"], batch["gt_token_visible"],
+                                   maskable)}
+    out.update({f"grounding/{source}/{k}": v for k, v in sums.items()})
+  for source, maps in (("attention", probs), ("gradcam", cams)):
+    # (L, B, H, T, 1+N) -> sums over (L, H), rows first so padded rows can be dropped.
+    per_head = jax.vmap(jax.vmap(
+        lambda a: grounding.map_sums(a[..., 1:], token_part, maskable, patch_part),
+        in_axes=1), in_axes=0)(maps)
+    out.update({f"heads/{source}/{k}": jnp.moveaxis(v, -1, 0) for k, v in per_head.items()})
+  return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -265,8 +298,9 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
     text_keys = ("text_feat", "text_hidden", "text_mask")
     keep = is_first[rows["index"]]
     texts.add({k: rows.pop(k)[keep] for k in text_keys if k in rows})
-    for k in [k for k in rows if k.startswith(("method_", "random_"))]:
-      counts[k] = counts.get(k, 0.0) + float(rows.pop(k).sum())
+    for k in [k for k in rows if k.startswith(("method_", "random_", "grounding/",
+                                                 "heads/"))]:
+      counts[k] = counts.get(k, 0.0) + rows.pop(k).astype(np.float64).sum(axis=0)
     images.add(rows)
   images, texts = images.result(), texts.result()
   subcategory = meta.get("subcategory", np.full(len(source), -1))
@@ -447,13 +481,18 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
     results.update(blocks[0])  # the headline (main.py's summary line)
   results["results"] = blocks
   if counts:
-    ratio = lambda h, c: counts[h] / max(counts[c], 1.0)
+    ratio = lambda h, c: float(counts[h] / max(counts[c], 1.0))
     results["mask_strategy"] = config.masking.strategy
+    results["mask_source"] = config.masking.source
     for kind in ("method", "random"):
       results[f"mask_precision_patch_{kind}"] = ratio(f"{kind}_patch_hits",
                                                       f"{kind}_patch_count")
       results[f"mask_precision_token_{kind}"] = ratio(f"{kind}_token_hits",
                                                       f"{kind}_token_count")
+      for word_class in grounding.WORD_CLASSES:
+        results[f"mask_token_share_{word_class}_{kind}"] = ratio(
+            f"{kind}_token_{word_class}", f"{kind}_token_count")
+    results["grounding"] = _grounding_results(counts)
   ev = eval_settings(config)
   if name == "synthfashion" and ev.pictures > 0:
     from syncmask_jax import visualize  # pylint: disable=g-import-not-at-top
@@ -463,6 +502,23 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
         words=int(ev.picture_words))
   write_results(workdir, "pretrain", results, writer, step)
   return results
+
+
+def _grounding_results(counts: dict[str, np.ndarray]) -> dict[str, Any]:
+  """{"<source>": {measure: value}, "heads": {"<source>": {measure: [[per head] per
+  layer]}}} from the summed `_grounding_rows`; measures nothing was counted for are left
+  out."""
+  out: dict[str, Any] = {"heads": {}}
+  for prefix in ("grounding", "heads"):
+    for source in masking.SOURCES:
+      sums = {k[len(f"{prefix}/{source}/"):]: v for k, v in counts.items()
+              if k.startswith(f"{prefix}/{source}/")}
+      if not sums:
+        continue
+      values = {k: np.asarray(v).tolist() for k, v in grounding.ratios(sums).items()
+                if np.all(np.isfinite(np.asarray(v)))}
+      (out if prefix == "grounding" else out["heads"])[source] = values
+  return out
 
 
 # -- output -----------------------------------------------------------------------------
@@ -486,8 +542,11 @@ def scalars(task: str, results: dict[str, Any]) -> dict[str, float]:
       if isinstance(v, float):
         out[f"eval/{task}/{label}/{k}"] = v
   for k, v in results.items():
-    if k.startswith("mask_precision") and isinstance(v, float):
+    if k.startswith(("mask_precision", "mask_token_share")) and isinstance(v, float):
       out[f"eval/{task}/{k}"] = v
+  for source, values in results.get("grounding", {}).items():
+    if source != "heads":
+      out.update({f"eval/{task}/grounding/{source}/{k}": v for k, v in values.items()})
   return out
 
 
@@ -533,6 +592,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{results['mask_precision_patch_random']:.3f}, tokens "
         f"{results['mask_precision_token_method']:.3f} vs "
         f"{results['mask_precision_token_random']:.3f}")
+  if "grounding" in results:
+    g = results["grounding"].get(results.get("mask_source", "attention"), {})
+    lines.append(
+        f"grounding ({results.get('mask_source', 'attention')}, momentum model): visible "
+        f"words' pointing {g.get('visible/pointing', float('nan')):.2f}, share on their "
+        f"patches {g.get('visible/own_share', float('nan')):.2f}; AUC s_img "
+        f"{g.get('auc_patch', float('nan')):.2f}, s_txt {g.get('auc_token', float('nan')):.2f}"
+        f"; masked tokens: function words {results['mask_token_share_function_method']:.2f}"
+        f" vs {results['mask_token_share_function_random']:.2f}, unshowable "
+        f"{results['mask_token_share_invisible_method']:.2f} vs "
+        f"{results['mask_token_share_invisible_random']:.2f}")
   return lines
 
 

@@ -34,6 +34,8 @@ import ml_collections
 Array = jax.Array
 
 STRATEGIES = ("random", "syncmask", "text_guided")
+# Where the word->patch map comes from (`word_patch_map`).
+SOURCES = ("attention", "attention_centered", "gradcam")
 SELECTIONS = ("topk", "gumbel")
 HEAD_REDUCES = ("mean", "max")
 SCORES = ("mass", "log_mass")
@@ -89,6 +91,55 @@ def aggregate_cross_attention(cross_probs: Array, layers: Sequence[int] = (-1,),
     raise ValueError(f"config.masking.head_reduce={head_reduce!r}: expected one of "
                      f"{HEAD_REDUCES}")
   return a[..., 1:]
+
+
+def teacher_cross_attention(teacher, text_hidden: Array, text_mask: Array,
+                            image_tokens: Array, source: str) -> tuple[Array, Array | None]:
+  """The momentum model's fusion cross-attention (L, B, H, T, 1+N) on the unmasked pair
+  and, for `source="gradcam"`, its Grad-CAM maps of the same shape (else None)."""
+  if source == "gradcam":
+    cams, probs = teacher.itm_gradcam(text_hidden, text_mask, image_tokens)
+    return probs, jax.lax.stop_gradient(cams)
+  _, probs = teacher.fuse(text_hidden, text_mask, image_tokens)
+  return probs, None
+
+
+def word_patch_map(cfg: ml_collections.ConfigDict, cross_probs: Array, text_maskable: Array,
+                   cams: Array | None = None, source: str | None = None) -> Array:
+  """The word->patch map (B, T, N) the masks are chosen from, per `source` (default
+  `cfg.source`).
+
+  * `attention`: the cross-attention (`aggregate_cross_attention`);
+  * `attention_centered` [ours]: each word's attention minus the caption's mean
+    attention on that patch (maskable words), positive part: a patch every word attends
+    to (an attention sink, or the garment as a whole) stops outvoting the patches one
+    word singles out;
+  * `gradcam`: ALBEF's Grad-CAM (`VLP.itm_gradcam`), layers and heads reduced as the
+    attention.
+  """
+  source = source or cfg.get("source", "attention")
+  layers = (cfg.layers,) if isinstance(cfg.layers, int) else tuple(cfg.layers)
+  if source == "gradcam":
+    if cams is None:
+      raise ValueError("config.masking.source='gradcam' needs the Grad-CAM maps "
+                       "(masking.teacher_cross_attention)")
+    num_layers = cams.shape[0]
+    if all(l % num_layers == num_layers - 1 for l in layers):
+      # The ITM logit reads only the [CLS] row of the last layer, so every word's
+      # gradient there is zero (ALBEF takes the 3rd of its 6 fusion layers).
+      raise ValueError(f"config.masking.layers={layers} with source='gradcam': the last "
+                       f"fusion layer's Grad-CAM is zero for every word; choose an earlier "
+                       f"one of the {num_layers} fusion layers")
+    return aggregate_cross_attention(cams, layers, cfg.head_reduce)
+  attn = aggregate_cross_attention(cross_probs, layers, cfg.head_reduce)
+  if source == "attention":
+    return attn
+  if source == "attention_centered":
+    w = text_maskable[..., None].astype(jnp.float32)
+    mean = jnp.sum(attn * w, axis=1, keepdims=True) / jnp.maximum(
+        jnp.sum(w, axis=1, keepdims=True), 1.0)
+    return jax.nn.relu(attn - mean)
+  raise ValueError(f"config.masking.source={source!r}: expected one of {SOURCES}")
 
 
 def _top_count(keys: Array, valid: Array, k: int, row_count: Array | None) -> Array:
@@ -191,16 +242,25 @@ def _scores(mass: Array, score: str) -> Array:
   raise ValueError(f"config.masking.score={score!r}: expected one of {SCORES}")
 
 
+def patch_score(attn: Array, text_maskable: Array) -> Array:
+  """s_img (B, N): the attention mass the maskable words put on each patch. Rows of
+  [CLS]/[SEP]/[PAD] carry no word, so they must not vote for patches."""
+  a = attn.astype(jnp.float32) * text_maskable[..., None].astype(jnp.float32)
+  return jnp.sum(a, axis=1)
+
+
+def token_score(attn: Array, text_maskable: Array, patch_mask: Array) -> Array:
+  """s_txt (B, T): how much of each maskable word's attention falls on masked patches."""
+  a = attn.astype(jnp.float32) * text_maskable[..., None].astype(jnp.float32)
+  return jnp.sum(a * patch_mask[:, None, :].astype(jnp.float32), axis=-1)
+
+
 def _text_guided_patches(key: Array, attn: Array, text_maskable: Array, ratio_img: float,
                          selection: str, tau: float | Array, random_fraction: float,
-                         score: str) -> tuple[Array, Array]:
-  # Rows of [CLS]/[SEP]/[PAD] carry no word, so they must not vote for patches.
-  a = attn.astype(jnp.float32) * text_maskable[..., None].astype(jnp.float32)
-  s_img = jnp.sum(a, axis=1)  # attention mass the words put on each patch
-  num_patches = attn.shape[-1]
-  patch_mask = select(key, _scores(s_img, score), jnp.ones(s_img.shape, bool),
-                      _patch_count(ratio_img, num_patches), selection, tau, random_fraction)
-  return patch_mask, a
+                         score: str) -> Array:
+  s_img = patch_score(attn, text_maskable)
+  return select(key, _scores(s_img, score), jnp.ones(s_img.shape, bool),
+                _patch_count(ratio_img, attn.shape[-1]), selection, tau, random_fraction)
 
 
 def syncmask(key: Array, attn: Array, text_maskable: Array, ratio_img: float = 0.5,
@@ -215,9 +275,9 @@ def syncmask(key: Array, attn: Array, text_maskable: Array, ratio_img: float = 0
   """
   _check_ratio_txt(ratio_txt)
   key_img, key_txt = jax.random.split(key)
-  patch_mask, a = _text_guided_patches(key_img, attn, text_maskable, ratio_img, selection,
-                                       tau, random_fraction, score)
-  s_txt = jnp.sum(a * patch_mask[:, None, :].astype(a.dtype), axis=-1)
+  patch_mask = _text_guided_patches(key_img, attn, text_maskable, ratio_img, selection, tau,
+                                    random_fraction, score)
+  s_txt = token_score(attn, text_maskable, patch_mask)
   token_mask = select(key_txt, _scores(s_txt, score), text_maskable,
                       static_token_count(ratio_txt, attn.shape[1]), selection, tau,
                       random_fraction, row_count=token_counts(ratio_txt, text_maskable))
@@ -228,8 +288,8 @@ def text_guided(key: Array, attn: Array, text_maskable: Array, ratio_img: float 
                 selection: str = "gumbel", tau: float | Array = 1.0,
                 random_fraction: float = 0.0, score: str = "mass") -> tuple[Array, Array]:
   """SemMIM text-guided masking: patches by s_img only; the token mask is all False."""
-  patch_mask, _ = _text_guided_patches(key, attn, text_maskable, ratio_img, selection, tau,
-                                       random_fraction, score)
+  patch_mask = _text_guided_patches(key, attn, text_maskable, ratio_img, selection, tau,
+                                    random_fraction, score)
   return patch_mask, jnp.zeros(text_maskable.shape, bool)
 
 
@@ -257,23 +317,46 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   score = cfg.get("score", "mass")
   if score not in SCORES:
     raise ValueError(f"config.masking.score={score!r}: expected one of {SCORES}")
+  source = cfg.get("source", "attention")
+  if source not in SOURCES:
+    raise ValueError(f"config.masking.source={source!r}: expected one of {SOURCES}")
+  warmup = cfg.get("warmup_steps", 0)
+  if not isinstance(warmup, int) or warmup < 0:
+    raise ValueError(f"config.masking.warmup_steps={warmup!r}: expected an int >= 0")
 
 
 def masks_from_config(key: Array, cfg: ml_collections.ConfigDict, cross_probs: Array | None,
-                      text_maskable: Array, num_patches: int) -> tuple[Array, Array]:
+                      text_maskable: Array, num_patches: int, cams: Array | None = None,
+                      step: Array | None = None) -> tuple[Array, Array]:
   """(patch_mask (B, N), token_mask (B, T)) for `config.masking`.
 
-  `cross_probs` (L, B, H, T, 1+N) from the momentum fusion encoder on the unmasked pair;
+  `cross_probs` (L, B, H, T, 1+N) from the momentum fusion encoder on the unmasked pair
+  (and `cams`, its Grad-CAM, for `source="gradcam"`: `teacher_cross_attention`);
   unused (may be None) for `random`. `text_maskable` (B, T) bool excludes
-  [CLS]/[SEP]/[PAD]. `cfg.score` is optional (default "mass").
+  [CLS]/[SEP]/[PAD]. With `step` (the train step), steps before `cfg.warmup_steps` get
+  random masks: a teacher trained from scratch is not grounded yet [ours].
   """
   validate_config(cfg)
   if cfg.strategy == "random":
     return random_masks(key, num_patches, text_maskable, cfg.ratio_img, cfg.ratio_txt)
   if cross_probs is None:
     raise ValueError(f"config.masking.strategy={cfg.strategy!r} needs cross-attention")
-  layers = (cfg.layers,) if isinstance(cfg.layers, int) else tuple(cfg.layers)
-  attn = aggregate_cross_attention(cross_probs, layers, cfg.head_reduce)
+  masks = _method_masks(key, cfg, cross_probs, text_maskable, num_patches, cams)
+  warmup = cfg.get("warmup_steps", 0)
+  if step is None or not warmup:
+    return masks
+  # The random draw is the one `strategy="random"` would make with this key.
+  rand = random_masks(key, num_patches, text_maskable, cfg.ratio_img, cfg.ratio_txt)
+  if cfg.strategy == "text_guided":
+    rand = (rand[0], masks[1])
+  use_random = jnp.asarray(step) < warmup
+  return tuple(jnp.where(use_random, r, m) for r, m in zip(rand, masks))
+
+
+def _method_masks(key: Array, cfg: ml_collections.ConfigDict, cross_probs: Array,
+                  text_maskable: Array, num_patches: int, cams: Array | None
+                  ) -> tuple[Array, Array]:
+  attn = word_patch_map(cfg, cross_probs, text_maskable, cams)
   if attn.shape[-1] != num_patches:
     raise ValueError(f"cross-attention has {attn.shape[-1]} patch columns, model has "
                      f"{num_patches} patches")

@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from syncmask_jax import losses, masking, negatives, optim, semmim
+from syncmask_jax import grounding, losses, masking, negatives, optim, semmim
 from syncmask_jax import queue as queue_lib
 from syncmask_jax import sharding
 from syncmask_jax.train_state import Setup, TrainState
@@ -99,6 +99,9 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     raise ValueError("config.loss.mim_target='prototypes' needs config.recipe='semmim'")
   sem_cfg = config.semmim if use_semmim else None
   masking.validate_config(config.masking)
+  # Random masks never read the teacher's maps: no Grad-CAM pass for them.
+  mask_source = ("attention" if config.masking.strategy == "random"
+                 else config.masking.get("source", "attention"))
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -114,12 +117,14 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     text_hidden_m = teacher.encode_text(ids, tmask)
     image_feat_m = teacher.image_feature(image_tokens_m)
     text_feat_m = teacher.text_feature(text_hidden_m)
-    _, cross_probs_m = teacher.fuse(text_hidden_m, tmask, image_tokens_m)
+    cross_probs_m, cams_m = masking.teacher_cross_attention(
+        teacher, text_hidden_m, tmask, image_tokens_m, mask_source)
 
-    # 2. Masks (random | syncmask | text_guided), from the teacher's cross-attention.
+    # 2. Masks (random | syncmask | text_guided), from the teacher's cross-attention
+    # (or its Grad-CAM); random during `masking.warmup_steps`.
     num_patches = image_tokens_m.shape[1] - 1
     patch_mask, token_mask = masking.masks_from_config(
-        k_mask, config.masking, cross_probs_m, maskable, num_patches)
+        k_mask, config.masking, cross_probs_m, maskable, num_patches, cams_m, state.step)
     if config.masking.strategy == "text_guided":
       # Text-guided masking chooses patches only (METHOD.md 2.3); MLM keeps ALBEF's
       # uniform token mask. A key folded from k_mask leaves the other recipes' draws as
@@ -244,10 +249,18 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     # 5. Metrics.
     metrics = dict(aux, loss=loss, grad_norm=grad_norm, alpha=alpha, finite=finite,
                    learning_rate=lr_schedule(state.step))
-    attn = masking.aggregate_cross_attention(cross_probs_m, tuple(config.masking.layers),
-                                             config.masking.head_reduce)
+    attn = masking.word_patch_map(config.masking, cross_probs_m, maskable, cams_m,
+                                  source=mask_source)
     metrics.update({f"mask/{k}": v for k, v in
                     masking.mask_stats(attn, patch_mask, token_mask, maskable).items()})
+    if "gt_token_part" in batch:
+      metrics.update({f"grounding/{k}": v for k, v in grounding.batch_ratios({
+          **grounding.map_sums(attn, batch["gt_token_part"], maskable,
+                               batch["gt_patch_part"]),
+          **grounding.score_sums(masking.patch_score(attn, maskable),
+                                 masking.token_score(attn, maskable, patch_mask),
+                                 batch["gt_patch_visible"], batch["gt_token_visible"],
+                                 maskable)}).items()})
     if use_semmim:
       metrics.update({f"semmim/{k}": v for k, v in semmim.diagnostics(
           global_probs, patch_probs, patch_mask, pred_logits, sem_cfg.student_temp).items()})

@@ -119,18 +119,20 @@ def _picture_fn(graphdef: Any, masking_json: str, seed: int, tokens: train_step.
   """Jitted (momentum params, batch) -> cross-attention, masks, maskable tokens; cached so
   periodic evaluations compile it once."""
   cfg = ml_collections.ConfigDict(json.loads(masking_json))
-  layers = (cfg.layers,) if isinstance(cfg.layers, int) else tuple(cfg.layers)
   key = jax.random.key(seed + 2)
+  source = "attention" if cfg.strategy == "random" else cfg.get("source", "attention")
 
   def fn(params, batch):
     teacher = nnx.merge(graphdef, params)
     image_tokens = teacher.encode_image(batch["image"])
     text_hidden = teacher.encode_text(batch["text_ids"], batch["text_mask"])
-    _, probs = teacher.fuse(text_hidden, batch["text_mask"], image_tokens)
+    probs, cams = masking.teacher_cross_attention(teacher, text_hidden, batch["text_mask"],
+                                                  image_tokens, source)
     maskable = train_step.text_maskable(batch["text_ids"], batch["text_mask"], tokens)
     patch_mask, token_mask = masking.masks_from_config(
-        key, cfg, probs, maskable, image_tokens.shape[1] - 1)
-    attn = masking.aggregate_cross_attention(probs, layers, cfg.head_reduce)
+        key, cfg, probs, maskable, image_tokens.shape[1] - 1, cams)
+    # The map the masks were chosen from.
+    attn = masking.word_patch_map(cfg, probs, maskable, cams, source=source)
     return dict(patch_mask=patch_mask, token_mask=token_mask, maskable=maskable, attn=attn)
 
   return jax.jit(fn, out_shardings=jax.sharding.NamedSharding(

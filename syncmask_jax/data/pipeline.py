@@ -22,7 +22,8 @@ copies of record 0 and `valid` (bool) marks the real rows.
 
 Batch fields (host batch b = B/P): image float32 (b, S, S, 3), text_ids int32 (b, T),
 text_mask int32 (b, T), product_id, category, subcategory, view, index int32 (b,);
-SynthFashion adds gt_token_visible bool (b, T), gt_patch_visible bool (b, N);
+SynthFashion adds gt_token_visible bool (b, T), gt_token_part int32 (b, T),
+gt_patch_visible bool (b, N), gt_patch_part int32 (b, N);
 `two_views` adds image_view2; FashionIQ queries add target_image and target_index;
 COCO texts carry image_index; eval adds valid.
 """

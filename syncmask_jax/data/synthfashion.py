@@ -283,10 +283,26 @@ class Product:
 
   def visible_spans(self, view: int) -> np.ndarray:
     """[start, end) character spans of the words this view shows (see module doc)."""
-    spans = [(w.start, w.end) for w in self.words
-             if w.role in ("garment", "colour", "pattern") and w.detail < 0
-             or w.detail >= 0 and self.details[w.detail].side == view]
-    return np.array(sorted(spans), np.int32).reshape(-1, 2)
+    parts = self.word_parts(view)
+    return parts[parts[:, 2] > 0, :2]
+
+  def word_parts(self, view: int) -> np.ndarray:
+    """(start, end, part) of every content word, sorted: what the word names in this view.
+
+    part is the `gt_patch_part` label of the patches showing it: 2 + detail type for a
+    detail's words (numeral, colour, noun, side) when the view shows that detail, 1
+    (the garment: patches of part >= 1) for the garment noun and the body's colour and
+    pattern, 0 for a word the view cannot show (gender, fabric, another side's detail).
+    """
+    rows = []
+    for w in self.words:
+      if w.detail >= 0:
+        d = self.details[w.detail]
+        part = 2 + d.kind if d.side == view else 0
+      else:
+        part = 1 if w.role in ("garment", "colour", "pattern") else 0
+      rows.append((w.start, w.end, part))
+    return np.array(sorted(rows), np.int32).reshape(-1, 3)
 
 
 # ---------------------------------------------------------------------------
@@ -767,7 +783,8 @@ class SynthFashion:
 
   Record fields: image uint8 (S, S, 3), text str, product_id int64, category int32,
   subcategory int32, view int32, index int64, gt_visible_spans int32 (K, 2),
-  gt_patch_part int32 (N,), gt_patch_visible bool (N,), N = (S / patch_size)^2.
+  gt_word_parts int32 (W, 3) (`Product.word_parts`), gt_patch_part int32 (N,),
+  gt_patch_visible bool (N,), N = (S / patch_size)^2.
   """
 
   num_categories = len(GARMENTS)
@@ -837,6 +854,7 @@ class SynthFashion:
         view=np.int32(view),
         index=np.int64(index),
         gt_visible_spans=product.visible_spans(view),
+        gt_word_parts=product.word_parts(view),
         gt_patch_part=patch_part,
         gt_patch_visible=patch_part > 0,
     )

@@ -7,7 +7,8 @@ fields by one `ExampleTransform`:
   image / target_image  uint8 (H, W, 3) or encoded bytes -> float32 (S, S, 3), normalised
   text                  str -> text_ids int32 (T,), text_mask int32 (T,)
   gt_visible_spans      int32 (K, 2) char spans -> gt_token_visible bool (T,)
-  gt_patch_visible      bool (N,), passed through
+  gt_word_parts         int32 (W, 3) (start, end, part) -> gt_token_part int32 (T,)
+  gt_patch_visible      bool (N,), gt_patch_part int32 (N,), passed through
   product_id, category, subcategory, view, index, target_index, image_index -> int32
 
 Datasets without categories (FashionIQ, COCO) get category = subcategory = -1, the
@@ -116,6 +117,16 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
   return out
 
 
+def _inside_spans(offsets: np.ndarray, special: np.ndarray, mask: np.ndarray,
+                  spans: np.ndarray) -> np.ndarray:
+  """bool (T, K): token t's char span lies inside span k (never for special, padding or
+  empty-span tokens)."""
+  start, end = offsets[:, 0:1], offsets[:, 1:2]
+  inside = (spans[None, :, 0] <= start) & (end <= spans[None, :, 1])
+  real = (end[:, 0] > start[:, 0]) & ~special.astype(bool) & (mask > 0)
+  return inside & real[:, None]
+
+
 def token_visibility(offsets: np.ndarray, special: np.ndarray, mask: np.ndarray,
                      spans: np.ndarray) -> np.ndarray:
   """bool (T,): a token is visible when its char span lies inside a visible-word span.
@@ -123,10 +134,18 @@ def token_visibility(offsets: np.ndarray, special: np.ndarray, mask: np.ndarray,
   Special tokens, padding and empty-span tokens are never visible.
   """
   spans = np.asarray(spans, np.int64).reshape(-1, 2)
-  start, end = offsets[:, 0:1], offsets[:, 1:2]
-  inside = (spans[None, :, 0] <= start) & (end <= spans[None, :, 1])
-  return inside.any(axis=1) & (end[:, 0] > start[:, 0]) & ~special.astype(bool) & (
-      mask > 0)
+  return _inside_spans(offsets, special, mask, spans).any(axis=1)
+
+
+def token_parts(offsets: np.ndarray, special: np.ndarray, mask: np.ndarray,
+                word_parts: np.ndarray) -> np.ndarray:
+  """int32 (T,): the part label of the content word a token belongs to (>= 1: the
+  patches of that part show it; 0: a content word the view cannot show), -1 for
+  function words, special tokens and padding (`SynthFashion` `gt_word_parts`)."""
+  word_parts = np.asarray(word_parts, np.int64).reshape(-1, 3)
+  inside = _inside_spans(offsets, special, mask, word_parts[:, :2])
+  part = np.where(inside, word_parts[None, :, 2], -1).max(axis=1, initial=-1)
+  return part.astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +216,14 @@ class ExampleTransform:
         out["gt_token_visible"] = token_visibility(
             np.asarray(enc["offsets"][0]), np.asarray(enc["special"][0]),
             out["text_mask"], record["gt_visible_spans"])
+      if "gt_word_parts" in record:
+        out["gt_token_part"] = token_parts(
+            np.asarray(enc["offsets"][0]), np.asarray(enc["special"][0]),
+            out["text_mask"], record["gt_word_parts"])
     if "gt_patch_visible" in record:
       out["gt_patch_visible"] = np.asarray(record["gt_patch_visible"], bool)
+    if "gt_patch_part" in record:
+      out["gt_patch_part"] = np.asarray(record["gt_patch_part"], np.int32)
     for key in INT_FIELDS:
       if key in record:
         value = int(record[key])

@@ -56,13 +56,14 @@ class BertLayer(nnx.Module):
     self.dropout_rate = dropout_rate
 
   def __call__(self, x: Array, mask: Array, image: Array | None = None,
-               image_mask: Array | None = None, rngs: nnx.Rngs | None = None
-               ) -> tuple[Array, Array | None]:
+               image_mask: Array | None = None, rngs: nnx.Rngs | None = None,
+               cross_offset: Array | None = None) -> tuple[Array, Array | None]:
     y, _ = self.self_attn(x, key_mask=mask, rngs=rngs)
     x = self.self_norm(x + layers.dropout(y, self.dropout_rate, rngs))
     probs = None
     if self.has_cross:
-      y, probs = self.cross_attn(x, image, key_mask=image_mask, return_probs=True, rngs=rngs)
+      y, probs = self.cross_attn(x, image, key_mask=image_mask, return_probs=True,
+                                 probs_offset=cross_offset, rngs=rngs)
       x = self.cross_norm(x + layers.dropout(y, self.dropout_rate, rngs))
     y = self.mlp(x)
     return self.mlp_norm(x + layers.dropout(y, self.dropout_rate, rngs)), probs
@@ -81,14 +82,16 @@ class BertEncoder(nnx.Module):
                                             cross_kv_dim=cross_kv_dim, rngs=rngs, dtype=dtype))
 
   def __call__(self, x: Array, mask: Array, image: Array | None = None,
-               image_mask: Array | None = None, rngs: nnx.Rngs | None = None
-               ) -> tuple[Array, Array | None]:
+               image_mask: Array | None = None, rngs: nnx.Rngs | None = None,
+               cross_offset: Array | None = None) -> tuple[Array, Array | None]:
     """Returns hidden states and, for fusion, cross-attention probabilities of every
-    layer and head, stacked as (L, B, H, T_text, 1+N)."""
+    layer and head, stacked as (L, B, H, T_text, 1+N). `cross_offset` (same shape, zeros)
+    is added to those probabilities (`layers.Attention`)."""
     layer_fn = layers.maybe_remat(lambda layer, *a: layer(*a), self.remat)
     all_probs = []
-    for layer in layers.stacked(self, "layer", self.num_layers):
-      x, probs = layer_fn(layer, x, mask, image, image_mask, rngs)
+    for i, layer in enumerate(layers.stacked(self, "layer", self.num_layers)):
+      offset = None if cross_offset is None else cross_offset[i]
+      x, probs = layer_fn(layer, x, mask, image, image_mask, rngs, offset)
       if probs is not None:
         all_probs.append(probs)
     return x, (jnp.stack(all_probs) if all_probs else None)

@@ -201,8 +201,10 @@ class Attention(nnx.Module):
     self.implementation = _check_implementation(implementation)
 
   def __call__(self, x: Array, context: Array | None = None, key_mask: Array | None = None,
-               *, return_probs: bool = False, rngs: nnx.Rngs | None = None
-               ) -> tuple[Array, Array | None]:
+               *, return_probs: bool = False, probs_offset: Array | None = None,
+               rngs: nnx.Rngs | None = None) -> tuple[Array, Array | None]:
+    """`probs_offset` (B, H, Tq, Tk), zeros, is added to the probabilities: the gradient
+    with respect to it is the gradient with respect to the probabilities (Grad-CAM)."""
     context = x if context is None else context
     b, tq, d = x.shape
     h = self.num_heads
@@ -210,7 +212,8 @@ class Attention(nnx.Module):
     k = self.key(context).reshape(b, context.shape[1], h, d // h)
     v = self.value(context).reshape(b, context.shape[1], h, d // h)
     dropout_on = rngs is not None and self.dropout_rate > 0.0
-    if self.implementation != "einsum" and not return_probs and not dropout_on:
+    if (self.implementation != "einsum" and not return_probs and not dropout_on
+        and probs_offset is None):
       y = fused_attention(q, k, v, key_mask, self.implementation)
       return self.out(y.reshape(b, tq, d)), None
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // h)
@@ -218,6 +221,8 @@ class Attention(nnx.Module):
       # A large finite bias, not -inf: a fully padded row must give finite values.
       logits = jnp.where(key_mask[:, None, None, :].astype(bool), logits, -1e9)
     probs = jax.nn.softmax(logits, axis=-1)
+    if probs_offset is not None:
+      probs = probs + probs_offset
     attn = dropout(probs, self.dropout_rate, rngs).astype(self.dtype)
     y = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, tq, d)
     return self.out(y), (probs if return_probs else None)

@@ -102,6 +102,25 @@ class VLP(nnx.Module):
     """Fusion encoder: (B, T, D) fused states and cross-attention (L, B, H, T, 1+N)."""
     return self.fusion(text_hidden, text_mask, image_tokens, rngs=rngs)
 
+  def itm_gradcam(self, text_hidden: Array, text_mask: Array, image_tokens: Array
+                  ) -> tuple[Array, Array]:
+    """ALBEF's Grad-CAM of every fusion layer's cross-attention: (cams, probs), both
+    (L, B, H, T, 1+N), cams = relu(d ITM positive logit / d probs) * probs.
+
+    The positive logit of each pair depends only on that pair's attention, so one
+    gradient of the batch sum gives every pair's map.
+    """
+    shape = (self.fusion.num_layers, text_hidden.shape[0],
+             self.fusion.layer_0.cross_attn.num_heads, text_hidden.shape[1],
+             image_tokens.shape[1])
+
+    def positive_logit(offset):
+      fused, probs = self.fusion(text_hidden, text_mask, image_tokens, cross_offset=offset)
+      return jnp.sum(self.itm_logits(fused)[:, 1]), probs
+
+    grads, probs = jax.grad(positive_logit, has_aux=True)(jnp.zeros(shape, jnp.float32))
+    return jax.nn.relu(grads) * probs, probs
+
   def image_feature(self, image_tokens: Array) -> Array:
     return l2_normalize(self.vision_proj(image_tokens[:, 0]))
 
