@@ -210,13 +210,9 @@ def _pair_pass_fn(graphdef: Any, tokens: bool, masking_json: str | None, seed: i
     num_patches = image_m.shape[1] - 1
     for name, cfg in (("method", method_cfg), ("random", random_cfg)):
       patch, token = masking.masks_from_config(k, cfg, probs, maskable, num_patches, cams)
-      out[f"{name}_patch_hits"] = jnp.sum(patch & batch["gt_patch_visible"], axis=1)
-      out[f"{name}_patch_count"] = jnp.sum(patch, axis=1)
-      out[f"{name}_token_hits"] = jnp.sum(token & batch["gt_token_visible"], axis=1)
-      out[f"{name}_token_count"] = jnp.sum(token, axis=1)
-      for word_class, members in grounding.word_classes(batch["gt_token_part"],
-                                                        maskable).items():
-        out[f"{name}_token_{word_class}"] = jnp.sum(token & members, axis=1)
+      out.update({f"masks/{name}/{key}": v for key, v in grounding.mask_sums(
+          patch, token, batch["gt_patch_visible"], batch["gt_token_part"],
+          maskable).items()})
     out.update(_grounding_rows(method_cfg, k, probs, cams, maskable, batch))
     return out
 
@@ -229,17 +225,25 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
   of its SyncMask scores (`grounding/<source>/...`), and of every fusion layer and head
   of the attention and Grad-CAM maps (`heads/<source>/...`, (B, L, H))."""
   token_part, patch_part = batch["gt_token_part"], batch["gt_patch_part"]
+  num_layers = probs.shape[0]
   out = {}
   for source in masking.SOURCES:
-    attn = masking.word_patch_map(cfg, probs, maskable, cams, source=source)
     sync_cfg = ml_collections.ConfigDict(dict(cfg.to_dict(), strategy="syncmask",
                                               source=source, warmup_steps=0))
-    patch, _ = masking.masks_from_config(key, sync_cfg, probs, maskable, attn.shape[-1], cams)
+    if source == "gradcam" and cfg.source != "gradcam":
+      if num_layers == 1:
+        continue  # one fusion layer has no Grad-CAM for words (masking.word_patch_map)
+      sync_cfg.layers = (max(num_layers // 2 - 1, 0),)  # ALBEF: the 3rd of 6
+    attn = masking.word_patch_map(sync_cfg, probs, maskable, cams)
+    patch, token = masking.masks_from_config(key, sync_cfg, probs, maskable, attn.shape[-1],
+                                             cams)
     sums = {**grounding.map_sums(attn, token_part, maskable, patch_part),
             **grounding.score_sums(masking.patch_score(attn, maskable),
                                    masking.token_score(attn, maskable, patch),
                                    batch["gt_patch_visible"], batch["gt_token_visible"],
-                                   maskable)}
+                                   maskable),
+            **grounding.mask_sums(patch, token, batch["gt_patch_visible"], token_part,
+                                  maskable)}
     out.update({f"grounding/{source}/{k}": v for k, v in sums.items()})
   for source, maps in (("attention", probs), ("gradcam", cams)):
     # (L, B, H, T, 1+N) -> sums over (L, H), rows first so padded rows can be dropped.
@@ -298,8 +302,7 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
     text_keys = ("text_feat", "text_hidden", "text_mask")
     keep = is_first[rows["index"]]
     texts.add({k: rows.pop(k)[keep] for k in text_keys if k in rows})
-    for k in [k for k in rows if k.startswith(("method_", "random_", "grounding/",
-                                                 "heads/"))]:
+    for k in [k for k in rows if k.startswith(("masks/", "grounding/", "heads/"))]:
       counts[k] = counts.get(k, 0.0) + rows.pop(k).astype(np.float64).sum(axis=0)
     images.add(rows)
   images, texts = images.result(), texts.result()
@@ -481,17 +484,17 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
     results.update(blocks[0])  # the headline (main.py's summary line)
   results["results"] = blocks
   if counts:
-    ratio = lambda h, c: float(counts[h] / max(counts[c], 1.0))
     results["mask_strategy"] = config.masking.strategy
     results["mask_source"] = config.masking.source
     for kind in ("method", "random"):
-      results[f"mask_precision_patch_{kind}"] = ratio(f"{kind}_patch_hits",
-                                                      f"{kind}_patch_count")
-      results[f"mask_precision_token_{kind}"] = ratio(f"{kind}_token_hits",
-                                                      f"{kind}_token_count")
+      shares = grounding.ratios({k[len(f"masks/{kind}/"):]: v for k, v in counts.items()
+                                 if k.startswith(f"masks/{kind}/")})
+      # 0 where nothing was masked (no MIM, or no token mask).
+      value = lambda k: float(np.nan_to_num(shares[k]))
+      results[f"mask_precision_patch_{kind}"] = value("patch_precision")
+      results[f"mask_precision_token_{kind}"] = value("token_share_visible")
       for word_class in grounding.WORD_CLASSES:
-        results[f"mask_token_share_{word_class}_{kind}"] = ratio(
-            f"{kind}_token_{word_class}", f"{kind}_token_count")
+        results[f"mask_token_share_{word_class}_{kind}"] = value(f"token_share_{word_class}")
     results["grounding"] = _grounding_results(counts)
   ev = eval_settings(config)
   if name == "synthfashion" and ev.pictures > 0:

@@ -111,19 +111,32 @@ def score_sums(s_img: Array, s_txt: Array, gt_patch_visible: Array, gt_token_vis
           "auc_token_sum": token_sum, "auc_token_count": token_n}
 
 
+def mask_sums(patch_mask: Array, token_mask: Array, gt_patch_visible: Array,
+              token_part: Array, text_maskable: Array) -> dict[str, Array]:
+  """Per-example counts of what a SyncMask pair of masks hits: `patch_precision` (masked
+  patches that show something named) and, per word class, the share of the masked
+  tokens in that class (`token_share_visible` is the token precision)."""
+  out = {"patch_precision_sum": jnp.sum(patch_mask & gt_patch_visible, axis=-1),
+         "patch_precision_count": jnp.sum(patch_mask, axis=-1)}
+  for name, members in word_classes(token_part, text_maskable).items():
+    out[f"token_share_{name}_sum"] = jnp.sum(token_mask & members, axis=-1)
+    out[f"token_share_{name}_count"] = jnp.sum(token_mask, axis=-1)
+  return {k: v.astype(jnp.float32) for k, v in out.items()}
+
+
 def batch_ratios(sums: dict) -> dict[str, Array]:
   """`ratios` of per-example sums (B, ...) added over the batch."""
   return ratios({k: jnp.sum(v, axis=0) for k, v in sums.items()})
 
 
 def ratios(sums: dict) -> dict[str, Array]:
-  """`x_sum / count` for every sum (its class's count, or `x_count` for the AUCs), NaN
+  """`x_sum / x_count`, or for per-class measures `{class}/m_sum / {class}/count`; NaN
   where nothing was counted; other axes (layers, heads) are kept."""
   out = {}
   for key, value in sums.items():
     if key.endswith("_sum"):
       base = key[:-len("_sum")]
-      count = sums[f"{base}_count" if base.startswith("auc_") else
+      count = sums[f"{base}_count" if f"{base}_count" in sums else
                    f"{base.split('/')[0]}/count"]
       count = jnp.asarray(count, jnp.float32)
       out[base] = jnp.where(count > 0, value / jnp.maximum(count, 1.0), jnp.nan)

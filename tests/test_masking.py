@@ -285,3 +285,87 @@ def test_mask_precision_pooled_and_safe():
   out = jax.jit(masking.mask_precision)(pm, tm, gt_p, jnp.ones((2, 3), bool))
   np.testing.assert_allclose(out["patch_precision"], 2 / 3)  # pooled, not mean(1/2, 1)
   assert float(out["token_precision"]) == 0.0
+
+
+# ---------------------------------------------------------------- mask sources
+
+
+def test_attention_centered_discounts_what_every_word_attends_to():
+  # Every word puts 0.5 on patch 0 (a sink) and 0.5 on a patch of its own; [CLS] sits
+  # on patch 7. Raw attention ranks the sink first; centred, each word's own patch.
+  attn = np.zeros((1, 5, 8), np.float32)
+  attn[0, 0, 7] = 1.0
+  for t, own in zip((1, 2, 3), (2, 4, 5)):
+    attn[0, t, 0], attn[0, t, own] = 0.5, 0.5
+  maskable = jnp.asarray([[False, True, True, True, False]])
+  probs = jnp.asarray(np.concatenate([np.zeros((1, 5, 1)), attn], -1))[None, :, None]
+  cfg = _cfg(selection="topk", ratio_img=3 / 8)
+  raw = masking.word_patch_map(_cfg(source="attention"), probs, maskable)
+  centred = masking.word_patch_map(_cfg(source="attention_centered"), probs, maskable)
+  np.testing.assert_allclose(raw, attn)
+  np.testing.assert_allclose(centred[0, 1], [0, 0, 1 / 3, 0, 0, 0, 0, 0], atol=1e-6)
+  for source, chosen in (("attention", {0, 2, 4}), ("attention_centered", {2, 4, 5})):
+    cfg.source = source
+    pm, _ = masking.masks_from_config(jax.random.key(0), cfg, probs, maskable, 8)
+    assert set(np.flatnonzero(pm[0])) == chosen
+
+
+def test_gradcam_masks_the_patch_the_itm_logit_reads():
+  """Image tokens are zero except one patch per example, and the fusion value biases are
+  zero (their init), so the ITM logit depends on no other patch's attention: Grad-CAM is
+  zero elsewhere and SyncMask with source=gradcam masks exactly that patch."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from syncmask_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from syncmask_jax.models.vlp import VLP  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.model_config("tiny", vocab_size=50)
+  cfg.update(fusion_layers=2, text_heads=4, text_dropout=0.0)
+  model = VLP(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  b, t, n = 4, 9, model.num_patches
+  carrier = np.array([3, 7, 1, 12])
+  image = np.zeros((b, 1 + n, cfg.vision_width), np.float32)
+  image[np.arange(b), 1 + carrier] = rng.normal(size=(b, cfg.vision_width)) * 3
+  ids = jnp.asarray(rng.integers(5, 50, (b, t)), jnp.int32)
+  mask = jnp.ones((b, t), jnp.int32)
+  text = model.encode_text(ids, mask)
+  cams, probs = jax.jit(model.itm_gradcam)(text, mask, jnp.asarray(image))
+  _, probs_plain = model.fuse(text, mask, jnp.asarray(image))
+  np.testing.assert_allclose(probs, probs_plain, rtol=1e-5, atol=1e-6)
+  assert cams.shape == probs.shape == (2, b, 4, t, 1 + n)
+  cams = np.asarray(cams)
+  assert np.all(cams >= 0)
+  # The last layer: the logit reads only [CLS], so no word has a gradient.
+  assert np.all(cams[1, :, :, 1:] == 0) and np.any(cams[1, :, :, 0] > 0)
+  others = np.ones((b, 1 + n), bool)
+  others[np.arange(b), 1 + carrier] = False
+  assert np.all(cams[0].transpose(0, 2, 1, 3)[others[:, None, None].repeat(t, 1).repeat(
+      4, 2)] == 0)
+  maskable = jnp.ones((b, t), bool).at[:, 0].set(False)
+  c = _cfg(source="gradcam", layers=(0,), selection="topk", ratio_img=1 / n)
+  pm, tm = masking.masks_from_config(jax.random.key(0), c, probs, maskable, n,
+                                     jnp.asarray(cams))
+  np.testing.assert_array_equal(np.argmax(pm, -1), carrier)
+  assert np.all(pm.sum(-1) == 1) and not np.any(tm & ~maskable)
+  with pytest.raises(ValueError, match="last fusion layer's Grad-CAM is zero"):
+    masking.masks_from_config(jax.random.key(0), _cfg(source="gradcam"), probs, maskable, n,
+                              jnp.asarray(cams))
+  with pytest.raises(ValueError, match="needs the Grad-CAM maps"):
+    masking.masks_from_config(jax.random.key(0), c, probs, maskable, n)
+
+
+def test_warmup_gives_random_masks_then_the_method_under_jit():
+  probs, maskable = _random_inputs(5)
+  cfg = _cfg(selection="topk", warmup_steps=10)
+  fn = jax.jit(lambda step: masking.masks_from_config(jax.random.key(3), cfg, probs, maskable,
+                                                      16, step=step))
+  rand = masking.random_masks(jax.random.key(3), 16, maskable, 0.5, 0.15)
+  method = masking.masks_from_config(jax.random.key(3), _cfg(selection="topk"), probs,
+                                     maskable, 16)
+  assert not np.array_equal(rand[0], method[0])
+  for step, want in ((0, rand), (9, rand), (10, method), (500, method)):
+    for got, expected in zip(fn(step), want):
+      np.testing.assert_array_equal(got, expected)
+  with pytest.raises(ValueError, match="config.masking.warmup_steps"):
+    masking.masks_from_config(jax.random.key(0), _cfg(warmup_steps=-1), probs, maskable, 16)
+  with pytest.raises(ValueError, match="config.masking.source"):
+    masking.masks_from_config(jax.random.key(0), _cfg(source="saliency"), probs, maskable, 16)
