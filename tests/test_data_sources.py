@@ -38,7 +38,7 @@ def fashiongen_columns(n: int, seed: int, categories=("TOPS", "JEANS", "SHOES"))
   return cols
 
 
-def write_fashiongen(directory, n=10, seed=0, size=16, split="train", **cat_kw):
+def write_fashiongen(directory, n=10, seed=0, size=256, split="train", **cat_kw):
   os.makedirs(directory, exist_ok=True)
   rs = np.random.RandomState(seed)
   images = rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8)
@@ -102,6 +102,13 @@ def test_fashiongen_missing_key_and_wrong_shape(tmp_path):
            np.array([[d.encode("latin-1")] * 2 for d in cols["input_description"]]))
   with pytest.raises(ValueError, match=r"'input_description' has shape \(6, 2\)"):
     fashiongen.FashionGenH5(path)
+
+
+def test_fashiongen_images_of_another_size_than_the_file_name_are_refused(tmp_path):
+  path, _, _ = write_fashiongen(tmp_path, n=4, size=128)  # in a *_256_256_* file
+  with pytest.raises(ValueError, match=r"fashiongen_256_256_train\.h5: field 'input_image' "
+                                       r"holds 128x128 images but the file name says 256x256"):
+    fashiongen.FashionGenH5(path, skip_bad_records=True)  # a whole file: never skipped
 
 
 def test_fashiongen_bad_records_error_or_counted_skip(tmp_path):

@@ -43,7 +43,8 @@ def _fashiongen(directory, split, categories, seed):
       cols["input_productID"].append(100 * seed + p)
       cols["input_category"].append(cat)
       cols["input_subcategory"].append(f"{cat} SUB{p % 2}")
-  images = rs.randint(0, 256, (len(cols["input_productID"]), 16, 16, 3), dtype=np.uint8)
+  # 256 px: the size the file name states (FashionGenH5 checks it).
+  images = rs.randint(0, 256, (len(cols["input_productID"]), 256, 256, 3), dtype=np.uint8)
   fashiongen.write_h5(os.path.join(directory, fashiongen.SPLIT_FILES[split]), images, cols)
   return cols
 

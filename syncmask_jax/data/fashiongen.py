@@ -16,8 +16,9 @@ so train and validation share ids. A validation name never seen in train gets id
 and is counted in `stats["unseen_category"]` / `stats["unseen_subcategory"]`: the
 classifier cannot predict it, and CR/SCR must drop or report those rows.
 
-Bad input. A missing required key or a field whose per-row shape is not (1,) fails at
-once. Per record (a field shorter than `input_image`, an empty description after
+Bad input. A missing required key, a field whose per-row shape is not (1,), or images
+of another size than the file name states (`_256_256_`: 256 x 256; a smaller release
+would otherwise be upscaled without a word) fails at once. Per record (a field shorter than `input_image`, an empty description after
 cleaning, an empty label, a product id that is not an integer) the error names the
 file, the row and the field; with `skip_bad_records=True` the record is left out and
 counted in `stats` (`report()` prints it).
@@ -64,6 +65,7 @@ OPTIONAL_KEYS = ("input_name",)
 LABEL_FIELDS = {"category": "input_category", "subcategory": "input_subcategory"}
 _MAX_REPORTED = 100  # skipped records listed one by one in stats; the rest only counted
 _BLOCK = 8192  # rows read at once while validating (a column may not fit in memory)
+_SIZE_IN_NAME = re.compile(r"_(\d+)_(\d+)_[^/]*\.h5$")  # fashiongen_<H>_<W>_<split>.h5
 
 
 def _as_str(value: Any) -> str:
@@ -155,6 +157,11 @@ class FashionGenH5:
       if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{self.path}: field 'input_image' has shape {images.shape} "
                          f"dtype {images.dtype}, expected (N, H, W, 3) uint8")
+      named = _SIZE_IN_NAME.search(os.path.basename(self.path))
+      if named and images.shape[1:3] != tuple(int(x) for x in named.groups()):
+        raise ValueError(f"{self.path}: field 'input_image' holds {images.shape[1]}x"
+                         f"{images.shape[2]} images but the file name says "
+                         f"{named.group(1)}x{named.group(2)}")
       n = images.shape[0]
       self.image_shape = tuple(images.shape[1:])
       self.has_name = "input_name" in f
