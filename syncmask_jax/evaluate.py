@@ -30,6 +30,7 @@ CLI, on the latest or a named checkpoint of a run:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -370,7 +371,8 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
       gallery = gallery.result()
       ranks = retrieval.rank_queries(queries["query_feat"], gallery["image_feat"],
                                      queries["product_id"], gallery["product_id"], scorer,
-                                     query_is_image=False, chunk=chunk)
+                                     query_is_image=False, chunk=chunk,
+                                     names=("query_feat", "image_feat"))
       missing = ~np.isin(queries["product_id"], gallery["product_id"])
       blocks.append({"protocol": "fashioniq_tgir", "gallery": protocol, "scoring": "itc",
                      "category": category, "split": pipeline.EVAL_SPLIT["fashioniq"],
@@ -427,6 +429,16 @@ def category_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: An
            **classification_metrics(rows["pred"], rows["label"])}]
 
 
+@contextlib.contextmanager
+def naming_step(step: int):
+  """Puts the evaluated step into a NonFiniteError: the message says which checkpoint
+  (or training step) produced NaN features."""
+  try:
+    yield
+  except retrieval.NonFiniteError as e:
+    raise retrieval.NonFiniteError(f"evaluation at step {step}: {e}") from e
+
+
 # -- pretraining ------------------------------------------------------------------------
 
 
@@ -436,11 +448,12 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
   precision (momentum model) and a few pictures. Writes DIR/eval/pretrain.json."""
   name = config.data.name
   counts: dict[str, float] = {}
-  if name in ("synthfashion", "fashiongen"):
-    blocks, counts = fashion_retrieval(config, setup.graphdef, state.params, setup.mesh,
-                                       momentum_params=state.momentum_params, tokens=tokens)
-  else:
-    blocks = retrieval_blocks(config, setup.graphdef, state.params, setup.mesh)
+  with naming_step(step):
+    if name in ("synthfashion", "fashiongen"):
+      blocks, counts = fashion_retrieval(config, setup.graphdef, state.params, setup.mesh,
+                                         momentum_params=state.momentum_params, tokens=tokens)
+    else:
+      blocks = retrieval_blocks(config, setup.graphdef, state.params, setup.mesh)
   results: dict[str, Any] = {"task": "pretrain", "step": int(step), "dataset": name,
                              "split": pipeline.EVAL_SPLIT[name]}
   if blocks and "i2t_r1" in blocks[0]:

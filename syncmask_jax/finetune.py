@@ -381,10 +381,11 @@ class Task:
   def evaluate(self, params: dict, workdir: str, writer=None, step: int = 0
                ) -> dict[str, Any]:
     c = self.config
+    with evaluate.naming_step(step):
+      blocks = self.blocks(params)
     results = {"task": self.name, "step": int(step), "dataset": c.data.name,
                "split": pipeline.EVAL_SPLIT[c.data.name],
-               "init_checkpoint": c.get("init_checkpoint", ""),
-               "results": self.blocks(params)}
+               "init_checkpoint": c.get("init_checkpoint", ""), "results": blocks}
     evaluate.write_results(workdir, self.name, results, writer, step)
     return results
 

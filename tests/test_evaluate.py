@@ -122,6 +122,21 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   assert by[("full_gallery", "itc")]["num_texts"] == 10
 
 
+def test_nan_features_are_an_error_naming_the_array_and_the_step(monkeypatch, tmp_path):
+  def collapsed(config, graphdef, params, mesh, **kwargs):
+    nan = np.full((4, 8), np.nan, np.float32)
+    return [retrieval.bidirectional(nan, np.arange(4), nan, np.arange(4),
+                                    retrieval.Scorer("itc"))], {}
+
+  monkeypatch.setattr(evaluate, "fashion_retrieval", collapsed)
+  setup = train_state_lib.Setup(graphdef=None, state_shardings=None, mesh=None, tx=None)
+  with pytest.raises(retrieval.NonFiniteError,
+                     match=r"evaluation at step 7: image_feat: 32 non-finite values"):
+    evaluate.evaluate_pretraining(_synth_config(), setup, evaluate.EvalState(None, None),
+                                  None, str(tmp_path), step=7)
+  assert not os.path.exists(tmp_path / "eval" / "pretrain.json")  # no 100% written
+
+
 def test_eval_settings_name_the_field():
   c = _synth_config()
   c.eval = ml_collections.ConfigDict(dict(scoring=("itm",)))
