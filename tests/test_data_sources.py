@@ -84,6 +84,18 @@ def test_fashiongen_validation_uses_train_labels_and_counts_unseen(tmp_path):
   assert all((src[i]["category"] == -1) == hats[i] for i in range(len(src)))
 
 
+def test_fashiongen_label_cache_is_rebuilt_when_the_train_rows_change(tmp_path):
+  write_fashiongen(tmp_path, n=8, seed=0, categories=("TOPS", "JEANS"))
+  assert fashiongen.load_labels(str(tmp_path))["category"] == ["JEANS", "TOPS"]
+  write_fashiongen(tmp_path, n=9, seed=0, categories=("TOPS", "HATS"))  # new train rows
+  write_fashiongen(tmp_path, n=6, seed=1, split="validation", categories=("HATS",))
+  src = fashiongen.source(str(tmp_path), "validation")
+  assert src.labels["category"] == ["HATS", "TOPS"]
+  assert src.stats["unseen_category"] == 0 and (src.category >= 0).all()
+  cache = json.load(open(tmp_path / fashiongen.LABELS_FILE))
+  assert cache["train"]["rows"]["input_image"] == 9  # keyed to the file it was built from
+
+
 def _rewrite(path, key, data):
   with h5py.File(path, "a") as f:
     del f[key]
