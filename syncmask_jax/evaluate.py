@@ -289,6 +289,7 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
                          f"{config.data.name}")
       blocks.append({"protocol": protocol, "scoring": scoring, "dataset": config.data.name,
                      "split": split, **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}),
+                     "skipped_records": {"pairs": pipeline.skipped_records(source)},
                      **metrics})
   return blocks, counts
 
@@ -299,9 +300,10 @@ def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params:
   ev = eval_settings(config)
   with_tokens = "itc+itm" in ev.scoring
   encode = _encode_fn(graphdef, tokens=with_tokens)
-  parts = {}
+  parts, skipped = {}, {}
   for part in ("images", "texts"):
     source = pipeline.make_eval_source(config, part=part)
+    skipped[part] = pipeline.skipped_records(source)
     rows = _Rows(len(source))
     for r in eval_rows(encode, params, pipeline.make_eval_iterator(config, source=source),
                        mesh):
@@ -317,7 +319,8 @@ def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params:
     blocks.append({"protocol": "karpathy", "scoring": scoring,
                    "dataset": config.data.get("karpathy_name", "coco"),
                    "split": pipeline.EVAL_SPLIT["coco"],
-                   **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}), **metrics})
+                   **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}),
+                   "skipped_records": skipped, **metrics})
   return blocks
 
 
@@ -356,6 +359,7 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
     base = with_data(config, fashioniq_category=category,
                       fashioniq_gallery=t.gallery_protocols[0])
     source = pipeline.make_eval_source(base, part="queries")
+    skipped = {"queries": pipeline.skipped_records(source)}
     queries = _Rows(len(source))
     for r in eval_rows(_encode_fn(graphdef, query=True), params,
                        pipeline.make_eval_iterator(base, source=source), mesh):
@@ -378,6 +382,8 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
                      "category": category, "split": pipeline.EVAL_SPLIT["fashioniq"],
                      "num_queries": int(len(ranks)), "num_gallery": int(len(gallery["index"])),
                      "queries_target_not_in_gallery": int(missing.sum()),
+                     "skipped_records": {**skipped,
+                                         "gallery": pipeline.skipped_records(source)},
                      **retrieval.recall_at_k(ranks, ks)})
   for protocol in t.gallery_protocols:
     per = [b for b in blocks if b["gallery"] == protocol]
@@ -426,6 +432,7 @@ def category_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: An
            "split": pipeline.EVAL_SPLIT[config.data.name], "num_classes": int(num_classes),
            "unseen_labels": "rows whose label is unseen in train (id -1) are excluded "
                             "from accuracy and macro-F1 and counted in num_excluded_unseen",
+           "skipped_records": {"pairs": pipeline.skipped_records(source)},
            **classification_metrics(rows["pred"], rows["label"])}]
 
 

@@ -241,7 +241,7 @@ def test_fashiongen_from_array_record_matches_h5(tmp_path):
 
 
 def test_image_unreadable_past_the_header_check_is_an_error_or_a_counted_replacement(
-    tmp_path):
+    tmp_path, caplog):
   images, train, _ = write_karpathy(tmp_path)
   train += [{"image": images[i % 4], "caption": f"caption {i}"} for i in range(5)]
   json.dump(train, open(tmp_path / "coco_train.json", "w"))
@@ -260,6 +260,8 @@ def test_image_unreadable_past_the_header_check_is_an_error_or_a_counted_replace
   assert report["num_skipped"] == 2
   assert [line.split(":")[0] for line in report["skipped"]] == ["record 2", "record 4"]
   assert all("img1.jpg: cannot decode image" in line for line in report["skipped"])
+  assert "bad record replaced by the next one that reads: " + report["skipped"][0] in (
+      caplog.text)  # the training log
   assert not bad & {int(i) for b in batches for i in b["index"]}
   assert all(b["image"].shape == (2, 32, 32, 3) for b in batches)
   # Resumed after 3 steps: the same stream and the same count as the run above.

@@ -399,6 +399,7 @@ class EvalIterator(grain.DatasetIterator):
     self._order = positions.reshape(self.steps, global_batch_size)[:, columns]
     self.position = 0
     self._inner: grain.DatasetIterator | None = None
+    log_skipped(f"eval data {source!r}", skipped_records(source))
 
   @property
   def num_examples(self) -> int:
