@@ -91,9 +91,15 @@ def _read_safetensors_raw(path: str) -> dict[str, np.ndarray]:
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   try:
-    return load_file(path)
-  except TypeError:  # bfloat16 and friends are not numpy dtypes.
-    return _read_safetensors_raw(path)
+    try:
+      return load_file(path)
+    except TypeError:  # bfloat16 and friends are not numpy dtypes.
+      return _read_safetensors_raw(path)
+  except OSError:
+    raise  # names the file already
+  except Exception as e:  # SafetensorError (no file name), the raw reader's errors
+    raise ValueError(f"cannot read {path!r} as safetensors ({type(e).__name__}: {e}); "
+                     "a truncated download or not a safetensors file?") from e
 
 
 def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
@@ -141,6 +147,10 @@ def read_checkpoint(path: str, *, require_config: bool = True
   if not require_config and os.path.isfile(path):
     return {}, {_normalise_key(k): v for k, v in _read_weights_file(path).items()}
   if not os.path.isdir(path):
+    if require_config and os.path.isfile(path):
+      raise FileNotFoundError(f"checkpoint {path!r} is a file: expected the checkpoint "
+                              "directory holding config.json and the weights, "
+                              f"{os.path.dirname(path) or '.'!r}")
     if require_config:
       raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
     raise FileNotFoundError(f"checkpoint {path!r} does not exist: expected a checkpoint "
@@ -190,6 +200,22 @@ def _find_prefix(tensors: dict[str, np.ndarray], anchor: str, path: str) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
+# Our parameters (and the config field) whose size is the vocabulary's.
+_VOCAB_SIZED = ("embeddings/word", "mlm_head/bias", "vocab_size")
+
+
+def mismatch_cause(names: Iterable[str]) -> str:
+  """The likely reason parameters (our paths, or config fields) of a checkpoint do not
+  fit the model: another vocabulary, else another model size."""
+  if any(n.endswith(_VOCAB_SIZED) for n in names):
+    return ("likely another vocabulary: config.model.vocab_size follows "
+            "config.data.vocab_path, which must be the checkpoint's")
+  return ("likely another model size: config.model (the size variant: widths, depths, "
+          "heads, patch and image size) must be the checkpoint's")
+
+
+
+
 def _flatten(tree: Params, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in tree.items():
@@ -235,8 +261,9 @@ class _Importer:
       raise ValueError(f"model has no parameter {ours!r} (for checkpoint key {key!r})")
     old = self.flat[ours]
     if tuple(value.shape) != tuple(old.shape):
-      raise ValueError(f"shape mismatch: checkpoint {key!r} gives {tuple(value.shape)}, "
-                       f"model parameter {ours!r} is {tuple(old.shape)}")
+      raise ValueError(f"checkpoint {self.report.source!r}: {key!r} has shape "
+                       f"{tuple(value.shape)}, model parameter {ours!r} is "
+                       f"{tuple(old.shape)} ({mismatch_cause([ours])})")
     new = jnp.asarray(value, old.dtype)
     # Keep the placement of the parameter we replace (a sharded init stays sharded).
     self.flat[ours] = jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
@@ -271,7 +298,7 @@ def _check_fields(hf_config: dict[str, Any], expected: dict[str, int | None], pa
     got = hf_config.get(field)
     if got != want:
       raise ValueError(f"checkpoint {path!r}: {source(field)} {field}={got} but the model "
-                       f"has {ours(field)}={want}")
+                       f"has {ours(field)}={want} ({mismatch_cause([field])})")
 
 
 def _check_eps(hf_config: dict[str, Any], ln_eps: float | None, field: str,

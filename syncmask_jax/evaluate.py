@@ -30,6 +30,7 @@ CLI, on the latest or a named checkpoint of a run:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -325,6 +326,7 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
                          f"{config.data.name}")
       blocks.append({"protocol": protocol, "scoring": scoring, "dataset": config.data.name,
                      "split": split, **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}),
+                     "skipped_records": {"pairs": pipeline.skipped_records(source)},
                      **metrics})
   return blocks, counts
 
@@ -335,9 +337,10 @@ def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params:
   ev = eval_settings(config)
   with_tokens = "itc+itm" in ev.scoring
   encode = _encode_fn(graphdef, tokens=with_tokens)
-  parts = {}
+  parts, skipped = {}, {}
   for part in ("images", "texts"):
     source = pipeline.make_eval_source(config, part=part)
+    skipped[part] = pipeline.skipped_records(source)
     rows = _Rows(len(source))
     for r in eval_rows(encode, params, pipeline.make_eval_iterator(config, source=source),
                        mesh):
@@ -353,7 +356,8 @@ def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params:
     blocks.append({"protocol": "karpathy", "scoring": scoring,
                    "dataset": config.data.get("karpathy_name", "coco"),
                    "split": pipeline.EVAL_SPLIT["coco"],
-                   **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}), **metrics})
+                   **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}),
+                   "skipped_records": skipped, **metrics})
   return blocks
 
 
@@ -392,6 +396,7 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
     base = with_data(config, fashioniq_category=category,
                       fashioniq_gallery=t.gallery_protocols[0])
     source = pipeline.make_eval_source(base, part="queries")
+    skipped = {"queries": pipeline.skipped_records(source)}
     queries = _Rows(len(source))
     for r in eval_rows(_encode_fn(graphdef, query=True), params,
                        pipeline.make_eval_iterator(base, source=source), mesh):
@@ -407,12 +412,15 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
       gallery = gallery.result()
       ranks = retrieval.rank_queries(queries["query_feat"], gallery["image_feat"],
                                      queries["product_id"], gallery["product_id"], scorer,
-                                     query_is_image=False, chunk=chunk)
+                                     query_is_image=False, chunk=chunk,
+                                     names=("query_feat", "image_feat"))
       missing = ~np.isin(queries["product_id"], gallery["product_id"])
       blocks.append({"protocol": "fashioniq_tgir", "gallery": protocol, "scoring": "itc",
                      "category": category, "split": pipeline.EVAL_SPLIT["fashioniq"],
                      "num_queries": int(len(ranks)), "num_gallery": int(len(gallery["index"])),
                      "queries_target_not_in_gallery": int(missing.sum()),
+                     "skipped_records": {**skipped,
+                                         "gallery": pipeline.skipped_records(source)},
                      **retrieval.recall_at_k(ranks, ks)})
   for protocol in t.gallery_protocols:
     per = [b for b in blocks if b["gallery"] == protocol]
@@ -461,7 +469,18 @@ def category_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: An
            "split": pipeline.EVAL_SPLIT[config.data.name], "num_classes": int(num_classes),
            "unseen_labels": "rows whose label is unseen in train (id -1) are excluded "
                             "from accuracy and macro-F1 and counted in num_excluded_unseen",
+           "skipped_records": {"pairs": pipeline.skipped_records(source)},
            **classification_metrics(rows["pred"], rows["label"])}]
+
+
+@contextlib.contextmanager
+def naming_step(step: int):
+  """Puts the evaluated step into a NonFiniteError: the message says which checkpoint
+  (or training step) produced NaN features."""
+  try:
+    yield
+  except retrieval.NonFiniteError as e:
+    raise retrieval.NonFiniteError(f"evaluation at step {step}: {e}") from e
 
 
 # -- pretraining ------------------------------------------------------------------------
@@ -473,11 +492,12 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
   precision (momentum model) and a few pictures. Writes DIR/eval/pretrain.json."""
   name = config.data.name
   counts: dict[str, float] = {}
-  if name in ("synthfashion", "fashiongen"):
-    blocks, counts = fashion_retrieval(config, setup.graphdef, state.params, setup.mesh,
-                                       momentum_params=state.momentum_params, tokens=tokens)
-  else:
-    blocks = retrieval_blocks(config, setup.graphdef, state.params, setup.mesh)
+  with naming_step(step):
+    if name in ("synthfashion", "fashiongen"):
+      blocks, counts = fashion_retrieval(config, setup.graphdef, state.params, setup.mesh,
+                                         momentum_params=state.momentum_params, tokens=tokens)
+    else:
+      blocks = retrieval_blocks(config, setup.graphdef, state.params, setup.mesh)
   results: dict[str, Any] = {"task": "pretrain", "step": int(step), "dataset": name,
                              "split": pipeline.EVAL_SPLIT[name]}
   if blocks and "i2t_r1" in blocks[0]:

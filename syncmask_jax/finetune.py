@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from syncmask_jax import checkpoint_import
 from syncmask_jax import checkpointing, config_lib, evaluate, losses, optim
 from syncmask_jax import sharding, train
 from syncmask_jax import train_state as train_state_lib
@@ -153,13 +154,15 @@ def load_pretrained(directory: str, target: dict, *, item: str = "params",
   bad = [k for k in missing if not k.startswith(tuple(allow_missing))]
   if bad:
     raise ValueError(f"{directory}/{step}: {len(bad)} parameters of the model are not in the "
-                     f"checkpoint, e.g. {bad[:5]} (is it a checkpoint of this model?)")
-  shape_errors = [f"{k}: checkpoint {tuple(flat_stored[k].shape)} vs model "
-                  f"{tuple(v.shape)}" for k, v in flat_target.items()
-                  if k in flat_stored and tuple(flat_stored[k].shape) != tuple(v.shape)]
-  if shape_errors:
-    raise ValueError(f"{directory}/{step}: shape mismatch (config.model must match the "
-                     f"pretraining run's): {shape_errors[:5]}")
+                     f"checkpoint, e.g. {bad[:5]} (is it a checkpoint of this model? "
+                     f"{checkpoint_import.mismatch_cause(bad)})")
+  mismatched = [k for k, v in flat_target.items()
+                if k in flat_stored and tuple(flat_stored[k].shape) != tuple(v.shape)]
+  if mismatched:
+    shapes = [f"{k}: checkpoint {tuple(flat_stored[k].shape)} vs model "
+              f"{tuple(flat_target[k].shape)}" for k in mismatched[:5]]
+    raise ValueError(f"{directory}/{step}: shape mismatch, "
+                     f"{checkpoint_import.mismatch_cause(mismatched)}: {shapes}")
   # Host arrays have no sharding: they come back on the first local device.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = flax.traverse_util.unflatten_dict(
@@ -381,10 +384,11 @@ class Task:
   def evaluate(self, params: dict, workdir: str, writer=None, step: int = 0
                ) -> dict[str, Any]:
     c = self.config
+    with evaluate.naming_step(step):
+      blocks = self.blocks(params)
     results = {"task": self.name, "step": int(step), "dataset": c.data.name,
                "split": pipeline.EVAL_SPLIT[c.data.name],
-               "init_checkpoint": c.get("init_checkpoint", ""),
-               "results": self.blocks(params)}
+               "init_checkpoint": c.get("init_checkpoint", ""), "results": blocks}
     evaluate.write_results(workdir, self.name, results, writer, step)
     return results
 

@@ -25,7 +25,9 @@ scored in a Python loop.
 
 Ties are counted against the query: the rank of a query's best positive is the number
 of non-positives scoring >= it. A model that scores everything equal gets R@1 = 0,
-never 100, so a collapsed model cannot look good.
+never 100, so a collapsed model cannot look good. Non-finite features or scores are
+an error (`NonFiniteError`, naming the array): `x >= NaN` is False, so a NaN model
+would otherwise rank every positive first.
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ SCORINGS = ("itc", "itc+itm")
 NO_POSITIVE = np.iinfo(np.int64).max  # rank of a query without positives: never a hit
 # (image_index (P,), text_index (P,)) -> (P,) ITM positive logits.
 PairScores = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class NonFiniteError(ValueError):
+  """NaN or inf in retrieval features or scores (a diverged or collapsed model)."""
+
+
+def check_finite(name: str, x: np.ndarray) -> None:
+  """NonFiniteError naming `name` when `x` (rows first) holds a NaN or inf."""
+  bad = ~np.isfinite(np.asarray(x))
+  if bad.any():
+    rows = np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))
+    raise NonFiniteError(f"{name}: {int(bad.sum())} non-finite values in {len(rows)} of "
+                         f"{len(bad)} rows (first: row {rows[0]}); ranks of NaN scores "
+                         "would read as hits")
 
 
 # -- ranks and recall -------------------------------------------------------------------
@@ -124,17 +140,22 @@ class Scorer:
 def rank_queries(query_feat: np.ndarray, gallery_feat: np.ndarray, query_key: np.ndarray,
                  gallery_key: np.ndarray, scorer: Scorer, *, query_is_image: bool,
                  candidates: np.ndarray | None = None, query_index: np.ndarray | None = None,
-                 chunk: int = 1024) -> np.ndarray:
+                 chunk: int = 1024, names: tuple[str, str] = ("query features",
+                                                              "gallery features")
+                 ) -> np.ndarray:
   """0-based rank of each query's best positive among its candidates.
 
   Features are L2-normalised (Q, D) and (G, D). `candidates` (Q, C) indexes the gallery
   per query (1+100); None means the whole gallery. A candidate is a positive when its
   key equals the query's. `query_index` (Q,) places the queries in the image or text
   set the ITM pairs index (default: the queries are that set). Queries go in chunks,
-  so (Q, G) never needs to fit at once.
+  so (Q, G) never needs to fit at once. `names` name the two feature arrays in the
+  NonFiniteError raised when they, or the scores, are not finite.
   """
   query_feat = np.asarray(query_feat, np.float32)
   gallery_feat = np.asarray(gallery_feat, np.float32)
+  for name, feat in zip(names, (query_feat, gallery_feat)):
+    check_finite(name, feat)
   query_key, gallery_key = np.asarray(query_key), np.asarray(gallery_key)
   query_index = np.arange(len(query_feat)) if query_index is None else np.asarray(query_index)
   ranks = []
@@ -149,6 +170,8 @@ def rank_queries(query_feat: np.ndarray, gallery_feat: np.ndarray, query_key: np
       sim = np.einsum("qd,qcd->qc", query_feat[rows], gallery_feat[cand])
       positives = query_key[rows][:, None] == gallery_key[cand]
     scores = scorer.scores(sim.astype(np.float64), query_index[rows], cand, query_is_image)
+    check_finite(f"{scorer.scoring} scores of {names[0]} (from row {start}) vs {names[1]}",
+                 scores)
     ranks.append(best_positive_rank(scores, positives))
   return np.concatenate(ranks) if ranks else np.zeros((0,), np.int64)
 
@@ -160,9 +183,9 @@ def bidirectional(image_feat: np.ndarray, image_key: np.ndarray, text_feat: np.n
                   text_key: np.ndarray, scorer: Scorer, chunk: int = 1024) -> dict[str, Any]:
   """Every image against every text and back: `full_gallery` and `karpathy`."""
   i2t = rank_queries(image_feat, text_feat, image_key, text_key, scorer, query_is_image=True,
-                     chunk=chunk)
+                     chunk=chunk, names=("image_feat", "text_feat"))
   t2i = rank_queries(text_feat, image_feat, text_key, image_key, scorer, query_is_image=False,
-                     chunk=chunk)
+                     chunk=chunk, names=("text_feat", "image_feat"))
   out: dict[str, Any] = {"num_images": int(len(image_feat)), "num_texts": int(len(text_feat))}
   out.update(bidirectional_metrics(i2t, t2i))
   return out
@@ -237,10 +260,11 @@ def one_plus_100(image_feat: np.ndarray, record_product: np.ndarray, text_feat: 
   query_records, query_products = sample.records[:, 0], sample.products[:, 0]
   i2t = rank_queries(image_feat[query_records], text_feat, record_product[query_records],
                      np.arange(len(text_feat)), scorer, query_is_image=True,
-                     candidates=sample.products, query_index=query_records)
+                     candidates=sample.products, query_index=query_records,
+                     names=("image_feat", "text_feat"))
   t2i = rank_queries(text_feat[query_products], image_feat, query_products, record_product,
                      scorer, query_is_image=False, candidates=sample.records,
-                     query_index=query_products)
+                     query_index=query_products, names=("text_feat", "image_feat"))
   return bidirectional_metrics(i2t, t2i)
 
 

@@ -262,7 +262,10 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, *, state, step_fn:
       if (step % config.log_every == 0 or step == config.total_steps
           or step % config.checkpoint_every == 0 or preempted):
         check_finite(history, history_start, config)
-        writer.write_scalars(step, {f"train/{k}": v for k, v in mean_metrics(history).items()})
+        scalars = {f"train/{k}": v for k, v in mean_metrics(history).items()}
+        # Bad records skipped so far (built + replaced at read time), for the record.
+        scalars["data/num_skipped"] = train_iter.skip_report()["num_skipped"]
+        writer.write_scalars(step, scalars)
         history, history_start = [], step
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
         ckpt.save(step, state, train_iter.get_state(), force=True)

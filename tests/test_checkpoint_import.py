@@ -269,6 +269,28 @@ def test_bert_errors(bert_dir, tmp_path):
   assert any("layer_norm_eps" in w for w in report.warnings)
 
 
+def test_weights_file_truncation_and_vocabulary_errors_name_the_cause(bert_dir, tmp_path):
+  _, params = _split(_model_cfg())
+  weights = os.path.join(bert_dir, "model.safetensors")
+  # text_init at the weights file, not its directory: say so, not "does not exist".
+  with pytest.raises(FileNotFoundError, match=re.escape(repr(weights)) + " is a file.*"
+                     + re.escape(repr(bert_dir))):
+    checkpoint_import.load_bert(weights, params, 2, 2)
+  shutil.copy(os.path.join(bert_dir, "config.json"), tmp_path)
+  data = open(weights, "rb").read()
+  (tmp_path / "model.safetensors").write_bytes(data[:len(data) // 2])  # a cut download
+  truncated = re.escape(repr(str(tmp_path / "model.safetensors")))
+  with pytest.raises(ValueError, match=truncated + " as safetensors \\(SafetensorError"):
+    checkpoint_import.load_bert(str(tmp_path), params, 2, 2)
+  with pytest.raises(ValueError, match=truncated):  # a single file (timm): the same
+    checkpoint_import.load_vit(str(tmp_path / "model.safetensors"), params, 32)
+  _, params = _split(_model_cfg(vocab_size=len(VOCAB) + 3))
+  with pytest.raises(ValueError, match=r"vocab_size=\d+ \(likely another vocabulary: "
+                                       r"config\.model\.vocab_size follows config\.data\."
+                                       r"vocab_path"):
+    checkpoint_import.load_bert(bert_dir, params, 2, 2)
+
+
 # ----------------------------------------------------------------------------- ViT
 
 

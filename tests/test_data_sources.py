@@ -38,7 +38,7 @@ def fashiongen_columns(n: int, seed: int, categories=("TOPS", "JEANS", "SHOES"))
   return cols
 
 
-def write_fashiongen(directory, n=10, seed=0, size=16, split="train", **cat_kw):
+def write_fashiongen(directory, n=10, seed=0, size=256, split="train", **cat_kw):
   os.makedirs(directory, exist_ok=True)
   rs = np.random.RandomState(seed)
   images = rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8)
@@ -84,6 +84,18 @@ def test_fashiongen_validation_uses_train_labels_and_counts_unseen(tmp_path):
   assert all((src[i]["category"] == -1) == hats[i] for i in range(len(src)))
 
 
+def test_fashiongen_label_cache_is_rebuilt_when_the_train_rows_change(tmp_path):
+  write_fashiongen(tmp_path, n=8, seed=0, categories=("TOPS", "JEANS"))
+  assert fashiongen.load_labels(str(tmp_path))["category"] == ["JEANS", "TOPS"]
+  write_fashiongen(tmp_path, n=9, seed=0, categories=("TOPS", "HATS"))  # new train rows
+  write_fashiongen(tmp_path, n=6, seed=1, split="validation", categories=("HATS",))
+  src = fashiongen.source(str(tmp_path), "validation")
+  assert src.labels["category"] == ["HATS", "TOPS"]
+  assert src.stats["unseen_category"] == 0 and (src.category >= 0).all()
+  cache = json.load(open(tmp_path / fashiongen.LABELS_FILE))
+  assert cache["train"]["rows"]["input_image"] == 9  # keyed to the file it was built from
+
+
 def _rewrite(path, key, data):
   with h5py.File(path, "a") as f:
     del f[key]
@@ -102,6 +114,13 @@ def test_fashiongen_missing_key_and_wrong_shape(tmp_path):
            np.array([[d.encode("latin-1")] * 2 for d in cols["input_description"]]))
   with pytest.raises(ValueError, match=r"'input_description' has shape \(6, 2\)"):
     fashiongen.FashionGenH5(path)
+
+
+def test_fashiongen_images_of_another_size_than_the_file_name_are_refused(tmp_path):
+  path, _, _ = write_fashiongen(tmp_path, n=4, size=128)  # in a *_256_256_* file
+  with pytest.raises(ValueError, match=r"fashiongen_256_256_train\.h5: field 'input_image' "
+                                       r"holds 128x128 images but the file name says 256x256"):
+    fashiongen.FashionGenH5(path, skip_bad_records=True)  # a whole file: never skipped
 
 
 def test_fashiongen_bad_records_error_or_counted_skip(tmp_path):

@@ -122,6 +122,21 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   assert by[("full_gallery", "itc")]["num_texts"] == 10
 
 
+def test_nan_features_are_an_error_naming_the_array_and_the_step(monkeypatch, tmp_path):
+  def collapsed(config, graphdef, params, mesh, **kwargs):
+    nan = np.full((4, 8), np.nan, np.float32)
+    return [retrieval.bidirectional(nan, np.arange(4), nan, np.arange(4),
+                                    retrieval.Scorer("itc"))], {}
+
+  monkeypatch.setattr(evaluate, "fashion_retrieval", collapsed)
+  setup = train_state_lib.Setup(graphdef=None, state_shardings=None, mesh=None, tx=None)
+  with pytest.raises(retrieval.NonFiniteError,
+                     match=r"evaluation at step 7: image_feat: 32 non-finite values"):
+    evaluate.evaluate_pretraining(_synth_config(), setup, evaluate.EvalState(None, None),
+                                  None, str(tmp_path), step=7)
+  assert not os.path.exists(tmp_path / "eval" / "pretrain.json")  # no 100% written
+
+
 def test_eval_settings_name_the_field():
   c = _synth_config()
   c.eval = ml_collections.ConfigDict(dict(scoring=("itm",)))
@@ -184,8 +199,9 @@ def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
     finetune.load_pretrained(str(tmp_path / "checkpoints"), {}, step=5)
 
 
-def test_karpathy_pass_images_against_all_captions(tmp_path):
-  """COCO layout: 2 test images with 5 and 6 captions; both scorings through the model."""
+def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):
+  """COCO layout: 2 test images with 5 and 6 captions, and a third that does not decode
+  (skipped: in the log and the JSON); both scorings through the model."""
   os.makedirs(tmp_path / "val2014")
   entries = []
   for i, n in enumerate((5, 6)):
@@ -193,10 +209,13 @@ def test_karpathy_pass_images_against_all_captions(tmp_path):
         tmp_path / "val2014" / f"img{i}.jpg")
     entries.append({"image": f"val2014/img{i}.jpg",
                     "caption": [f"a red dress number {k}" for k in range(n)]})
+  (tmp_path / "val2014" / "img2.jpg").write_bytes(b"not a jpeg")
+  entries.append({"image": "val2014/img2.jpg", "caption": ["a blue shirt"] * 5})
   json.dump(entries, open(tmp_path / "coco_test.json", "w"))
   c = _synth_config()
   c.data.name = "coco"
   c.data.root = str(tmp_path)
+  c.data.skip_bad_records = True
   c.eval = ml_collections.ConfigDict(dict(scoring=("itc", "itc+itm"), itm_k=4,
                                           itm_batch_size=8))
   c.data.vocab_path = tokenizer_lib.synthfashion_vocab()
@@ -212,3 +231,6 @@ def test_karpathy_pass_images_against_all_captions(tmp_path):
     # An image has >= 5 of the 11 captions: its best ranks at most 6th. A caption has
     # 2 images to choose from.
     assert b["i2t_r10"] == 100.0 and b["t2i_r5"] == 100.0
+    skipped = b["skipped_records"]["images"]
+    assert skipped["num_skipped"] == 1 and "img2.jpg: cannot decode" in skipped["skipped"][0]
+  assert "1 bad records skipped\n  " + skipped["skipped"][0] in caplog.text  # the eval log

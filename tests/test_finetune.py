@@ -43,7 +43,8 @@ def _fashiongen(directory, split, categories, seed):
       cols["input_productID"].append(100 * seed + p)
       cols["input_category"].append(cat)
       cols["input_subcategory"].append(f"{cat} SUB{p % 2}")
-  images = rs.randint(0, 256, (len(cols["input_productID"]), 16, 16, 3), dtype=np.uint8)
+  # 256 px: the size the file name states (FashionGenH5 checks it).
+  images = rs.randint(0, 256, (len(cols["input_productID"]), 256, 256, 3), dtype=np.uint8)
   fashiongen.write_h5(os.path.join(directory, fashiongen.SPLIT_FILES[split]), images, cols)
   return cols
 
@@ -209,6 +210,22 @@ def test_init_from_pretraining_checkpoint_loads_params_only(files):
   other = numpy_params(lambda: finetune.CategoryModel(c.model, 6, rngs=nnx.Rngs(params=0)))
   with pytest.raises(ValueError, match="shape mismatch.*proj"):
     finetune.load_pretrained(c.init_checkpoint, other, allow_missing=("classifier",))
+
+
+def test_load_pretrained_mismatch_names_the_likely_cause(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  stored = {"embeddings": {"word": np.zeros((10, 4), np.float32)},
+            "proj": {"kernel": np.zeros((4, 2), np.float32)}}
+  ckpt.save(1, {"params": stored}, {}, force=True)
+  ckpt.close()
+  other_vocab = {**stored, "embeddings": {"word": np.zeros((12, 4), np.float32)}}
+  with pytest.raises(ValueError, match=r"shape mismatch, likely another vocabulary.*"
+                                       r"embeddings/word: checkpoint \(10, 4\) vs model "
+                                       r"\(12, 4\)"):
+    finetune.load_pretrained(str(tmp_path), other_vocab)
+  wider = {**stored, "proj": {"kernel": np.zeros((4, 3), np.float32)}}
+  with pytest.raises(ValueError, match=r"likely another model size.*proj/kernel"):
+    finetune.load_pretrained(str(tmp_path), wider)
 
 
 def test_tgir_few_steps_both_gallery_protocols(files):

@@ -238,3 +238,36 @@ def test_fashiongen_from_array_record_matches_h5(tmp_path):
         list(pipeline.make_eval_iterator(t, split, process_index=0, process_count=1)))
   h5, ar = (pipeline.make_train_iterator(x, process_index=0, process_count=1) for x in (c, t))
   assert_batches_equal(take(h5, 2), take(ar, 2))
+
+
+def test_image_unreadable_past_the_header_check_is_an_error_or_a_counted_replacement(
+    tmp_path, caplog):
+  images, train, _ = write_karpathy(tmp_path)
+  train += [{"image": images[i % 4], "caption": f"caption {i}"} for i in range(5)]
+  json.dump(train, open(tmp_path / "coco_train.json", "w"))
+  data = (tmp_path / images[1]).read_bytes()
+  (tmp_path / images[1]).write_bytes(data[:-4])  # a cut JPEG whose header still reads
+  c = _real_config(tmp_path, "coco", global_batch_size=2)
+  it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  assert it.num_examples == 8 and it.steps_per_epoch == 4  # the header check passed it
+  with pytest.raises(ValueError, match=r"img1\.jpg: cannot decode image .*truncated"):
+    take(it, 4)
+  c.data.skip_bad_records = True
+  whole = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  batches = take(whole, 8)  # two epochs: each bad record is met twice, counted once
+  bad = {2, 4}  # the records (pairs) of img1.jpg
+  report = whole.skip_report()
+  assert report["num_skipped"] == 2
+  assert [line.split(":")[0] for line in report["skipped"]] == ["record 2", "record 4"]
+  assert all("img1.jpg: cannot decode image" in line for line in report["skipped"])
+  assert "bad record replaced by the next one that reads: " + report["skipped"][0] in (
+      caplog.text)  # the training log
+  assert not bad & {int(i) for b in batches for i in b["index"]}
+  assert all(b["image"].shape == (2, 32, 32, 3) for b in batches)
+  # Resumed after 3 steps: the same stream and the same count as the run above.
+  first = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  take(first, 3)
+  resumed = pipeline.make_train_iterator(c, process_index=0, process_count=1)
+  resumed.set_state(json.loads(json.dumps(first.get_state())))
+  assert_batches_equal(take(resumed, 5), batches[3:])
+  assert resumed.skip_report() == report

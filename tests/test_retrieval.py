@@ -276,6 +276,19 @@ def test_itc_itm_reranks_only_the_top_k_by_itm():
   assert not np.array_equal(itc, got)
 
 
+def test_non_finite_features_or_scores_are_an_error_naming_the_array():
+  image_feat, image_key, text_feat, text_key = _features()
+  nan_images = image_feat.copy()
+  nan_images[3] = np.nan  # `x >= NaN` is False: these queries would all be hits
+  with pytest.raises(retrieval.NonFiniteError, match=r"image_feat: 8 non-finite values "
+                                                     r"in 1 of 40 rows \(first: row 3\)"):
+    retrieval.bidirectional(nan_images, image_key, text_feat, text_key,
+                            retrieval.Scorer("itc"))
+  nan_itm = retrieval.Scorer("itc+itm", k=3, itm=lambda i, t: np.where(i == 5, np.nan, 0.0))
+  with pytest.raises(retrieval.NonFiniteError, match=r"itc\+itm scores of image_feat"):
+    retrieval.bidirectional(image_feat, image_key, text_feat, text_key, nan_itm)
+
+
 def test_scorer_rejects_unknown_scoring_and_missing_itm():
   with pytest.raises(ValueError, match="config.eval.scoring"):
     retrieval.Scorer("itm")

@@ -175,6 +175,7 @@ class KarpathyTexts:
 
   def __init__(self, images: KarpathyImages):
     self.images = images
+    self.stats = images.stats  # the images' skips take their captions along
     self.items = [(caption, j) for j, captions in enumerate(images.captions)
                   for caption in captions]
 

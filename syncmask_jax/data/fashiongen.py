@@ -12,12 +12,14 @@ A record (one row, i.e. one view of a product):
 
 Labels. Category and subcategory names map to ids through one sorted label list per
 field built from the *train* file and saved as `fashiongen_labels.json` next to it,
-so train and validation share ids. A validation name never seen in train gets id -1
+so train and validation share ids; the file records the train file's size, mtime and
+row counts and is rebuilt when they change. A validation name never seen in train gets id -1
 and is counted in `stats["unseen_category"]` / `stats["unseen_subcategory"]`: the
 classifier cannot predict it, and CR/SCR must drop or report those rows.
 
-Bad input. A missing required key or a field whose per-row shape is not (1,) fails at
-once. Per record (a field shorter than `input_image`, an empty description after
+Bad input. A missing required key, a field whose per-row shape is not (1,), or images
+of another size than the file name states (`_256_256_`: 256 x 256; a smaller release
+would otherwise be upscaled without a word) fails at once. Per record (a field shorter than `input_image`, an empty description after
 cleaning, an empty label, a product id that is not an integer) the error names the
 file, the row and the field; with `skip_bad_records=True` the record is left out and
 counted in `stats` (`report()` prints it).
@@ -48,6 +50,7 @@ import os
 import re
 from typing import Any
 
+from absl import logging
 import h5py
 import numpy as np
 from PIL import Image
@@ -64,6 +67,7 @@ OPTIONAL_KEYS = ("input_name",)
 LABEL_FIELDS = {"category": "input_category", "subcategory": "input_subcategory"}
 _MAX_REPORTED = 100  # skipped records listed one by one in stats; the rest only counted
 _BLOCK = 8192  # rows read at once while validating (a column may not fit in memory)
+_SIZE_IN_NAME = re.compile(r"_(\d+)_(\d+)_[^/]*\.h5$")  # fashiongen_<H>_<W>_<split>.h5
 
 
 def _as_str(value: Any) -> str:
@@ -95,20 +99,45 @@ def build_labels(train_path: str) -> dict[str, list[str]]:
   return labels
 
 
+def train_identity(train_path: str) -> dict[str, Any]:
+  """What the label cache is keyed to: the train file's size, mtime and row counts.
+
+  Rows added, removed or relabelled change at least the mtime, so a cache built from
+  other rows is rebuilt instead of reporting train labels as "unseen in train".
+  """
+  st = os.stat(train_path)
+  with h5py.File(train_path, "r") as f:
+    rows = {k: int(f[k].shape[0]) for k in ("input_image", *LABEL_FIELDS.values()) if k in f}
+  return {"file": os.path.basename(train_path), "size": st.st_size,
+          "mtime_ns": st.st_mtime_ns, "rows": rows}
+
+
 def load_labels(directory: str) -> dict[str, list[str]]:
-  """The label lists of `directory`: `fashiongen_labels.json`, built from train if absent."""
+  """The label lists of `directory`: `fashiongen_labels.json` when it was built from the
+  train file as it is now (`train_identity`), else built from train and saved."""
   path = os.path.join(directory, LABELS_FILE)
+  train_path = os.path.join(directory, SPLIT_FILES["train"])
+  cached = None
   if os.path.exists(path):
     with open(path) as fh:
-      return json.load(fh)
-  train_path = os.path.join(directory, SPLIT_FILES["train"])
+      cached = json.load(fh)
   if not os.path.exists(train_path):
-    raise FileNotFoundError(f"neither {path} nor {train_path} exists: the label ids come "
-                            "from the train file")
+    if cached is None:
+      raise FileNotFoundError(f"neither {path} nor {train_path} exists: the label ids "
+                              "come from the train file")
+    logging.warning("%s: no train file to check the label cache %s against; using it",
+                    directory, path)
+    return {name: cached[name] for name in LABEL_FIELDS}
+  identity = train_identity(train_path)
+  if cached is not None:
+    if cached.get("train") == identity:
+      return {name: cached[name] for name in LABEL_FIELDS}
+    logging.warning("%s was built from another %s (%s; now %s): rebuilding it", path,
+                    SPLIT_FILES["train"], cached.get("train"), identity)
   labels = build_labels(train_path)
   try:
     with open(path, "w") as fh:
-      json.dump(labels, fh, indent=1)
+      json.dump({**labels, "train": identity}, fh, indent=1)
   except OSError:
     pass  # read-only data directory: the lists are rebuilt the same next time
   return labels
@@ -155,6 +184,11 @@ class FashionGenH5:
       if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"{self.path}: field 'input_image' has shape {images.shape} "
                          f"dtype {images.dtype}, expected (N, H, W, 3) uint8")
+      named = _SIZE_IN_NAME.search(os.path.basename(self.path))
+      if named and images.shape[1:3] != tuple(int(x) for x in named.groups()):
+        raise ValueError(f"{self.path}: field 'input_image' holds {images.shape[1]}x"
+                         f"{images.shape[2]} images but the file name says "
+                         f"{named.group(1)}x{named.group(2)}")
       n = images.shape[0]
       self.image_shape = tuple(images.shape[1:])
       self.has_name = "input_name" in f

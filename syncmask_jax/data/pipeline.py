@@ -17,6 +17,12 @@ global batches and, for `embedding` grouping, the recorded embeddings and the ep
 order. Restoring rebuilds the epoch's dataset from that position (random access, so
 nothing is replayed), also under another process count.
 
+Bad records. Sources leave out (`skip_bad_records`) or refuse what their up-front
+checks find; an image that passes its header check but fails to decode is refused at
+read time naming the file, or with `skip_bad_records` replaced by the next record in
+source order that reads (`_LoadTrain`). Both counts go to the log
+(`log_skipped`), the iterator's state and `TrainIterator.skip_report()`.
+
 Eval iterators read a source in order, once: the last global batch is padded with
 copies of record 0 and `valid` (bool) marks the real rows.
 
@@ -31,10 +37,12 @@ COCO texts carry image_index; eval adds valid.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from typing import Any, Callable
 
 from absl import flags
+from absl import logging
 import grain
 import jax
 import ml_collections
@@ -51,6 +59,9 @@ PARTS = {"synthfashion": ("pairs",), "fashiongen": ("pairs",),
 EVAL_SPLIT = {"synthfashion": "val", "fashiongen": "validation", "fashioniq": "val",
               "coco": "test"}
 _AUGMENT_TAG = 0xA06  # folds "augmentation" into the per-example seed
+# Host-only field of train examples: the records replaced at read time (see _LoadTrain).
+SKIPPED_FIELD = "skipped_records"
+_MAX_REPLACEMENTS = 64  # unreadable records in a row before a train read gives up
 
 
 # -- sources ------------------------------------------------------------------------------
@@ -143,6 +154,30 @@ def source_metadata(source: Any) -> dict[str, np.ndarray]:
   return meta
 
 
+def skipped_records(source: Any) -> dict[str, Any]:
+  """{"num_skipped": n, "skipped": [lines]}: the bad records `source` left out when it
+  was built (`skip_bad_records`), from its `stats` (a union of sources: summed)."""
+  if hasattr(source, "sources"):
+    parts = [skipped_records(s) for s in source.sources]
+    return {"num_skipped": sum(p["num_skipped"] for p in parts),
+            "skipped": [line for p in parts for line in p["skipped"]]}
+  stats = getattr(source, "stats", None) or {}
+  where = stats.get("file", stats.get("origin", ""))
+  # FashionGen lists {row, field, reason}; the image-folder datasets whole messages.
+  lines = [x if isinstance(x, str) else
+           f"{where}: record {x['row']}, field {x['field']!r}: {x['reason']}"
+           for x in stats.get("skipped", [])]
+  return {"num_skipped": int(stats.get("num_skipped", 0)), "skipped": lines}
+
+
+def log_skipped(what: str, report: dict[str, Any]) -> None:
+  """The skip count (and the listed records) of `report` in the run's log."""
+  n = report["num_skipped"]
+  (logging.warning if n else logging.info)(
+      "%s: %d bad records skipped%s", what, n,
+      "".join(f"\n  {line}" for line in report["skipped"]))
+
+
 def make_sampler(config: ml_collections.ConfigDict, source: Any,
                  global_batch_size: int | None = None) -> grouping.GroupedBatchSampler:
   d = config.data
@@ -160,17 +195,45 @@ def make_sampler(config: ml_collections.ConfigDict, source: Any,
 
 
 class _LoadTrain:
-  """record index -> transformed example; a class (not a closure) so it pickles."""
+  """record index -> transformed example; a class (not a closure) so it pickles.
 
-  def __init__(self, source: Any, transform: Callable, seed: int, epoch: int):
+  With `skip`, a record that fails at read time (transforms.BadRecord: an image that
+  passed the header check but does not decode) is replaced by the next record in
+  source order that reads; what was replaced travels in the example's
+  SKIPPED_FIELD (JSON {index: error}, "" when nothing was) to the TrainIterator, which
+  counts it. The replacement depends only on the data, never on when the record was
+  hit, so a resumed run reads the same stream as an uninterrupted one.
+  """
+
+  def __init__(self, source: Any, transform: Callable, seed: int, epoch: int,
+               skip: bool = False):
     self.source, self.transform, self.seed, self.epoch = source, transform, seed, epoch
+    self.skip = skip
 
-  def __call__(self, index: Any) -> dict[str, np.ndarray]:
-    index = int(index)
+  def _example(self, index: int) -> dict[str, np.ndarray]:
     # Keyed by the record, not by the host or position: any process count, any
     # resume point draws the same augmentation.
     rng = np.random.default_rng([self.seed, _AUGMENT_TAG, self.epoch, index])
     return self.transform(self.source[index], rng)
+
+  def __call__(self, index: Any) -> dict[str, np.ndarray]:
+    index = int(index)
+    skipped = {}
+    for offset in range(min(_MAX_REPLACEMENTS, len(self.source))):
+      candidate = (index + offset) % len(self.source)
+      try:
+        example = self._example(candidate)
+      except transforms.BadRecord as e:
+        if not self.skip:
+          raise transforms.BadRecord(
+              f"record {candidate}: {e} (skip_bad_records=True replaces such records "
+              "with the next one)") from e
+        skipped[candidate] = f"record {candidate}: {e}"
+        continue
+      example[SKIPPED_FIELD] = json.dumps(skipped) if skipped else ""
+      return example
+    raise transforms.BadRecord(f"records {index}..{candidate}: none of {len(skipped)} "
+                               f"records in a row reads, the last: {skipped[candidate]}")
 
 
 class _LoadEval:
@@ -235,6 +298,9 @@ class TrainIterator(grain.DatasetIterator):
     self.process_index, self.process_count = process_index, process_count
     self._columns = _host_slice(sampler.global_batch_size, process_index, process_count)
     self._inner: grain.DatasetIterator | None = None
+    self._built_skips = skipped_records(source)
+    self.skipped: dict[int, str] = {}  # records this host replaced at read time
+    log_skipped(f"train data {source!r}", self._built_skips)
 
   @property
   def num_examples(self) -> int:
@@ -259,7 +325,8 @@ class TrainIterator(grain.DatasetIterator):
   def _open(self) -> grain.DatasetIterator:
     s = self.sampler
     order = s.epoch_order()[s.position:, self._columns]
-    load = _LoadTrain(self.source, self.transform, self._seed, s.epoch)
+    load = _LoadTrain(self.source, self.transform, self._seed, s.epoch,
+                      skip=bool(self._data.get("skip_bad_records", False)))
     return _batches(order.reshape(-1), load, self.host_batch_size, self._data)
 
   def _close_inner(self) -> None:
@@ -271,10 +338,22 @@ class TrainIterator(grain.DatasetIterator):
     if self._inner is None:
       self._inner = self._open()
     batch = next(self._inner)
+    for replaced in batch.pop(SKIPPED_FIELD):
+      for index, message in (json.loads(replaced) if replaced else {}).items():
+        if int(index) not in self.skipped:
+          logging.warning("bad record replaced by the next one that reads: %s", message)
+          self.skipped[int(index)] = message
     self.sampler.advance()
     if self.sampler.position == 0:  # the epoch is over: the next one has a new order
       self._close_inner()
     return batch
+
+  def skip_report(self) -> dict[str, Any]:
+    """skipped_records of the source plus the records replaced at read time (each
+    counted once, however many epochs meet it)."""
+    b = self._built_skips
+    return {"num_skipped": b["num_skipped"] + len(self.skipped),
+            "skipped": b["skipped"] + [self.skipped[k] for k in sorted(self.skipped)]}
 
   def record_embeddings(self, indices: Any, embeddings: Any) -> None:
     """Hands the *global* batch's ITC embeddings back for `embedding` grouping.
@@ -285,11 +364,14 @@ class TrainIterator(grain.DatasetIterator):
     self.sampler.record_embeddings(indices, embeddings)
 
   def get_state(self) -> dict[str, Any]:
-    return {"sampler": self.sampler.get_state()}
+    return {"sampler": self.sampler.get_state(),
+            "skipped": {str(k): v for k, v in self.skipped.items()}}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._close_inner()
     self.sampler.set_state(state["sampler"])
+    # Checkpoints from before read-time skips were counted have none.
+    self.skipped = {int(k): v for k, v in state.get("skipped", {}).items()}
 
   def close(self) -> None:
     self._close_inner()
@@ -318,6 +400,7 @@ class EvalIterator(grain.DatasetIterator):
     self._order = positions.reshape(self.steps, global_batch_size)[:, columns]
     self.position = 0
     self._inner: grain.DatasetIterator | None = None
+    log_skipped(f"eval data {source!r}", skipped_records(source))
 
   @property
   def num_examples(self) -> int:

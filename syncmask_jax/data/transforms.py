@@ -40,24 +40,29 @@ INT_FIELDS = ("product_id", "category", "subcategory", "view", "index", "target_
 _INT32_MAX = np.iinfo(np.int32).max
 
 
+class BadRecord(ValueError):
+  """A record whose content cannot be used (an image that fails to decode past the
+  header check): what `skip_bad_records` replaces at read time (pipeline.py)."""
+
+
 def decode_image(data: bytes | np.ndarray, *, where: str = "image") -> np.ndarray:
   """Encoded bytes (PNG/JPEG/...) or an array -> uint8 RGB (H, W, 3).
 
-  `where` names the file or record in the error so a bad image can be found.
+  `where` names the file or record in the error (BadRecord) so a bad image can be found.
   """
   if isinstance(data, (bytes, bytearray, memoryview)):
     try:
       with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"))
     except Exception as e:  # PIL raises several types for corrupt data.
-      raise ValueError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+      raise BadRecord(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
   a = np.asarray(data)
   if a.dtype != np.uint8:
-    raise ValueError(f"{where}: image dtype {a.dtype}, expected uint8")
+    raise BadRecord(f"{where}: image dtype {a.dtype}, expected uint8")
   if a.ndim == 2:
     a = np.repeat(a[..., None], 3, axis=-1)
   if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"{where}: image shape {a.shape}, expected (H, W, 3)")
+    raise BadRecord(f"{where}: image shape {a.shape}, expected (H, W, 3)")
   if a.shape[-1] == 1:
     a = np.repeat(a, 3, axis=-1)
   return a[..., :3]
@@ -299,7 +304,7 @@ class ImageFiles:
       with open(path, "rb") as fh:
         data = fh.read()
     except OSError as e:
-      raise ValueError(f"{path}: cannot read image ({e})") from e
+      raise BadRecord(f"{path}: cannot read image ({e})") from e
     return decode_image(data, where=path)
 
 
