@@ -55,8 +55,9 @@ _AUGMENT_TAG = 0xA06  # folds "augmentation" into the per-example seed
 # -- sources ------------------------------------------------------------------------------
 
 
-def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
-  """`config.data.vocab_path`, or the SynthFashion vocabulary for SynthFashion."""
+def vocab_path(config: ml_collections.ConfigDict) -> str:
+  """The vocabulary file a run reads: `config.data.vocab_path`, or (empty) the cached
+  SynthFashion vocabulary for SynthFashion."""
   path = config.data.vocab_path
   if not path:
     if config.data.name != "synthfashion":
@@ -64,7 +65,11 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer
                        "BERT vocab.txt or tokenizer.json (the SynthFashion vocabulary "
                        "only knows the generator's words)")
     path = tokenizer_lib.synthfashion_vocab()
-  return tokenizer_lib.Tokenizer.from_file(path)
+  return path
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
+  return tokenizer_lib.Tokenizer.from_file(vocab_path(config))
 
 
 @functools.lru_cache(maxsize=16)
