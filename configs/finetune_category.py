@@ -3,11 +3,12 @@
   python -m syncmask_jax.main --config=configs/finetune_category.py:label=subcategory \
     --config.init_checkpoint=runs/fg/checkpoints --config.data.root=/data/fashiongen \
     --config.data.vocab_path=/ckpt/bert-base-uncased/vocab.txt --workdir=runs/fg_scr
-  ... configs/finetune_category.py:data=synthfashion,size=tiny   (the embedded set)
+  ... configs/finetune_category.py:data=synthfashion   (the embedded set)
 
 A new Dense head on the fused [CLS] of (image, text); accuracy and macro-F1 on the
 validation split, where labels unseen in train (FashionGen id -1) are excluded and
-counted. `model` must be the pretraining run's (size=...).
+counted. From the command line the model size and the vocabulary are the pretraining
+run's (its config.json; cli.py), `size` defaults to it.
 """
 
 import ml_collections

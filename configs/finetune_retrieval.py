@@ -5,7 +5,7 @@ retrieval protocols of METHOD.md 7, from a pretraining run.
     --config.init_checkpoint=runs/fg/checkpoints --config.data.root=/data/fashiongen \
     --config.data.vocab_path=/ckpt/bert-base-uncased/vocab.txt --workdir=runs/fg_ret
   ... configs/finetune_retrieval.py:data=coco      (COCO / Flickr30K, Karpathy splits)
-  ... configs/finetune_retrieval.py:data=synthfashion,size=tiny
+  ... configs/finetune_retrieval.py:data=synthfashion   (size: the pretraining run's)
 
 The step: in-batch ITC with product-aware targets and ITM on negatives mined from the
 global batch (`negatives.mode`), no momentum model or queue [ours]. Evaluation:

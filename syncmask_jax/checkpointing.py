@@ -8,12 +8,13 @@ straight into the sharded layout of the abstract state it is given.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from syncmask_jax import paths
 
 
 class Checkpointer:
@@ -27,7 +28,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None, create=True,
         enable_async_checkpointing=async_save)
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "data"))
 

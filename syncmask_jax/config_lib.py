@@ -288,6 +288,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(c.loss.mim_target != "prototypes", "loss.mim_target", c.loss.mim_target,
            "prototypes is SemMIM's target: needs recipe='semmim'")
   m = c.model
+  _check(m.preset in MODEL_PRESETS, "model.preset", m.preset,
+         f"expected one of {sorted(MODEL_PRESETS)}")
   _check(m.image_size % m.patch_size == 0, "model.image_size", m.image_size,
          f"must be a multiple of model.patch_size={m.patch_size}")
   _check(c.data.max_text_len <= m.max_positions, "data.max_text_len", c.data.max_text_len,

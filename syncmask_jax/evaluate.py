@@ -659,8 +659,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     if task == "pretrain":
       config_lib.validate(config)
       eval_settings(config)
-      tokens = train.token_info(pipeline.make_tokenizer(config))
-      train.match_vocab(config, tokens)
+      tokens = train.resolve_vocab(config)
       graphdef, abstract = finetune.abstract_params(
           lambda: train_state_lib.build_model(config, config.seed), config, mesh)
       params, step = finetune.load_pretrained(directory, abstract, step=step)
@@ -684,19 +683,20 @@ def main() -> None:
   # pylint: disable=g-import-not-at-top
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from absl import app, flags
-  from ml_collections import config_flags
+  from syncmask_jax import cli
   # pylint: enable=g-import-not-at-top
-  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                                lock_config=True)
+  cli.define_config_flag()
   workdir_flag = flags.DEFINE_string("workdir", None, "The run's directory.")
   step_flag = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.mark_flags_as_required(["config", "workdir"])
 
   def run(argv):
     del argv
-    results = evaluate_checkpoint(config_flag.value, workdir_flag.value, step_flag.value)
+    config = cli.resolved_config(flags.FLAGS["config"],
+                                 checkpoints=os.path.join(workdir_flag.value, "checkpoints"))
+    results = evaluate_checkpoint(config, workdir_flag.value, step_flag.value)
     if jax.process_index() == 0:
-      task = config_flag.value.get("task", "pretrain")
+      task = config.get("task", "pretrain")
       print("\n".join([f"evaluation:   {os.path.join(workdir_flag.value, 'eval', task)}.json"]
                       + summary_lines(results)), flush=True)
 

@@ -41,7 +41,7 @@ from absl import logging
 from flax import nnx
 
 from syncmask_jax import checkpoint_import
-from syncmask_jax import checkpointing, config_lib, evaluate, losses, optim
+from syncmask_jax import checkpointing, config_lib, evaluate, losses, optim, paths
 from syncmask_jax import sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax import train_step as train_step_lib
@@ -135,6 +135,7 @@ def load_pretrained(directory: str, target: dict, *, item: str = "params",
   Checkpoint entries the model lacks (a MIM decoder, SemMIM prototypes) are ignored.
   Returns (parameters, checkpoint step).
   """
+  directory = paths.resolve(directory)  # Orbax has no metadata for a relative path
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{directory!r}: no such directory (expected a run's "
                             "checkpoints/ directory)")
@@ -428,15 +429,11 @@ def build_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   """The task's model, evaluation and, `for_training`, its fresh state, data and step
   (evaluation only: nothing is initialised, no training data is opened)."""
   task = config.task
+  train.resolve_vocab(config)
   train_iter = None
   if for_training:
     source = tgir_train_source(config) if task == "tgir" else None
     train_iter = pipeline.make_train_iterator(config, source=source)
-    tokenizer = train_iter.tokenizer
-  else:
-    tokenizer = pipeline.make_tokenizer(config)
-  tokens = train.token_info(tokenizer)
-  train.match_vocab(config, tokens)
   if task == "category":
     n = num_classes(config)
     build = lambda: CategoryModel(config.model, n, rngs=nnx.Rngs(params=config.seed))
@@ -462,6 +459,7 @@ def build_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Fine-tunes `config.task` from `config.init_checkpoint`, evaluates at the end."""
   validate(config)
+  train.resolve_vocab(config)  # before config.json is written: it records the values used
   writer = train.start_run(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   task = build_task(config, mesh)

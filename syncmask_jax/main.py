@@ -14,10 +14,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:args].",
-                                          lock_config=True)
+from syncmask_jax import cli  # pylint: disable=g-import-not-at-top
+
+cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs).")
@@ -49,13 +49,14 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  task = _CONFIG.value.get("task", "pretrain")
+  config = cli.resolved_config(flags.FLAGS["config"])
+  task = config.get("task", "pretrain")
   if task == "pretrain":
     from syncmask_jax import train  # pylint: disable=g-import-not-at-top
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = train.train_and_evaluate(config, _WORKDIR.value)
   else:  # category | tgir | retrieval, from a pretraining checkpoint
     from syncmask_jax import finetune  # pylint: disable=g-import-not-at-top
-    results = finetune.finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = finetune.finetune_and_evaluate(config, _WORKDIR.value)
   if jax.process_index() == 0:
     _print_summary(_WORKDIR.value, task, results)
 

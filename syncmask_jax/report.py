@@ -1,8 +1,12 @@
-"""The study: runs the sweep of `configs/study.py` and writes `docs/results.md`.
+"""The study: runs the sweep of `configs/study.py` and writes its report.
 
   python -m syncmask_jax.report --workdir=runs/study [--seeds=0,1,2] [--steps=1000]
-      [--finetune_steps=300] [--variants=albef,syncmask,...] [--jobs=2] [--docs=docs]
+      [--finetune_steps=300] [--variants=albef,syncmask,...] [--jobs=2] [--docs=DIR]
       [--no_run]   (report from the runs already in --workdir)
+      [--publish]  (into the repository: docs/results.md, docs/results/, README's block)
+
+The report goes to WORKDIR/report/ unless --publish (or --docs) says otherwise: a small
+or trial sweep never overwrites the published results.
 
 Each (variant, seed) is one pretraining run (`python -m syncmask_jax.main
 --config=configs/study.py:variant=V,seed=S,steps=N`, evaluated at the end: retrieval
@@ -524,10 +528,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   variants, _ = load_variants()
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/study")
-  p.add_argument("--docs", default=os.path.join(REPO, "docs"))
+  p.add_argument("--publish", action="store_true",
+                 help="write into the repository: docs/results.md, docs/results/ and the "
+                 "README's report block")
+  p.add_argument("--docs", default=None,
+                 help="folder of results.md and results/ (default: WORKDIR/report; with "
+                 "--publish: the repository's docs/)")
   p.add_argument("--readme", default=None,
-                 help="README whose report markers receive the overview ('': none; "
-                 "default: the repository's when --docs is the repository's docs/)")
+                 help="README whose report markers receive the overview (default: none; "
+                 "with --publish: the repository's README.md)")
   p.add_argument("--variants", default=",".join(variants))
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--steps", type=int, default=1000)
@@ -545,9 +554,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   if args.jobs < 1 or args.steps < 1 or args.finetune_steps < 1:
     p.error("--jobs, --steps and --finetune_steps must be >= 1")
   args.workdir = os.path.abspath(args.workdir)
+  if args.docs is None:
+    args.docs = (os.path.join(REPO, "docs") if args.publish
+                 else os.path.join(args.workdir, "report"))
   if args.readme is None:
-    default_docs = os.path.abspath(args.docs) == os.path.join(REPO, "docs")
-    args.readme = os.path.join(REPO, "README.md") if default_docs else ""
+    args.readme = os.path.join(REPO, "README.md") if args.publish else ""
   return args
 
 

@@ -22,6 +22,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 
 from syncmask_jax import checkpoint_import, checkpointing, config_lib, optim, sharding
 from syncmask_jax import train_state as train_state_lib
+from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax import train_step as train_step_lib
 from syncmask_jax.data import pipeline
 
@@ -122,14 +123,17 @@ def token_info(tokenizer) -> train_step_lib.TokenInfo:
       sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id, min_random_id=max(special) + 1)
 
 
-def match_vocab(config: ml_collections.ConfigDict, tokens: train_step_lib.TokenInfo) -> None:
-  """The model's vocabulary is the tokenizer's unless a text checkpoint fixes it."""
-  if config.model.vocab_size != tokens.vocab_size:
-    if config.model.text_init:
-      raise ValueError(f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
-                       f"has {tokens.vocab_size} entries")
-    with config.unlocked():
-      config.model.vocab_size = tokens.vocab_size
+def resolve_vocab(config: ml_collections.ConfigDict) -> train_step_lib.TokenInfo:
+  """Sets `data.vocab_path` to the file read and `model.vocab_size` to its size (the
+  values config.json records), unless a text checkpoint fixes the size."""
+  path = pipeline.vocab_path(config)
+  tokens = token_info(tokenizer_lib.Tokenizer.from_file(path))
+  if config.model.vocab_size != tokens.vocab_size and config.model.text_init:
+    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
+                     f"{path} has {tokens.vocab_size} entries")
+  config.data.vocab_path = path
+  config.model.vocab_size = tokens.vocab_size
+  return tokens
 
 
 def log_compiled(compiled, writer, global_batch: int) -> dict:
@@ -172,13 +176,12 @@ def check_finite(history: list[dict], first_step: int, config) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains per `config`, checkpoints into `workdir`, evaluates at the end."""
   config_lib.validate(config)
+  tokens = resolve_vocab(config)
   writer = start_run(config, workdir)
 
   # --- data, model, state --------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   train_iter = pipeline.make_train_iterator(config)
-  tokens = token_info(train_iter.tokenizer)
-  match_vocab(config, tokens)
   steps_per_epoch = train_iter.steps_per_epoch
   state, setup = train_state_lib.create_train_state(
       config, mesh, lambda p: optim.make_optimizer(config.optim, p, config.total_steps),

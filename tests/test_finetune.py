@@ -228,6 +228,18 @@ def test_load_pretrained_mismatch_names_the_likely_cause(tmp_path):
     finetune.load_pretrained(str(tmp_path), wider)
 
 
+def test_load_pretrained_from_a_relative_path(files, monkeypatch):
+  """Orbax has no metadata for a relative path; the README's init_checkpoint is one."""
+  tmp = files["tmp"]
+  c = _config("category", tmp)
+  c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
+  params = numpy_params(lambda: train_state_lib.build_model(c, 0))
+  monkeypatch.chdir(tmp)
+  loaded, step = finetune.load_pretrained(os.path.join("pretrain", "checkpoints"), params)
+  assert step == 3
+  np.testing.assert_array_equal(loaded["temp"], files["state"]["params"]["temp"])
+
+
 def test_tgir_few_steps_both_gallery_protocols(files):
   tmp = files["tmp"]
   c = _config("tgir", tmp)

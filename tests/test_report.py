@@ -91,6 +91,23 @@ def test_report_from_run_files(tmp_path):
   assert summary["random_masks"]["0"]["false_negative_rate"] == pytest.approx(0.015)
 
 
+def test_report_goes_to_the_workdir_unless_published(tmp_path):
+  """A trial sweep never rewrites the repository's README, docs/results.md or plots."""
+  root = tmp_path / "runs"
+  _fake_run(report.run_dir(str(root), "syncmask", 0), r_mean=10.0, patch=0.4,
+            patch_random=0.25, fn_rate=0.0, accuracy=50.0, seconds=60.0)
+  published = [os.path.join(report.REPO, p) for p in ("README.md", "docs/results.md")]
+  before = [os.path.getmtime(p) for p in published]
+  path = report.main([f"--workdir={root}", "--variants=syncmask", "--seeds=0", "--no_run"])
+  assert path == str(root / "report" / "results.md")
+  assert os.path.getsize(root / "report" / "results" / "recall.png") > 1000
+  assert [os.path.getmtime(p) for p in published] == before
+  args = report.parse_args([f"--workdir={root}", "--publish"])
+  assert args.docs == os.path.join(report.REPO, "docs")
+  assert args.readme == os.path.join(report.REPO, "README.md")
+  assert report.parse_args([f"--workdir={root}"]).readme == ""
+
+
 def test_bad_variant_is_named(capsys):
   with pytest.raises(SystemExit):
     report.parse_args(["--variants=syncmask,nope"])

@@ -67,8 +67,9 @@ _MAX_REPLACEMENTS = 64  # unreadable records in a row before a train read gives 
 # -- sources ------------------------------------------------------------------------------
 
 
-def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
-  """`config.data.vocab_path`, or the SynthFashion vocabulary for SynthFashion."""
+def vocab_path(config: ml_collections.ConfigDict) -> str:
+  """The vocabulary file a run reads: `config.data.vocab_path`, or (empty) the cached
+  SynthFashion vocabulary for SynthFashion."""
   path = config.data.vocab_path
   if not path:
     if config.data.name != "synthfashion":
@@ -76,7 +77,11 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer
                        "BERT vocab.txt or tokenizer.json (the SynthFashion vocabulary "
                        "only knows the generator's words)")
     path = tokenizer_lib.synthfashion_vocab()
-  return tokenizer_lib.Tokenizer.from_file(path)
+  return path
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
+  return tokenizer_lib.Tokenizer.from_file(vocab_path(config))
 
 
 @functools.lru_cache(maxsize=16)
