@@ -430,6 +430,14 @@ def category_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: An
 # -- pretraining ------------------------------------------------------------------------
 
 
+def masks_trained(config: ml_collections.ConfigDict, counts: dict[str, float]) -> list[str]:
+  """The kinds of mask (patch, token) the recipe trains with, whose precision means
+  something: patch masks feed only MIM (none in ALBEF), and text-guided masking picks no
+  tokens (SemMIM's MLM mask is the random one)."""
+  return [kind for kind, used in (("patch", config.loss.mim > 0),
+                                  ("token", counts["method_token_count"] > 0)) if used]
+
+
 def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens,
                          workdir: str, writer=None, *, step: int = 0) -> dict[str, Any]:
   """Retrieval of the online model on the eval split; on SynthFashion also mask
@@ -449,6 +457,7 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
   if counts:
     ratio = lambda h, c: counts[h] / max(counts[c], 1.0)
     results["mask_strategy"] = config.masking.strategy
+    results["masks_trained"] = masks_trained(config, counts)
     for kind in ("method", "random"):
       results[f"mask_precision_patch_{kind}"] = ratio(f"{kind}_patch_hits",
                                                       f"{kind}_patch_count")
@@ -526,13 +535,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
       recalls = "  ".join(f"R@{k[1:]} {v:.1f}" for k, v in b.items()
                           if k[:1] == "r" and k[1:].isdigit())
       lines.append(f"{label}: {recalls}")
-  if "mask_precision_patch_method" in results:
-    lines.append(
-        f"mask precision ({results['mask_strategy']} vs random): patches "
-        f"{results['mask_precision_patch_method']:.3f} vs "
-        f"{results['mask_precision_patch_random']:.3f}, tokens "
-        f"{results['mask_precision_token_method']:.3f} vs "
-        f"{results['mask_precision_token_random']:.3f}")
+  plural = {"patch": "patches", "token": "tokens"}
+  precisions = [f"{plural[kind]} {results[f'mask_precision_{kind}_method']:.3f} vs "
+                f"{results[f'mask_precision_{kind}_random']:.3f}"
+                for kind in results.get("masks_trained", ())]
+  if precisions:
+    lines.append(f"mask precision ({results['mask_strategy']} vs random): "
+                 + ", ".join(precisions))
   return lines
 
 
