@@ -106,12 +106,15 @@ def _alive(owner: dict) -> bool:
 def _read_lock(path: str) -> dict | None:
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      owner = json.load(f)
+    if not (isinstance(owner, dict) and isinstance(owner.get("pid"), int) and "host" in owner):
+      raise ValueError("expected a JSON object with pid, host and started")
+    return owner
   except FileNotFoundError:
     return None
   except (OSError, ValueError) as e:
-    raise WorkdirInUseError(f"{path}: unreadable lock file ({e}); delete it if no run uses "
-                            "this workdir") from e
+    raise WorkdirInUseError(f"{path}: unreadable lock file ({e!r}); delete it if no run "
+                            "uses this workdir") from e
 
 
 def lock_workdir(workdir: str) -> None:
