@@ -17,6 +17,18 @@ from absl import logging
 from syncmask_jax import paths
 
 
+def latest_step(directory: str) -> int | None:
+  """The step of the latest complete checkpoint in `directory` (None: none), read-only."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False), item_names=("state", "data"))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, keep_every: int = 0,

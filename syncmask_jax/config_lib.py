@@ -207,6 +207,9 @@ def default_config() -> ml_collections.ConfigDict:
   # by restarts and by runs of the same model (train.use_compilation_cache).
   c.compilation_cache_dir = ""
   c.nonfinite = "stop"  # stop | skip
+  # A resume under a config other than the workdir's config.json: refused unless True,
+  # then logged in config_history.jsonl (resume.py; what may change freely is listed there).
+  c.allow_config_change = False
   return c
 
 

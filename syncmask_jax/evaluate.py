@@ -486,6 +486,15 @@ def naming_step(step: int):
 # -- pretraining ------------------------------------------------------------------------
 
 
+def masks_trained(config: ml_collections.ConfigDict, counts: dict[str, float]) -> list[str]:
+  """The kinds of mask (patch, token) the recipe trains with, whose precision means
+  something: patch masks feed only MIM (none in ALBEF), and text-guided masking picks no
+  tokens (SemMIM's MLM mask is the random one)."""
+  return [kind for kind, used in (("patch", config.loss.mim > 0),
+                                  ("token", counts["masks/method/token_share_visible_count"]
+                                   > 0)) if used]
+
+
 def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens,
                          workdir: str, writer=None, *, step: int = 0) -> dict[str, Any]:
   """Retrieval of the online model on the eval split; on SynthFashion also mask
@@ -506,6 +515,7 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
   if counts:
     results["mask_strategy"] = config.masking.strategy
     results["mask_source"] = config.masking.source
+    results["masks_trained"] = masks_trained(config, counts)
     for kind in ("method", "random"):
       shares = grounding.ratios({k[len(f"masks/{kind}/"):]: v for k, v in counts.items()
                                  if k.startswith(f"masks/{kind}/")})
@@ -608,24 +618,28 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
       recalls = "  ".join(f"R@{k[1:]} {v:.1f}" for k, v in b.items()
                           if k[:1] == "r" and k[1:].isdigit())
       lines.append(f"{label}: {recalls}")
-  if "mask_precision_patch_method" in results:
-    lines.append(
-        f"mask precision ({results['mask_strategy']} vs random): patches "
-        f"{results['mask_precision_patch_method']:.3f} vs "
-        f"{results['mask_precision_patch_random']:.3f}, tokens "
-        f"{results['mask_precision_token_method']:.3f} vs "
-        f"{results['mask_precision_token_random']:.3f}")
+  plural = {"patch": "patches", "token": "tokens"}
+  trained = results.get("masks_trained", ())
+  precisions = [f"{plural[kind]} {results[f'mask_precision_{kind}_method']:.3f} vs "
+                f"{results[f'mask_precision_{kind}_random']:.3f}" for kind in trained]
+  if precisions:
+    lines.append(f"mask precision ({results['mask_strategy']} vs random): "
+                 + ", ".join(precisions))
   if "grounding" in results:
-    g = results["grounding"].get(results.get("mask_source", "attention"), {})
-    lines.append(
-        f"grounding ({results.get('mask_source', 'attention')}, momentum model): visible "
-        f"words' pointing {g.get('visible/pointing', float('nan')):.2f}, share on their "
-        f"patches {g.get('visible/own_share', float('nan')):.2f}; AUC s_img "
-        f"{g.get('auc_patch', float('nan')):.2f}, s_txt {g.get('auc_token', float('nan')):.2f}"
-        f"; masked tokens: function words {results['mask_token_share_function_method']:.2f}"
-        f" vs {results['mask_token_share_function_random']:.2f}, unshowable "
-        f"{results['mask_token_share_invisible_method']:.2f} vs "
-        f"{results['mask_token_share_invisible_random']:.2f}")
+    source = results.get("mask_source", "attention")
+    g = results["grounding"].get(source, {})
+    line = (f"grounding ({source}, momentum model): visible words' pointing "
+            f"{g.get('visible/pointing', float('nan')):.2f}, share on their patches "
+            f"{g.get('visible/own_share', float('nan')):.2f}; AUC s_img "
+            f"{g.get('auc_patch', float('nan')):.2f}, s_txt "
+            f"{g.get('auc_token', float('nan')):.2f}")
+    if "token" in trained:
+      line += (f"; masked tokens: function words "
+               f"{results['mask_token_share_function_method']:.2f} vs "
+               f"{results['mask_token_share_function_random']:.2f}, unshowable "
+               f"{results['mask_token_share_invisible_method']:.2f} vs "
+               f"{results['mask_token_share_invisible_random']:.2f}")
+    lines.append(line)
   return lines
 
 

@@ -66,10 +66,12 @@ def _print_summary(workdir: str, task: str, results: dict) -> None:
   from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
   lines = [f"workdir:      {os.path.abspath(workdir)}",
            f"metrics:      {os.path.join(workdir, 'metrics.jsonl')} (+ TensorBoard events)",
-           f"checkpoints:  {os.path.join(workdir, 'checkpoints')}",
-           f"evaluation:   {os.path.join(workdir, 'eval', task + '.json')}"]
+           f"checkpoints:  {os.path.join(workdir, 'checkpoints')}"]
+  if "results" in results:  # an evaluation ran (not with eval_at_end=False or a stop)
+    lines.append(f"evaluation:   {os.path.join(workdir, 'eval', task + '.json')}")
   if "preempted_at" in results:
-    lines.append(f"preempted at step {results['preempted_at']}; rerun the same command to resume")
+    lines.append(f"stopped at step {results['preempted_at']} by {results['signal']}, "
+                 "checkpoint saved; rerun the same command to resume")
   else:
     lines += evaluate.summary_lines(results)
   print("\n".join(lines), flush=True)

@@ -152,6 +152,25 @@ def test_eval_settings_name_the_field():
   assert evaluate.eval_settings(c).scoring == ("itc", "itc+itm")
 
 
+@pytest.mark.parametrize("recipe,token_count,kinds", [
+    ("syncmask", 12.0, ["patch", "token"]),
+    ("albef", 12.0, ["token"]),  # no MIM: its patch masks train nothing
+    ("semmim", 0.0, ["patch"]),  # text-guided masks pick no tokens
+])
+def test_mask_precision_is_summarised_only_for_masks_the_recipe_trains(recipe, token_count,
+                                                                       kinds):
+  c = config_lib.apply_recipe(config_lib.default_config(), recipe)
+  assert evaluate.masks_trained(
+      c, {"masks/method/token_share_visible_count": token_count}) == kinds
+  results = {"mask_strategy": c.masking.strategy, "masks_trained": kinds,
+             "mask_precision_patch_method": 0.5, "mask_precision_patch_random": 0.25,
+             "mask_precision_token_method": 0.0, "mask_precision_token_random": 0.125}
+  line, = evaluate.summary_lines(results)
+  shown = {"patch": "patches 0.500 vs 0.250", "token": "tokens 0.000 vs 0.125"}
+  assert line == (f"mask precision ({c.masking.strategy} vs random): "
+                  + ", ".join(shown[k] for k in kinds))
+
+
 def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
   """A real TrainState checkpoint (8-device layout) at steps 1 and 2, evaluated at the
   named step 1 on 2 devices: parameters only, resharded on restore."""
@@ -187,6 +206,7 @@ def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
   for kind in ("patch", "token"):
     for masks in ("method", "random"):
       assert 0.0 <= out[f"mask_precision_{kind}_{masks}"] <= 1.0
+  assert out["masks_trained"] == ["patch", "token"]  # SyncMask trains with both
   assert len(out["pictures"]) == 4
   for path in out["pictures"]:
     assert os.path.getsize(path) > 0 and Image.open(path).size[0] > 0

@@ -158,6 +158,7 @@ def test_category_recognition_few_steps_and_metrics_json(files):
   c.data.root = str(tmp / "fashiongen")
   c.finetune = ml_collections.ConfigDict(dict(label="category", num_classes=0))
   workdir = str(tmp / "category")
+  rerun = c.copy_and_resolve_references()  # a new command's config, before resolution
   results = finetune.finetune_and_evaluate(c, workdir)
   out = _json(os.path.join(workdir, "eval", "category.json"))
   assert out == json.loads(json.dumps(results))
@@ -171,10 +172,14 @@ def test_category_recognition_few_steps_and_metrics_json(files):
            if "train/loss" in l]
   assert steps == [1, 2]
   assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [2]
-  # Rerunning resumes from the run's own checkpoint (init_checkpoint is not read again):
-  # nothing left to train, the same parameters evaluate to the same numbers.
-  c.init_checkpoint = str(tmp / "no_such_directory")
-  again = finetune.finetune_and_evaluate(c, workdir)
+  # Rerunning resumes from the run's own checkpoint (init_checkpoint is not read again,
+  # and changing it needs the allowance): nothing left to train, the same parameters
+  # evaluate to the same numbers.
+  rerun.init_checkpoint = str(tmp / "no_such_directory")
+  with pytest.raises(ValueError, match="config.init_checkpoint: .*allow_config_change"):
+    finetune.finetune_and_evaluate(rerun.copy_and_resolve_references(), workdir)
+  rerun.allow_config_change = True
+  again = finetune.finetune_and_evaluate(rerun, workdir)
   assert again["results"] == results["results"] and again["step"] == 2
 
 
