@@ -174,7 +174,10 @@ def test_mask_precision_is_summarised_only_for_masks_the_recipe_trains(recipe, t
 def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
   """A real TrainState checkpoint (8-device layout) at steps 1 and 2, evaluated at the
   named step 1 on 2 devices: parameters only, resharded on restore."""
-  overrides = {"model.vision_depth": 1, "data.global_batch_size": 8,
+  # The default's model at configs/synthfashion.py's size except a 4x4 grid and one
+  # fusion layer (cheaper); the run has no config.json, so the flags must say so.
+  overrides = {"model.vision_depth": 1, "model.patch_size": 16, "model.fusion_layers": 1,
+               "model.text_heads": 2, "data.global_batch_size": 8,
                "data.eval_batch_size": 8, "data.synth_val_products": 10, "queue_size": 16}
   c = config_lib.default_config()
   for k, v in overrides.items():
@@ -207,10 +210,21 @@ def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
     for masks in ("method", "random"):
       assert 0.0 <= out[f"mask_precision_{kind}_{masks}"] <= 1.0
   assert out["masks_trained"] == ["patch", "token"]  # SyncMask trains with both
+  g = out["grounding"]
+  assert set(g) == {"attention", "attention_centered", "heads"}  # one fusion layer: no Grad-CAM
+  assert np.shape(g["heads"]["attention"]["visible/pointing"]) == (1, 2)  # (layers, heads)
+  assert "gradcam" not in g["heads"]
+  for source in ("attention", "attention_centered"):
+    for measure in ("auc_patch", "auc_token", "visible/pointing", "function/garment_share",
+                    "patch_precision", "token_share_visible"):
+      assert 0.0 <= g[source][measure] <= 1.0, (source, measure)
+  # The map of the run's own source gives the run's masks.
+  assert g["attention"]["patch_precision"] == out["mask_precision_patch_method"]
   assert len(out["pictures"]) == 4
   for path in out["pictures"]:
     assert os.path.getsize(path) > 0 and Image.open(path).size[0] > 0
   assert "retrieval full_gallery/itc (" in run.stdout and "mask precision" in run.stdout
+  assert "grounding (attention, momentum model): visible words' pointing" in run.stdout
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert any(r["step"] == 1 and "eval/pretrain/one_plus_100/itc/r_mean" in r for r in rows)
   assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
