@@ -14,12 +14,19 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
+# pip, less one warning per package about extra index folders that lack it (a machine's
+# pip.conf can name such folders; the warning is harmless and repeats ~100 times).
+_pip() {
+  "$VENV/bin/python" -m pip "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
 _extra="${LOCK:+-$LOCK}"
 if [ -n "${UNLOCKED:-}" ]; then
   _spec="."
   [ -n "${LOCK:-}" ] && _spec=".[$LOCK]"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q --upgrade --upgrade-strategy eager \
+  _pip install -q --upgrade pip
+  _pip install -q --upgrade --upgrade-strategy eager \
     -c requirements/torch-cpu.txt -e "$_spec"
   "$VENV/bin/python" -m pip freeze --exclude-editable > "$VENV/unlocked-freeze.txt"
   echo "UNLOCKED: newest releases installed in $VENV (list: $VENV/unlocked-freeze.txt)" >&2
@@ -39,8 +46,8 @@ else
     rm -f "$_stamp"
     # --no-deps: the lock is complete (pip-compile's closure), so nothing unlocked gets in;
     # the lock carries setuptools and wheel, hence no build isolation for our own package.
-    "$VENV/bin/python" -m pip install -q --no-deps --require-hashes -r "$_lock"
-    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    _pip install -q --no-deps --require-hashes -r "$_lock"
+    _pip install -q --no-deps --no-build-isolation -e .
     echo "$_hash" > "$_stamp"
   fi
 fi

@@ -1,10 +1,14 @@
 """Runs the PyTorch parity tests (test_checkpoint_import.py) in a subprocess.
 
-torch and the jax/TensorFlow stack share one address space badly: PyPI's CUDA build of
-torch (2.14.1) segfaulted in the first parity test when the whole tests directory was
-collected in one process, though the same test passed alone (README, "Tests"). In a
-subprocess a crash fails this one test, naming the signal, and the suite goes on; the
-subprocess imports only what that module needs.
+torch and the rest of the suite share one address space badly. With PyPI's CUDA build of
+torch (2.14.1, which brings triton), collecting the whole tests directory segfaulted the
+first parity test: the data tests import TensorFlow, which loads its own LLVM with
+RTLD_GLOBAL (tensorflow/python/pywrap_dlopen_global_flags.py); transformers' BERT then
+imports torch._dynamo -> triton, and the static initialisers of libtriton.so (another
+LLVM) bind to TensorFlow's llvm::DebugCounter and crash in free(). Alone, TensorFlow
+is never imported and the test passes. In a subprocess that imports only this module's
+needs, the clash cannot happen, and any other crash fails this one test, naming the
+signal, while the suite goes on.
 """
 
 import importlib.util
