@@ -224,7 +224,8 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
                     cams: jax.Array, maskable: jax.Array, batch: dict) -> dict[str, jax.Array]:
   """Per-row grounding sums (`grounding.py`) of every mask source's map, with the AUCs
   of its SyncMask scores (`grounding/<source>/...`), and of every fusion layer and head
-  of the attention and Grad-CAM maps (`heads/<source>/...`, (B, L, H))."""
+  of the attention and Grad-CAM maps (`heads/<source>/...`, (B, L, H); Grad-CAM without
+  the last layer)."""
   token_part, patch_part = batch["gt_token_part"], batch["gt_patch_part"]
   num_layers = probs.shape[0]
   out = {}
@@ -246,7 +247,10 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
             **grounding.mask_sums(patch, token, batch["gt_patch_visible"], token_part,
                                   maskable)}
     out.update({f"grounding/{source}/{k}": v for k, v in sums.items()})
-  for source, maps in (("attention", probs), ("gradcam", cams)):
+  # Grad-CAM per layer leaves out the last, where it is zero for every word.
+  for source, maps in (("attention", probs), ("gradcam", cams[:-1])):
+    if not maps.shape[0]:
+      continue
     # (L, B, H, T, 1+N) -> sums over (L, H), rows first so padded rows can be dropped.
     per_head = jax.vmap(jax.vmap(
         lambda a: grounding.map_sums(a[..., 1:], token_part, maskable, patch_part),
