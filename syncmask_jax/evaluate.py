@@ -232,7 +232,7 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
   for source in masking.SOURCES:
     sync_cfg = ml_collections.ConfigDict(dict(cfg.to_dict(), strategy="syncmask",
                                               source=source, warmup_steps=0))
-    if source == "gradcam" and cfg.source != "gradcam":
+    if source.startswith("gradcam") and not cfg.source.startswith("gradcam"):
       if num_layers == 1:
         continue  # one fusion layer has no Grad-CAM for words (masking.word_patch_map)
       sync_cfg.layers = (max(num_layers // 2 - 1, 0),)  # ALBEF: the 3rd of 6

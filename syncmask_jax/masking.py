@@ -35,7 +35,7 @@ Array = jax.Array
 
 STRATEGIES = ("random", "syncmask", "text_guided")
 # Where the word->patch map comes from (`word_patch_map`).
-SOURCES = ("attention", "attention_centered", "gradcam")
+SOURCES = ("attention", "attention_centered", "gradcam", "gradcam_centered")
 SELECTIONS = ("topk", "gumbel")
 HEAD_REDUCES = ("mean", "max")
 SCORES = ("mass", "log_mass")
@@ -96,8 +96,8 @@ def aggregate_cross_attention(cross_probs: Array, layers: Sequence[int] = (-1,),
 def teacher_cross_attention(teacher, text_hidden: Array, text_mask: Array,
                             image_tokens: Array, source: str) -> tuple[Array, Array | None]:
   """The momentum model's fusion cross-attention (L, B, H, T, 1+N) on the unmasked pair
-  and, for `source="gradcam"`, its Grad-CAM maps of the same shape (else None)."""
-  if source == "gradcam":
+  and, for the `gradcam` sources, its Grad-CAM maps of the same shape (else None)."""
+  if source.startswith("gradcam"):
     cams, probs = teacher.itm_gradcam(text_hidden, text_mask, image_tokens)
     return probs, jax.lax.stop_gradient(cams)
   _, probs = teacher.fuse(text_hidden, text_mask, image_tokens)
@@ -110,36 +110,37 @@ def word_patch_map(cfg: ml_collections.ConfigDict, cross_probs: Array, text_mask
   `cfg.source`).
 
   * `attention`: the cross-attention (`aggregate_cross_attention`);
-  * `attention_centered` [ours]: each word's attention minus the caption's mean
-    attention on that patch (maskable words), positive part: a patch every word attends
-    to (an attention sink, or the garment as a whole) stops outvoting the patches one
-    word singles out;
   * `gradcam`: ALBEF's Grad-CAM (`VLP.itm_gradcam`), layers and heads reduced as the
-    attention.
+    attention;
+  * `<map>_centered` [ours]: each word's map minus the caption's mean on that patch
+    (maskable words), positive part: a patch every word attends to (an attention sink,
+    or the garment as a whole) stops outvoting the patches one word singles out.
   """
   source = source or cfg.get("source", "attention")
+  if source not in SOURCES:
+    raise ValueError(f"config.masking.source={source!r}: expected one of {SOURCES}")
+  base = source.removesuffix("_centered")
   layers = (cfg.layers,) if isinstance(cfg.layers, int) else tuple(cfg.layers)
-  if source == "gradcam":
+  if base == "gradcam":
     if cams is None:
-      raise ValueError("config.masking.source='gradcam' needs the Grad-CAM maps "
+      raise ValueError(f"config.masking.source={source!r} needs the Grad-CAM maps "
                        "(masking.teacher_cross_attention)")
     num_layers = cams.shape[0]
     if all(l % num_layers == num_layers - 1 for l in layers):
       # The ITM logit reads only the [CLS] row of the last layer, so every word's
       # gradient there is zero (ALBEF takes the 3rd of its 6 fusion layers).
-      raise ValueError(f"config.masking.layers={layers} with source='gradcam': the last "
+      raise ValueError(f"config.masking.layers={layers} with source={source!r}: the last "
                        f"fusion layer's Grad-CAM is zero for every word; choose an earlier "
                        f"one of the {num_layers} fusion layers")
-    return aggregate_cross_attention(cams, layers, cfg.head_reduce)
-  attn = aggregate_cross_attention(cross_probs, layers, cfg.head_reduce)
-  if source == "attention":
-    return attn
-  if source == "attention_centered":
-    w = text_maskable[..., None].astype(jnp.float32)
-    mean = jnp.sum(attn * w, axis=1, keepdims=True) / jnp.maximum(
-        jnp.sum(w, axis=1, keepdims=True), 1.0)
-    return jax.nn.relu(attn - mean)
-  raise ValueError(f"config.masking.source={source!r}: expected one of {SOURCES}")
+    a = aggregate_cross_attention(cams, layers, cfg.head_reduce)
+  else:
+    a = aggregate_cross_attention(cross_probs, layers, cfg.head_reduce)
+  if base == source:
+    return a
+  w = text_maskable[..., None].astype(jnp.float32)
+  mean = jnp.sum(a * w, axis=1, keepdims=True) / jnp.maximum(
+      jnp.sum(w, axis=1, keepdims=True), 1.0)
+  return jax.nn.relu(a - mean)
 
 
 def _top_count(keys: Array, valid: Array, k: int, row_count: Array | None) -> Array:
