@@ -1,12 +1,13 @@
 """Pictures of what SyncMask masks: patch mask, word cross-attention, masked words.
 
 For a few held-out pairs, one PNG each (`stepN_pairI.png`): the image with the patch
-mask overlaid, the momentum model's fusion cross-attention of chosen words (the masked
-words the patch mask took the most attention from), and the text with the masked
-words highlighted. Beside it `stepN_pairI_mask.png` holds the overlay alone at exact
+mask overlaid, the word->patch map the masks came from (`masking.source`: the momentum
+model's fusion cross-attention or its Grad-CAM) of chosen words (the masked words the
+patch mask took the most of that map from), and the text with the masked words
+highlighted. Beside it `stepN_pairI_mask.png` holds the overlay alone at exact
 pixels (nearest-neighbour upscaled), so a test or a script can read the mask back.
 
-The attention and the masks are the ones the train step uses (METHOD.md 2): the
+The map and the masks are the ones the train step uses (METHOD.md 2): the
 momentum model on the unmasked pair, `masking.masks_from_config` with the run's
 masking config. Matplotlib draws through the Agg canvas directly (no pyplot, no global
 backend switch).
@@ -70,7 +71,7 @@ def chosen_words(attn: np.ndarray, token_mask: np.ndarray, maskable: np.ndarray,
 
 def draw_pair(path: str, image: np.ndarray, patch_mask: np.ndarray, words: Sequence[str],
               token_mask: np.ndarray, attn: np.ndarray, chosen: Sequence[int],
-              title: str = "") -> list[str]:
+              title: str = "", map_name: str = "attention") -> list[str]:
   """Writes `path` (figure) and its `_mask.png` (exact overlay); returns both paths.
 
   image uint8 (S, S, 3); patch_mask (N,); words (T,) strings of the valid tokens;
@@ -93,7 +94,7 @@ def draw_pair(path: str, image: np.ndarray, patch_mask: np.ndarray, words: Seque
     heat = patch_grid(np.asarray(attn[t], np.float32), image.shape[0])
     ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
     ax.imshow(heat, cmap="inferno", alpha=0.6)
-    ax.set_title(f"attention of '{words[t]}'", fontsize=9)
+    ax.set_title(f"{map_name} of '{words[t]}'", fontsize=9)
   for ax in axes:
     ax.set_axis_off()
   # The text: masked words on a gold box, the shown words in bold, wrapped by hand
@@ -177,6 +178,8 @@ def pretraining_pictures(config: ml_collections.ConfigDict, graphdef: Any,
     path = os.path.join(directory, f"step{step}_pair{i}.png")
     draw_pair(path, image, np.asarray(out["patch_mask"][i]), names, token_mask, attn, chosen,
               title=f"step {step}, {config.masking.strategy} masks (momentum model), "
-                    f"product {int(host_batch['product_id'][i])}")
+                    f"product {int(host_batch['product_id'][i])}",
+              map_name=("attention" if config.masking.strategy == "random"
+                        else config.masking.get("source", "attention")))
     paths.append(path)
   return paths
