@@ -84,11 +84,13 @@ def print_table(results: list[dict]) -> None:
   for r in results:
     for name, t in r["times"].items():
       over = r["overhead_vs_random"].get(name)
+      over = "-" if over is None else f"{over * 100:+.1f}%"
       target = r["targets"].get(name)
+      if target is not None:
+        verdict = "met" if target["met"] else "missed"
+        target = f"{verdict} (<= {target['max_overhead'] * 100:.0f}%)"
       print(f"| {r['preset']} | {name} | {t['median_s'] * 1e3:.1f} | "
-            f"{t['p10_s'] * 1e3:.1f}-{t['p90_s'] * 1e3:.1f} | "
-            f"{'-' if over is None else f'{over * 100:+.1f}%'} | "
-            f"{'-' if target is None else ('met' if target['met'] else 'missed') + f' (<= {target['max_overhead'] * 100:.0f}%)'} |")
+            f"{t['p10_s'] * 1e3:.1f}-{t['p90_s'] * 1e3:.1f} | {over} | {target or '-'} |")
     print(f"| {r['preset']} | load avg (1 min) during timing | "
           f"{r['load_1min_during']['min']:.2f}-{r['load_1min_during']['max']:.2f} | | | |")
 

@@ -21,6 +21,7 @@ weights are transposed.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import pickle
@@ -34,6 +35,7 @@ import ml_dtypes
 import numpy as np
 from absl import logging
 
+from syncmask_jax import paths
 from syncmask_jax.models import vit
 
 Params = dict[str, Any]
@@ -68,17 +70,16 @@ class ImportReport:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_safetensors_raw(path: str) -> dict[str, np.ndarray]:
+def _read_safetensors_raw(raw: bytes) -> dict[str, np.ndarray]:
   """Minimal safetensors reader for dtypes numpy lacks (bfloat16, float8): the format is
   an 8-byte header length, a JSON header, then the raw little-endian tensors."""
   dtypes = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
             "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
             "F8_E5M2": ml_dtypes.float8_e5m2, "I64": np.int64, "I32": np.int32,
             "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-  with open(path, "rb") as f:
-    n = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(n))
-    data = f.read()
+  n = int.from_bytes(raw[:8], "little")
+  header = json.loads(raw[8:8 + n])
+  data = raw[8 + n:]
   out = {}
   for name, info in header.items():
     if name == "__metadata__":
@@ -89,12 +90,13 @@ def _read_safetensors_raw(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
+  raw = paths.path(path).read_bytes()  # an init checkpoint may sit in a bucket
   try:
     try:
-      return load_file(path)
+      return load(raw)
     except TypeError:  # bfloat16 and friends are not numpy dtypes.
-      return _read_safetensors_raw(path)
+      return _read_safetensors_raw(raw)
   except OSError:
     raise  # names the file already
   except Exception as e:  # SafetensorError (no file name), the raw reader's errors
@@ -111,7 +113,8 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
         "safetensors (e.g. `transformers` `save_pretrained(dir, safe_serialization=True)` or "
         "`safetensors.torch.save_file`) or install torch") from e
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(paths.path(path).read_bytes()), map_location="cpu",
+                       weights_only=True)
   except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
     raise ValueError(f"cannot read {path!r} as a torch checkpoint: {e}") from e
   state = state.get("model", state.get("state_dict", state))
@@ -144,10 +147,10 @@ def read_checkpoint(path: str, *, require_config: bool = True
   `pytorch_model.bin`, and `config.json`. With `require_config=False` the config may be
   absent ({} then) and `path` may also be a single weights file (`_read_weights_file`).
   """
-  if not require_config and os.path.isfile(path):
+  if not require_config and paths.path(path).is_file():
     return {}, {_normalise_key(k): v for k, v in _read_weights_file(path).items()}
-  if not os.path.isdir(path):
-    if require_config and os.path.isfile(path):
+  if not paths.path(path).is_dir():
+    if require_config and paths.path(path).is_file():
       raise FileNotFoundError(f"checkpoint {path!r} is a file: expected the checkpoint "
                               "directory holding config.json and the weights, "
                               f"{os.path.dirname(path) or '.'!r}")
@@ -157,23 +160,21 @@ def read_checkpoint(path: str, *, require_config: bool = True
                             "directory or a .safetensors/.pth/.pt/.bin file")
   config_path = os.path.join(path, "config.json")
   hf_config: dict[str, Any] = {}
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      hf_config = json.load(f)
+  if paths.path(config_path).exists():
+    hf_config = paths.read_json(config_path)
   elif require_config:
     raise FileNotFoundError(f"no config.json in checkpoint directory {path!r}")
   single = os.path.join(path, "model.safetensors")
   index = os.path.join(path, "model.safetensors.index.json")
   torch_bin = os.path.join(path, "pytorch_model.bin")
-  if os.path.exists(single):
+  if paths.path(single).exists():
     tensors = _read_safetensors(single)
-  elif os.path.exists(index):
-    with open(index) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+  elif paths.path(index).exists():
+    shards = sorted(set(paths.read_json(index)["weight_map"].values()))
     tensors = {}
     for shard in shards:
       tensors.update(_read_safetensors(os.path.join(path, shard)))
-  elif os.path.exists(torch_bin):
+  elif paths.path(torch_bin).exists():
     tensors = _read_torch_bin(torch_bin)
   else:
     raise FileNotFoundError(

@@ -8,7 +8,6 @@ straight into the sharded layout of the abstract state it is given.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -21,7 +20,7 @@ from syncmask_jax import paths
 def latest_step(directory: str) -> int | None:
   """The step of the latest complete checkpoint in `directory` (None: none), read-only."""
   directory = paths.resolve(directory)
-  if not os.path.isdir(directory):
+  if not paths.path(directory).is_dir():
     return None
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True, create=False), item_names=("state", "data"))

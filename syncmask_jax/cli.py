@@ -20,9 +20,7 @@
 from __future__ import annotations
 
 import ast
-import filecmp
 import importlib.util
-import json
 import os
 from typing import Any
 
@@ -88,9 +86,8 @@ def resolved_config(flag: flags.Flag, checkpoints: str = "") -> ml_collections.C
   run_json = (os.path.join(os.path.dirname(paths.resolve(checkpoints).rstrip("/")),
                            "config.json") if checkpoints else "")
   run = None
-  if run_json and os.path.isfile(run_json):
-    with open(run_json, encoding="utf-8") as f:
-      run = json.load(f)
+  if run_json and paths.path(run_json).is_file():
+    run = paths.read_json(run_json)
   elif run_json:
     logging.warning("%s not found: the model is the config's, not the checkpoint run's",
                     run_json)
@@ -144,8 +141,9 @@ def _adopt(config: ml_collections.ConfigDict, run: dict, run_json: str,
     ours = config[node][leaf]
     if field == "data.vocab_path":
       ours = paths.resolve(ours)
-      same = ours == theirs or (os.path.isfile(ours) and os.path.isfile(theirs)
-                                and filecmp.cmp(ours, theirs, shallow=False))
+      same = ours == theirs or (paths.path(ours).is_file() and paths.path(theirs).is_file()
+                                and paths.path(ours).read_bytes()
+                                == paths.path(theirs).read_bytes())
     else:
       same = ours == (tuple(theirs) if isinstance(ours, tuple) else theirs)
     if same:

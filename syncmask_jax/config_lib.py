@@ -202,6 +202,10 @@ def default_config() -> ml_collections.ConfigDict:
       dict(num_queries=1000, num_negatives=100, rounds=5, seed=0))
   c.eval.pictures = 4  # SynthFashion mask/attention overlays written at evaluation
   c.eval.picture_words = 2
+  # TensorBoard event files beside metrics.jsonl. TensorFlow writes them through its own
+  # gfile, outside the path layer (train.make_writer): off where that cannot reach the
+  # workdir's store (a GCS emulator).
+  c.tensorboard = True
   c.profile_steps = 0  # >0: a profiler trace of that many steps (clu periodic_actions.Profile)
   # JAX's persistent compilation cache ('' = off), e.g. ~/.cache/syncmask_jax/xla; shared
   # by restarts and by runs of the same model (train.use_compilation_cache).

@@ -45,7 +45,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import config_lib, grounding, masking, retrieval, sharding, train_step
+from syncmask_jax import config_lib, grounding, masking, paths, retrieval, sharding, train_step
 from syncmask_jax.data import pipeline
 
 # config.eval fields and their defaults (used where a config has no `eval` block).
@@ -592,9 +592,8 @@ def write_results(workdir: str, task: str, results: dict[str, Any], writer=None,
   """DIR/eval/<task>.json (process 0) and the writer's scalars; returns the path."""
   path = os.path.join(workdir, "eval", f"{task}.json")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
+    paths.path(path).parent.mkdir(parents=True, exist_ok=True)
+    paths.write_json(path, results)
     if writer is not None:
       writer.write_scalars(step, scalars(task, results))
       writer.flush()
@@ -672,7 +671,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   train.use_compilation_cache(config)
   mesh = sharding.make_mesh(config.mesh)
   directory = os.path.join(workdir, "checkpoints")
-  writer = train.make_writer(workdir)
+  writer = train.make_writer(workdir, config)
   try:
     if task == "pretrain":
       config_lib.validate(config)

@@ -136,7 +136,7 @@ def load_pretrained(directory: str, target: dict, *, item: str = "params",
   Returns (parameters, checkpoint step).
   """
   directory = paths.resolve(directory)  # Orbax has no metadata for a relative path
-  if not os.path.isdir(directory):
+  if not paths.path(directory).is_dir():
     raise FileNotFoundError(f"{directory!r}: no such directory (expected a run's "
                             "checkpoints/ directory)")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(

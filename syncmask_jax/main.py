@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-from syncmask_jax import cli  # pylint: disable=g-import-not-at-top
+from syncmask_jax import cli, cluster  # pylint: disable=g-import-not-at-top
 
 cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
@@ -46,9 +46,12 @@ def main(argv):
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+                               process_id=_PROCESS_ID.value,
+                               local_device_ids=cluster.local_device_ids(os.environ))
+  logging.info("JAX process %d/%d: local devices %s (%d global)", jax.process_index(),
+               jax.process_count(), jax.local_devices(), jax.device_count())
+  if jax.default_backend() == "gpu":
+    cluster.check_devices(os.environ, jax.local_devices(), jax.process_index())
   config = cli.resolved_config(flags.FLAGS["config"])
   task = config.get("task", "pretrain")
   if task == "pretrain":
@@ -63,8 +66,8 @@ def main(argv):
 
 def _print_summary(workdir: str, task: str, results: dict) -> None:
   import os  # pylint: disable=g-import-not-at-top
-  from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
-  lines = [f"workdir:      {os.path.abspath(workdir)}",
+  from syncmask_jax import evaluate, paths  # pylint: disable=g-import-not-at-top
+  lines = [f"workdir:      {paths.resolve(workdir)}",
            f"metrics:      {os.path.join(workdir, 'metrics.jsonl')} (+ TensorBoard events)",
            f"checkpoints:  {os.path.join(workdir, 'checkpoints')}"]
   if "results" in results:  # an evaluation ran (not with eval_at_end=False or a stop)

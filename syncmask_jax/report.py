@@ -34,9 +34,9 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Sequence
@@ -44,6 +44,8 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from syncmask_jax import paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY_CONFIG = os.path.join("configs", "study.py")
@@ -138,27 +140,38 @@ def _commands(variant: str, seed: int, args: argparse.Namespace, finetune: str,
 def run_one(variant: str, seed: int, args: argparse.Namespace, finetune: str) -> dict:
   """Runs what is missing of one (variant, seed); returns its run.json record."""
   directory = run_dir(args.workdir, variant, seed)
-  os.makedirs(directory, exist_ok=True)
+  paths.path(directory).mkdir(parents=True, exist_ok=True)
   info_path = os.path.join(directory, "run.json")
   info = {}
-  if os.path.exists(info_path):
-    with open(info_path, encoding="utf-8") as f:
-      info = json.load(f)
+  if paths.path(info_path).exists():
+    info = paths.read_json(info_path)
   for name, argv, done in _commands(variant, seed, args, finetune, directory):
-    if os.path.exists(done):
+    if paths.path(done).exists():
       continue
     log = os.path.join(directory, f"{name}.log")
     t0 = time.time()
-    with open(log, "w", encoding="utf-8") as f:
-      proc = subprocess.run(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0 or not os.path.exists(done):
+    proc = _run_logged(argv, log)
+    if proc.returncode != 0 or not paths.path(done).exists():
       raise RuntimeError(f"{variant} seed {seed}: {name} failed (exit {proc.returncode}); "
                          f"see {log}")
     # The command as a user types it (argv after the interpreter).
     info[name] = {"seconds": time.time() - t0, "command": " ".join(argv[1:])}
-    with open(info_path, "w", encoding="utf-8") as f:
-      json.dump(info, f, indent=2)
+    paths.write_json(info_path, info)
   return info
+
+
+def _run_logged(argv: list[str], log: str) -> subprocess.CompletedProcess:
+  """Runs `argv` with its output in `log`: live in a local file; for a bucket, in a
+  local temporary file copied up when the command ends (a child writes to a file
+  descriptor, which an object store has not)."""
+  if not paths.is_remote(log):
+    with paths.path(log).open("w", encoding="utf-8") as f:
+      return subprocess.run(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False)
+  with tempfile.TemporaryFile("w+", encoding="utf-8") as f:
+    proc = subprocess.run(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False)
+    f.seek(0)
+    paths.write_text(log, f.read())
+  return proc
 
 
 def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Namespace,
@@ -191,8 +204,7 @@ def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Name
 
 def read_run(directory: str) -> dict[str, Any]:
   """The figures of one run, from its files."""
-  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
-    pretrain = json.load(f)
+  pretrain = paths.read_json(os.path.join(directory, "eval", "pretrain.json"))
   out: dict[str, Any] = {"step": pretrain["step"]}
   for block in pretrain["results"]:
     if block.get("scoring") == "itc":
@@ -207,33 +219,32 @@ def read_run(directory: str) -> dict[str, Any]:
     out["token_precision"] = np.nan
   curves: dict[str, list[tuple[int, float]]] = {name: [] for name, _ in CURVES}
   false_negative = []
-  with open(os.path.join(directory, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      for name in curves:
-        if name in row:
-          curves[name].append((row["step"], row[name]))
-      if "train/negatives/false_negative_rate" in row:
-        false_negative.append(row["train/negatives/false_negative_rate"])
+  metrics = paths.path(os.path.join(directory, "metrics.jsonl")).read_text(encoding="utf-8")
+  for line in metrics.splitlines():
+    row = json.loads(line)
+    for name in curves:
+      if name in row:
+        curves[name].append((row["step"], row[name]))
+    if "train/negatives/false_negative_rate" in row:
+      false_negative.append(row["train/negatives/false_negative_rate"])
   out["curves"] = curves
   # Mean over the logged windows of training (each a mean over its steps).
   out["false_negative_rate"] = float(np.mean(false_negative)) if false_negative else np.nan
   tune_path = os.path.join(directory, "finetune", "eval", "category.json")
-  if os.path.exists(tune_path):
-    with open(tune_path, encoding="utf-8") as f:
-      block = json.load(f)["results"][0]
+  if paths.path(tune_path).exists():
+    block = paths.read_json(tune_path)["results"][0]
     out["subcategory_accuracy"] = float(block["accuracy"])
     out["subcategory_macro_f1"] = float(block["macro_f1"])
   info_path = os.path.join(directory, "run.json")
-  if os.path.exists(info_path):
-    with open(info_path, encoding="utf-8") as f:
-      info = json.load(f)
+  if paths.path(info_path).exists():
+    info = paths.read_json(info_path)
     out["seconds"] = sum(v["seconds"] for v in info.values())
     out["commands"] = {k: v["command"] for k, v in info.items()}
   # When the run started (its resolved config is written first) and last wrote a result.
-  out["started"] = os.path.getmtime(os.path.join(directory, "config.json"))
-  out["finished"] = max(os.path.getmtime(p) for p in (
-      os.path.join(directory, "eval", "pretrain.json"), tune_path) if os.path.exists(p))
+  mtime = lambda p: paths.path(p).stat().mtime
+  out["started"] = mtime(os.path.join(directory, "config.json"))
+  out["finished"] = max(mtime(p) for p in (
+      os.path.join(directory, "eval", "pretrain.json"), tune_path) if paths.path(p).exists())
   out["pictures"] = sorted(p for p in pretrain.get("pictures", []) if p.endswith(".png"))
   return out
 
@@ -244,7 +255,7 @@ def collect(root: str, variants: Sequence[str], seeds: Sequence[int]
   for v in variants:
     for s in seeds:
       d = run_dir(root, v, s)
-      if os.path.exists(os.path.join(d, "eval", "pretrain.json")):
+      if paths.path(os.path.join(d, "eval", "pretrain.json")).exists():
         runs.setdefault(v, {})[s] = read_run(d)
   return runs
 
@@ -296,7 +307,8 @@ def judge_claim(claim: Claim, runs: dict[str, dict[int, dict]]) -> dict[str, Any
 
 def _save(fig: Figure, path: str) -> None:
   FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  with paths.path(path).open("wb") as f:  # matplotlib opens only local files by name
+    fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
 def plot_curves(runs: dict[str, dict[int, dict]], path: str) -> None:
@@ -357,7 +369,7 @@ def machine() -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   model = platform.processor()
   try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:  # paths: ok (not a run file)
       model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
@@ -370,7 +382,7 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
                  args: argparse.Namespace, command: str) -> str:
   """docs/results.md, its PNGs and summary.json; returns the markdown's path."""
   fig_dir = os.path.join(args.docs, "results")
-  os.makedirs(fig_dir, exist_ok=True)
+  paths.path(fig_dir).mkdir(parents=True, exist_ok=True)
   plot_curves(runs, os.path.join(fig_dir, "mask_precision.png"))
   plot_bars(runs, [(f"{p}/r_mean", f"retrieval, {label} (mean of R@1/5/10 both ways)")
                    for p, label in PROTOCOLS], "recall (%)",
@@ -383,7 +395,7 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
         if i == 2:
           break
         name = f"overlay_{variant}_{i}.png"
-        shutil.copyfile(src, os.path.join(fig_dir, name))
+        paths.path(src).copy(paths.path(os.path.join(fig_dir, name)), overwrite=True)
         overlays.append((variant, name))
 
   judged = [(c, judge_claim(c, runs)) for c in CLAIMS]
@@ -487,14 +499,12 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
                 for cmd in r.get("commands", {}).values()]
   lines += ["```", ""]
   path = os.path.join(args.docs, "results.md")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
+  paths.write_text(path, "\n".join(lines))
   summary = {v: {str(s): {k: val for k, val in r.items()
                           if k not in ("curves", "pictures", "started", "finished")}
                  for s, r in sr.items()} for v, sr in runs.items()}
   summary["claims"] = [dict(claim=c.text, **j) for c, j in judged if j is not None]
-  with open(os.path.join(fig_dir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+  paths.write_json(os.path.join(fig_dir, "summary.json"), summary)
   if args.readme:
     docs = os.path.relpath(args.docs, os.path.dirname(os.path.abspath(args.readme)))
     update_readme(args.readme, [
@@ -513,15 +523,14 @@ README_END = "<!-- report:end -->"
 
 def update_readme(path: str, block: Sequence[str]) -> None:
   """Replaces the text between the README's report markers with `block`."""
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  text = paths.path(path).read_text(encoding="utf-8")
   if README_BEGIN not in text or README_END not in text:
     raise ValueError(f"{path}: no {README_BEGIN!r} ... {README_END!r} markers to write "
                      "the results between (or pass --readme='')")
   head, rest = text.split(README_BEGIN, 1)
   _, tail = rest.split(README_END, 1)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(head + README_BEGIN + "\n" + "\n".join(block) + "\n" + README_END + tail)
+  paths.write_text(path, head + README_BEGIN + "\n" + "\n".join(block) + "\n" + README_END
+                   + tail)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -553,7 +562,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.error(f"--variants: unknown {unknown}; expected some of {sorted(variants)}")
   if args.jobs < 1 or args.steps < 1 or args.finetune_steps < 1:
     p.error("--jobs, --steps and --finetune_steps must be >= 1")
-  args.workdir = os.path.abspath(args.workdir)
+  args.workdir = paths.resolve(args.workdir)
   if args.docs is None:
     args.docs = (os.path.join(REPO, "docs") if args.publish
                  else os.path.join(args.workdir, "report"))

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from syncmask_jax import checkpointing, config_lib
+from syncmask_jax import checkpointing, config_lib, paths
 
 LOCK_FILE = "run.lock"
 HISTORY_FILE = "config_history.jsonl"
@@ -36,7 +36,7 @@ HISTORY_FILE = "config_history.jsonl"
 # whole group.
 FREE_ON_RESUME = ("log_every", "checkpoint_every", "keep_checkpoints", "keep_every",
                   "eval_every", "eval_at_end", "eval.", "profile_steps",
-                  "compilation_cache_dir", "mesh.", "model.remat", "data.read_threads",
+                  "compilation_cache_dir", "tensorboard", "mesh.", "model.remat", "data.read_threads",
                   "data.prefetch_batches", "allow_config_change")
 
 # Fields that fix the shapes of the checkpointed state (parameters, optimizer state,
@@ -75,8 +75,7 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, step: int | N
   if step is not None:
     check_config(config, workdir, step)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 # -- the lock ---------------------------------------------------------------------------
@@ -86,7 +85,7 @@ def _process_start(pid: int) -> str | None:
   """The process's start time in clock ticks since boot (Linux), to tell a live process
   from a later one that reuses its pid; None where /proc has no such entry."""
   try:
-    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:  # paths: ok (not a run file)
       return f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime
   except (OSError, IndexError):
     return None
@@ -105,8 +104,7 @@ def _alive(owner: dict) -> bool:
 
 def _read_lock(path: str) -> dict | None:
   try:
-    with open(path, encoding="utf-8") as f:
-      owner = json.load(f)
+    owner = paths.read_json(path)
     if not (isinstance(owner, dict) and isinstance(owner.get("pid"), int) and "host" in owner):
       raise ValueError("expected a JSON object with pid, host and started")
     return owner
@@ -124,41 +122,35 @@ def lock_workdir(workdir: str) -> None:
   me = {"pid": os.getpid(), "host": socket.gethostname(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "pid_start": _process_start(os.getpid())}
-  while True:
+  while not paths.create_new(path, json.dumps(me)):
+    owner = _read_lock(path)
+    if owner is None:  # released meanwhile
+      continue
+    if owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
+      return
+    if owner.get("host") != me["host"] or _alive(owner):
+      raise WorkdirInUseError(
+          f"{workdir} is in use by pid {owner.get('pid')} on host {owner.get('host')} "
+          f"(started {owner.get('started')}; {path}). Use another --workdir, or delete "
+          "the lock file if that run is dead.") from None
+    # A dead process's lock: moved aside (atomically on a local file system), so of two
+    # runs taking it over only one succeeds; the other then finds the winner's lock.
+    stale = paths.path(f"{path}.stale.{me['pid']}")
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      break
-    except FileExistsError:
-      owner = _read_lock(path)
-      if owner is None:  # released meanwhile
-        continue
-      if owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
-        return
-      if owner.get("host") != me["host"] or _alive(owner):
-        raise WorkdirInUseError(
-            f"{workdir} is in use by pid {owner.get('pid')} on host {owner.get('host')} "
-            f"(started {owner.get('started')}; {path}). Use another --workdir, or delete "
-            "the lock file if that run is dead.") from None
-      # A dead process's lock: moved aside atomically, so of two runs taking it over
-      # only one succeeds; the other then finds the winner's lock.
-      stale = f"{path}.stale.{me['pid']}"
-      try:
-        os.rename(path, stale)
-      except FileNotFoundError:
-        continue
-      logging.warning("%s: taking over the lock of pid %s on %s (started %s), which is no "
-                      "longer running", workdir, owner.get("pid"), owner.get("host"),
-                      owner.get("started"))
-      os.remove(stale)
-  with os.fdopen(fd, "w", encoding="utf-8") as f:
-    json.dump(me, f)
+      paths.path(path).rename(stale)
+    except FileNotFoundError:
+      continue
+    logging.warning("%s: taking over the lock of pid %s on %s (started %s), which is no "
+                    "longer running", workdir, owner.get("pid"), owner.get("host"),
+                    owner.get("started"))
+    stale.unlink()
   atexit.register(_release, path, me)
 
 
 def _release(path: str, me: dict) -> None:
   try:
     if _read_lock(path) == me:
-      os.remove(path)
+      paths.path(path).unlink()
   except (OSError, WorkdirInUseError):
     pass
 
@@ -216,10 +208,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> 
   WORKDIR/config.json outside FREE_ON_RESUME (naming the fields), unless
   `config.allow_config_change`; state-shape fields are refused even then."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not paths.path(path).exists():
     return
-  with open(path, encoding="utf-8") as f:
-    changes = config_changes(json.load(f), config)
+  changes = config_changes(paths.read_json(path), config)
   if not changes:
     return
   shape = {k: v for k, v in changes.items() if _matches(k, STATE_FIELDS)}
@@ -240,8 +231,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> 
     entry = {"step": step,
              "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
              "changes": {k: list(v) for k, v in changes.items()}}
-    with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
-      f.write(json.dumps(entry) + "\n")
+    paths.append_text(os.path.join(workdir, HISTORY_FILE), json.dumps(entry) + "\n")
 
 
 # -- metrics ----------------------------------------------------------------------------
@@ -250,10 +240,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> 
 def truncate_metrics(path: str, step: int) -> None:
   """Drops the rows of `path` (metrics.jsonl) logged after `step`, and a row left
   half-written by a kill: the resumed run logs those steps again."""
-  if not os.path.exists(path):
+  if not paths.path(path).exists():
     return
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  lines = paths.path(path).read_text(encoding="utf-8").splitlines(keepends=True)
   keep = []
   for line in lines:
     try:
@@ -263,8 +252,5 @@ def truncate_metrics(path: str, step: int) -> None:
       pass
   if len(keep) == len(lines):
     return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  paths.write_text(path, "".join(keep))
   logging.info("%s: dropped %d rows logged after step %d", path, len(lines) - len(keep), step)

@@ -12,7 +12,6 @@ import html
 import json
 import os
 import re
-import tempfile
 import threading
 from typing import Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from syncmask_jax import paths
 from syncmask_jax.data import synthfashion
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -71,11 +71,19 @@ class Tokenizer:
   @classmethod
   def from_file(cls, path: str) -> Tokenizer:
     """A `vocab.txt` (one token per line, line number = id) or a `tokenizer.json`."""
-    if not os.path.isfile(path):
+    if not paths.path(path).is_file():
       raise FileNotFoundError(f"tokenizer file not found: {path}")
+    # Read through the path layer (a vocabulary in a bucket): `tokenizers` opens only
+    # local files by name.
+    text = paths.path(path).read_text(encoding="utf-8")
     if path.endswith(".json"):
-      return cls(tokenizers.Tokenizer.from_file(path))
-    vocab = models.WordPiece.read_file(path)
+      return cls(tokenizers.Tokenizer.from_str(text))
+    # WordPiece.read_file's parse: one token a line ("\n" only), right-trimmed, the line
+    # number its id.
+    lines = text.split("\n")
+    if lines[-1] == "":
+      lines.pop()
+    vocab = {t.rstrip(): i for i, t in enumerate(lines)}
     for t in ("[CLS]", "[SEP]", "[UNK]"):
       if t not in vocab:
         raise ValueError(f"{path}: vocabulary lacks {t}")
@@ -224,14 +232,12 @@ def synthfashion_vocab(cache_dir: str | None = None) -> str:
       [words, list(SPECIAL_TOKENS), _VOCAB_VERSION]).encode()).hexdigest()[:16]
   folder = os.path.join(cache_dir or default_cache_dir(), f"synthfashion_vocab-{key}")
   path = os.path.join(folder, "vocab.txt")
-  if os.path.isfile(path):
+  if paths.path(path).is_file():
     return path
   corpus = synthfashion.descriptions(_VOCAB_CORPUS_PRODUCTS)
   tokens = train_wordpiece(corpus, words)
-  os.makedirs(folder, exist_ok=True)
-  # Write-then-rename: concurrent processes (hosts, workers) never read a partial file.
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vocab-", suffix=".tmp")
-  with os.fdopen(fd, "w", encoding="utf-8") as f:
-    f.write("".join(t + "\n" for t in tokens))
-  os.replace(tmp, path)
+  paths.path(folder).mkdir(parents=True, exist_ok=True)
+  # paths.write_text writes then renames: concurrent processes (hosts, workers) never
+  # read a partial file.
+  paths.write_text(path, "".join(t + "\n" for t in tokens))
   return path

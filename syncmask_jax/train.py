@@ -20,7 +20,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from syncmask_jax import checkpoint_import, checkpointing, config_lib, optim, resume, sharding
+from syncmask_jax import checkpoint_import, checkpointing, config_lib, optim, paths, resume
+from syncmask_jax import sharding
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax import train_step as train_step_lib
@@ -56,12 +57,11 @@ class JsonlWriter(metric_writers.MetricWriter):
   """Appends `{"step": s, name: value, ...}` lines: greppable, diffable metrics."""
 
   def __init__(self, path: str):
-    self._file = open(path, "a", encoding="utf-8")
+    self._path = path
 
   def write_scalars(self, step: int, scalars) -> None:
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    paths.append_text(self._path, json.dumps(row) + "\n")
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -85,19 +85,25 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
   def flush(self):
-    self._file.flush()
+    pass
 
   def close(self):
-    self._file.close()
+    pass
 
 
-def make_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard events + metrics.jsonl on process 0; logging only elsewhere."""
+def make_writer(workdir: str, config: ml_collections.ConfigDict) -> metric_writers.MetricWriter:
+  """metrics.jsonl (+ TensorBoard events unless `config.tensorboard` is False) on process
+  0; logging only elsewhere.
+
+  TensorBoard's event files are the one thing written outside the path layer: TensorFlow
+  writes them through its own gfile (which reaches gs:// on the cloud, but no emulator).
+  """
   if jax.process_index() != 0:
     return metric_writers.LoggingWriter()
-  return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+  writers = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
+  if config.get("tensorboard", True):
+    writers.insert(0, metric_writers.create_default_writer(workdir, asynchronous=False))
+  return metric_writers.MultiWriter(writers)
 
 
 def use_compilation_cache(config: ml_collections.ConfigDict) -> None:
@@ -114,9 +120,9 @@ def start_run(config: ml_collections.ConfigDict, workdir: str) -> metric_writers
   after the checkpoint), writes the resolved config.json (process 0), turns on the
   compilation cache, returns the writer."""
   use_compilation_cache(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.path(workdir).mkdir(parents=True, exist_ok=True)
   resume.record_config(config, workdir, resume.claim_workdir(workdir))
-  return make_writer(workdir)
+  return make_writer(workdir, config)
 
 
 def token_info(tokenizer) -> train_step_lib.TokenInfo:

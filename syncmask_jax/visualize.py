@@ -28,7 +28,7 @@ from matplotlib import image as mpl_image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from syncmask_jax import masking, train_step
+from syncmask_jax import masking, paths, train_step
 from syncmask_jax.data import pipeline
 
 MASK_COLOR = (255, 40, 40)
@@ -79,7 +79,10 @@ def draw_pair(path: str, image: np.ndarray, patch_mask: np.ndarray, words: Seque
   """
   overlay = overlay_patch_mask(image, patch_mask)
   mask_path = path[:-len(".png")] + "_mask.png"
-  mpl_image.imsave(mask_path, np.kron(overlay, np.ones((_SCALE, _SCALE, 1), np.uint8)))
+  # Through file objects: matplotlib opens only local files by name.
+  with paths.path(mask_path).open("wb") as f:
+    mpl_image.imsave(f, np.kron(overlay, np.ones((_SCALE, _SCALE, 1), np.uint8)),
+                     format="png")
 
   panels = 2 + len(chosen)
   fig = Figure(figsize=(2.6 * panels, 3.6))
@@ -110,7 +113,8 @@ def draw_pair(path: str, image: np.ndarray, patch_mask: np.ndarray, words: Seque
   if title:
     fig.suptitle(title, fontsize=9)
   fig.subplots_adjust(bottom=0.28, top=0.85, wspace=0.05)
-  fig.savefig(path, dpi=100)
+  with paths.path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   return [path, mask_path]
 
 
@@ -164,9 +168,9 @@ def pretraining_pictures(config: ml_collections.ConfigDict, graphdef: Any,
   out = pair_arrays(config, graphdef, momentum_params, mesh, tokens, host_batch)
   if jax.process_index() != 0:
     return []
-  os.makedirs(directory, exist_ok=True)
+  paths.path(directory).mkdir(parents=True, exist_ok=True)
   tokenizer = iterator.tokenizer
-  paths = []
+  written = []
   for i in range(min(num, int(np.sum(host_batch["valid"])))):
     valid = np.asarray(host_batch["text_mask"][i], bool)
     ids = np.asarray(host_batch["text_ids"][i])[valid]
@@ -181,5 +185,5 @@ def pretraining_pictures(config: ml_collections.ConfigDict, graphdef: Any,
                     f"product {int(host_batch['product_id'][i])}",
               map_name=("attention" if config.masking.strategy == "random"
                         else config.masking.get("source", "attention")))
-    paths.append(path)
-  return paths
+    written.append(path)
+  return written

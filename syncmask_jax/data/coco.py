@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from syncmask_jax import paths
 from syncmask_jax.data.image_folder import BadRecords, ImageChecks, ImageFolderBuilder
 from syncmask_jax.data.transforms import ImageFiles
 
@@ -66,12 +67,11 @@ class KarpathyIndex:
     annotations = {}
     for split in SPLITS:
       path = annotation_file(root, name, split)
-      if os.path.exists(path):
-        with open(path) as fh:
-          try:
-            entries = json.load(fh)
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+      if paths.path(path).exists():
+        try:
+          entries = paths.read_json(path)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}: not valid JSON ({e})") from e
         for i, a in enumerate(entries):
           for field in ("image", "caption"):
             if field not in a:

@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from syncmask_jax import paths
 from syncmask_jax.tokenizer import clean_text
 
 SPLIT_FILES = {"train": "fashiongen_256_256_train.h5",
@@ -86,9 +87,17 @@ def _product_id(value: Any) -> int:
   return int(value)
 
 
+def open_h5(path: str) -> h5py.File:
+  """`path` for reading: a local file by name (h5py's own I/O), a bucket's through the
+  path layer (h5py reads any seekable file object)."""
+  if paths.is_remote(path):
+    return h5py.File(paths.path(path).open("rb"), "r")
+  return h5py.File(path, "r")
+
+
 def build_labels(train_path: str) -> dict[str, list[str]]:
   """Sorted category and subcategory names of the train file."""
-  with h5py.File(train_path, "r") as f:
+  with open_h5(train_path) as f:
     labels = {}
     for name, key in LABEL_FIELDS.items():
       if key not in f:
@@ -105,11 +114,11 @@ def train_identity(train_path: str) -> dict[str, Any]:
   Rows added, removed or relabelled change at least the mtime, so a cache built from
   other rows is rebuilt instead of reporting train labels as "unseen in train".
   """
-  st = os.stat(train_path)
-  with h5py.File(train_path, "r") as f:
+  size, mtime_ns = paths.size_and_mtime_ns(train_path)
+  with open_h5(train_path) as f:
     rows = {k: int(f[k].shape[0]) for k in ("input_image", *LABEL_FIELDS.values()) if k in f}
-  return {"file": os.path.basename(train_path), "size": st.st_size,
-          "mtime_ns": st.st_mtime_ns, "rows": rows}
+  return {"file": os.path.basename(train_path), "size": size, "mtime_ns": mtime_ns,
+          "rows": rows}
 
 
 def load_labels(directory: str) -> dict[str, list[str]]:
@@ -118,10 +127,9 @@ def load_labels(directory: str) -> dict[str, list[str]]:
   path = os.path.join(directory, LABELS_FILE)
   train_path = os.path.join(directory, SPLIT_FILES["train"])
   cached = None
-  if os.path.exists(path):
-    with open(path) as fh:
-      cached = json.load(fh)
-  if not os.path.exists(train_path):
+  if paths.path(path).exists():
+    cached = paths.read_json(path)
+  if not paths.path(train_path).exists():
     if cached is None:
       raise FileNotFoundError(f"neither {path} nor {train_path} exists: the label ids "
                               "come from the train file")
@@ -136,8 +144,7 @@ def load_labels(directory: str) -> dict[str, list[str]]:
                     SPLIT_FILES["train"], cached.get("train"), identity)
   labels = build_labels(train_path)
   try:
-    with open(path, "w") as fh:
-      json.dump({**labels, "train": identity}, fh, indent=1)
+    paths.write_json(path, {**labels, "train": identity}, indent=1)
   except OSError:
     pass  # read-only data directory: the lists are rebuilt the same next time
   return labels
@@ -175,7 +182,7 @@ class FashionGenH5:
         self.stats["skipped"].append({"row": row, "field": field, "reason": reason})
 
   def _scan(self) -> None:
-    with h5py.File(self.path, "r") as f:
+    with open_h5(self.path) as f:
       for key in REQUIRED_KEYS:
         if key not in f:
           raise ValueError(f"{self.path}: missing field {key!r} (every record needs it; "
@@ -261,7 +268,7 @@ class FashionGenH5:
     # One handle per process: h5py handles do not survive fork/pickle. The datasets
     # are looked up once; a lookup per record costs as much as reading the text.
     if self._file is None or self._pid != os.getpid():
-      f = h5py.File(self.path, "r")
+      f = open_h5(self.path)
       self._file = {k: f[k] for k in ("input_image", "input_description", "input_name")
                     if k in f}
       self._pid = os.getpid()
@@ -312,7 +319,8 @@ def write_h5(path: str, images: np.ndarray, columns: dict[str, list[Any]]) -> No
   """Writes the FashionGen layout: `input_image` (N, H, W, 3) uint8, each column (N, 1).
 
   Strings are stored as fixed-length latin-1 bytes, as the released files do. For
-  tests and benchmarks, and to bring other product data into this reader.
+  tests and benchmarks, and to bring other product data into this reader. `path` is
+  local (h5py writes only seekable files; an object store's uploads are not).
   """
   with h5py.File(path, "w") as f:
     f.create_dataset("input_image", data=np.asarray(images, np.uint8))
@@ -363,7 +371,7 @@ class Fashiongen(tfds.core.GeneratorBasedBuilder):
     self.info.metadata.update(labels=labels, stats={}, keys={})
     return {split: self._generate_examples(os.path.join(root, fname), split, labels)
             for split, fname in SPLIT_FILES.items()
-            if os.path.exists(os.path.join(root, fname))}
+            if paths.path(os.path.join(root, fname)).exists()}
 
   def _generate_examples(self, path: str, split: str, labels: dict[str, list[str]]):
     src = FashionGenH5(path, labels=labels, skip_bad_records=self.skip_bad_records)

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from syncmask_jax import paths
 from syncmask_jax.data.image_folder import BadRecords, ImageChecks, ImageFolderBuilder
 from syncmask_jax.data.transforms import ImageFiles
 
@@ -81,12 +82,11 @@ class FashionIQIndex:
       for kind, name, table in (("captions", f"cap.{category}.{split}.json", captions),
                                 ("image_splits", f"split.{category}.{split}.json", splits)):
         path = os.path.join(root, kind, name)
-        if os.path.exists(path):
-          with open(path) as fh:
-            try:
-              table[split] = json.load(fh)
-            except json.JSONDecodeError as e:
-              raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if paths.path(path).exists():
+          try:
+            table[split] = paths.read_json(path)
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not captions and not splits:
       raise FileNotFoundError(f"{root}: no captions/cap.{category}.*.json or "
                               f"image_splits/split.{category}.*.json")
@@ -103,7 +103,7 @@ def image_files(root: str) -> ImageFiles:
   """`images/<ASIN>.{png,jpg,jpeg}` by ASIN (one directory listing, no stat per image)."""
   directory = os.path.join(root, "images")
   resolve = {}
-  for entry in sorted(os.listdir(directory)):
+  for entry in sorted(p.name for p in paths.path(directory).iterdir()):
     stem, ext = os.path.splitext(entry)
     if ext.lower() in _IMAGE_EXTENSIONS:
       resolve.setdefault(stem, entry)  # .png sorts before .jpg: prefer the PNG

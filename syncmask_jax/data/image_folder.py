@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
+from syncmask_jax import paths
 from syncmask_jax.data.transforms import ImageFiles, TfdsImages
 
 MAX_REPORTED = 100  # skipped records listed one by one in stats; the rest only counted
@@ -103,5 +104,4 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
   def _generate_examples(self, store: ImageFiles, keys: Sequence[str]):
     for i, key in enumerate(keys):
-      with open(store.path(key), "rb") as fh:
-        yield i, {self.KEY: key, "image": fh.read()}
+      yield i, {self.KEY: key, "image": paths.path(store.path(key)).read_bytes()}

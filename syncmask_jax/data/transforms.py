@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from syncmask_jax import paths
 from syncmask_jax.tokenizer import clean_text
 
 # Fields that reach the batch as int32 ids; -1 is "unknown / padding".
@@ -279,7 +280,7 @@ class ImageFiles:
 
   def __contains__(self, key: str) -> bool:
     try:
-      return os.path.exists(self.path(key))
+      return paths.path(self.path(key)).exists()
     except KeyError:
       return False
 
@@ -290,7 +291,7 @@ class ImageFiles:
     except KeyError:
       return "no image file"
     try:
-      with Image.open(path) as im:
+      with paths.path(path).open("rb") as fh, Image.open(fh) as im:
         im.verify()
     except FileNotFoundError:
       return f"{path}: no such file"
@@ -301,8 +302,7 @@ class ImageFiles:
   def load(self, key: str) -> np.ndarray:
     path = self.path(key)
     try:
-      with open(path, "rb") as fh:
-        data = fh.read()
+      data = paths.path(path).read_bytes()
     except OSError as e:
       raise BadRecord(f"{path}: cannot read image ({e})") from e
     return decode_image(data, where=path)
