@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -127,10 +128,12 @@ def test_config_json_records_the_vocabulary_used(tmp_path):
 
 
 def test_local_sh_takes_overrides_alone(tmp_path):
-  """launch/local.sh with a stand-in virtual environment whose python prints its argv."""
+  """launch/local.sh with a stand-in virtual environment whose python prints its argv
+  (but answers launch/venv.sh's `python -c` question about its version)."""
   bin_dir = tmp_path / "venv" / "bin"
   bin_dir.mkdir(parents=True)
-  for name, body in (("python", 'printf "%s\\n" "$@"'), ("pip", "true")):
+  python = f'[ "$1" = "-c" ] && exec {sys.executable} "$@"\nprintf "%s\\n" "$@"'
+  for name, body in (("python", python), ("pip", "true")):
     (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
     (bin_dir / name).chmod(stat.S_IRWXU)
   env = dict(os.environ, VENV=str(tmp_path / "venv"))
