@@ -13,6 +13,7 @@ import statistics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RUNS = ["default_s0", "default_s1", "default_s2"]
+GRADCAM_RUNS = ["gc_default_s0", "gc_default_s1", "gc_default_s2"]
 
 # (lever, run file(s) under runs/, source of the row). Several files: mean ± std.
 LEVERS = [
@@ -36,7 +37,11 @@ LEVERS = [
     ("same teacher, Grad-CAM, heads reduced by max", ["cenT_w300_s0.max"], "gradcam"),
     ("Grad-CAM masks + subcategory-grouped batches (the full method)", ["gcT_sub_s0"],
      "gradcam"),
-    ("**the default** (`./launch/local.sh`), seeds 0, 1, 2", DEFAULT_RUNS, "gradcam"),
+    ("Grad-CAM masks (tau 0.25, warm-up 300), seeds 0, 1, 2", GRADCAM_RUNS, "gradcam"),
+    ("same teachers, Grad-CAM minus the caption's mean", GRADCAM_RUNS, "gradcam_centered"),
+    ("same teachers, centred attention", GRADCAM_RUNS, "attention_centered"),
+    ("**the default** (`./launch/local.sh`: Grad-CAM minus the caption's mean), seeds 0, "
+     "1, 2", DEFAULT_RUNS, "gradcam_centered"),
 ]
 
 COLUMNS = [  # (header, key in grounding[source], or a key of the JSON's top level)
@@ -83,7 +88,7 @@ TARGETS = [
 ]
 
 
-def targets(source: str = "gradcam") -> None:
+def targets(source: str = "gradcam_centered") -> None:
   """The grounded-masks issue's targets over the default's seeds: each difference must
   exceed 2 pooled seed standard deviations (paired seeds: same model, same data)."""
   runs = []
