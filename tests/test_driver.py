@@ -232,7 +232,9 @@ def test_half_written_checkpoint_is_never_restored(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   subprocess.run(_cmd(workdir, 2), check=True, env=_env(), cwd=ROOT, capture_output=True)
-  bad = subprocess.run(_cmd(workdir, 6, "--config.loss.itc=1e39"), env=_env(), cwd=ROOT,
+  # A resume with another loss weight and step count: allowed explicitly.
+  bad = subprocess.run(_cmd(workdir, 6, "--config.loss.itc=1e39",
+                            "--config.allow_config_change=True"), env=_env(), cwd=ROOT,
                        capture_output=True, text=True)
   assert bad.returncode != 0
   assert "non-finite loss or gradient at step 2" in bad.stderr

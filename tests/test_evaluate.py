@@ -174,9 +174,9 @@ def test_mask_precision_is_summarised_only_for_masks_the_recipe_trains(recipe, t
 def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
   """A real TrainState checkpoint (8-device layout) at steps 1 and 2, evaluated at the
   named step 1 on 2 devices: parameters only, resharded on restore."""
-  # The default's model at configs/synthfashion.py's size except a 4x4 grid and one
-  # fusion layer (cheaper); the run has no config.json, so the flags must say so.
-  overrides = {"model.vision_depth": 1, "model.patch_size": 16, "model.fusion_layers": 1,
+  # The default's model at configs/synthfashion.py's size except a 4x4 grid and 2 heads
+  # (cheaper); the run has no config.json, so the flags must say so.
+  overrides = {"model.vision_depth": 1, "model.patch_size": 16, "model.fusion_layers": 2,
                "model.text_heads": 2, "data.global_batch_size": 8,
                "data.eval_batch_size": 8, "data.synth_val_products": 10, "queue_size": 16}
   c = config_lib.default_config()
@@ -211,20 +211,23 @@ def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
       assert 0.0 <= out[f"mask_precision_{kind}_{masks}"] <= 1.0
   assert out["masks_trained"] == ["patch", "token"]  # SyncMask trains with both
   g = out["grounding"]
-  assert set(g) == {"attention", "attention_centered", "heads"}  # one fusion layer: no Grad-CAM
-  assert np.shape(g["heads"]["attention"]["visible/pointing"]) == (1, 2)  # (layers, heads)
-  assert "gradcam" not in g["heads"]
-  for source in ("attention", "attention_centered"):
+  assert set(g) == {"attention", "attention_centered", "gradcam", "gradcam_centered", "heads"}
+  assert np.shape(g["heads"]["attention"]["visible/pointing"]) == (2, 2)  # (layers, heads)
+  # Grad-CAM per layer leaves out the last, zero for every word.
+  assert np.shape(g["heads"]["gradcam"]["visible/pointing"]) == (1, 2)
+  for source in ("attention", "attention_centered", "gradcam", "gradcam_centered"):
     for measure in ("auc_patch", "auc_token", "visible/pointing", "function/garment_share",
                     "patch_precision", "token_share_visible"):
       assert 0.0 <= g[source][measure] <= 1.0, (source, measure)
-  # The map of the run's own source gives the run's masks.
-  assert g["attention"]["patch_precision"] == out["mask_precision_patch_method"]
+  # The map of the run's own source (the SynthFashion default's) gives the run's masks.
+  assert out["mask_source"] == "gradcam_centered"
+  assert g["gradcam_centered"]["patch_precision"] == out["mask_precision_patch_method"]
+  assert g["gradcam_centered"]["token_share_visible"] == out["mask_precision_token_method"]
   assert len(out["pictures"]) == 4
   for path in out["pictures"]:
     assert os.path.getsize(path) > 0 and Image.open(path).size[0] > 0
   assert "retrieval full_gallery/itc (" in run.stdout and "mask precision" in run.stdout
-  assert "grounding (attention, momentum model): visible words' pointing" in run.stdout
+  assert "grounding (gradcam_centered, momentum model): visible words' pointing" in run.stdout
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert any(r["step"] == 1 and "eval/pretrain/one_plus_100/itc/r_mean" in r for r in rows)
   assert glob.glob(str(tmp_path / "events.out.tfevents.*"))

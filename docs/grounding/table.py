@@ -4,12 +4,16 @@ Each JSON is a run's eval/pretrain.json (`python -m syncmask_jax.evaluate`), tri
 the mask and grounding figures; `LEVERS` names, per row, the file and the mask source
 whose figures the row shows. Run from the repository root:
 
-  python docs/grounding/table.py
+  python docs/grounding/table.py           # prints the tables
+  python docs/grounding/table.py --write   # and puts them into docs/grounding.md
 """
 
+import contextlib
+import io
 import json
 import os
 import statistics
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RUNS = ["default_s0", "default_s1", "default_s2"]
@@ -42,6 +46,8 @@ LEVERS = [
     ("same teachers, centred attention", GRADCAM_RUNS, "attention_centered"),
     ("**the default** (`./launch/local.sh`: Grad-CAM minus the caption's mean), seeds 0, "
      "1, 2", DEFAULT_RUNS, "gradcam_centered"),
+    ("the default without the warm-up (`masking.warmup_steps=0`), seed 0", ["warm0_s0"],
+     "gradcam_centered"),
 ]
 
 COLUMNS = [  # (header, key in grounding[source], or a key of the JSON's top level)
@@ -133,8 +139,25 @@ def main():
           + " | ".join(cells) + " |")
 
 
+def tables() -> str:
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    main()
+    if all(os.path.exists(os.path.join(HERE, "runs", f"{n}.json")) for n in DEFAULT_RUNS):
+      print("\nThe targets of the grounded-masks issue, over the default's three seeds "
+            "(paired with random masks on the same models):\n")
+      targets()
+  return out.getvalue()
+
+
 if __name__ == "__main__":
-  main()
-  if all(os.path.exists(os.path.join(HERE, "runs", f"{n}.json")) for n in DEFAULT_RUNS):
-    print()
-    targets()
+  text = tables()
+  print(text)
+  if "--write" in sys.argv:
+    page = os.path.join(os.path.dirname(HERE), "grounding.md")
+    with open(page, encoding="utf-8") as f:
+      doc = f.read()
+    begin, end = "<!-- table:begin -->\n", "<!-- table:end -->"
+    head, rest = doc.split(begin)
+    with open(page, "w", encoding="utf-8") as f:
+      f.write(head + begin + text + rest[rest.index(end):])
