@@ -50,9 +50,12 @@ def test_train_batches_fields_and_determinism():
               "text_mask": ((8, T), np.int32), "product_id": ((8,), np.int32),
               "category": ((8,), np.int32), "subcategory": ((8,), np.int32),
               "index": ((8,), np.int32), "view": ((8,), np.int32),
-              "gt_token_visible": ((8, T), np.bool_), "gt_patch_visible": ((8, n), np.bool_)}
+              "gt_token_visible": ((8, T), np.bool_), "gt_patch_visible": ((8, n), np.bool_),
+              "gt_token_part": ((8, T), np.int32), "gt_patch_part": ((8, n), np.int32)}
   assert {k: (v.shape, v.dtype) for k, v in b.items()} == expected
   assert (b["gt_token_visible"] <= b["text_mask"].astype(bool)).all()
+  np.testing.assert_array_equal(b["gt_token_part"] >= 1, b["gt_token_visible"])
+  np.testing.assert_array_equal(b["gt_patch_part"] > 0, b["gt_patch_visible"])
   assert b["gt_token_visible"].any() and b["gt_patch_visible"].any()
   assert len(np.unique(b["product_id"])) == 8  # views of one product: separate batches
   assert it.tokenizer.vocab_size > 50 and it.num_examples > 80
