@@ -99,6 +99,26 @@ def time_calls(fn: Callable[[], Any], n: int) -> list[float]:
   return out
 
 
+def interleaved(calls: dict[str, Callable[[], Any]], rounds: int, k: int, pause_s: float,
+                after_round: Callable[[], Any] | None = None
+                ) -> tuple[dict[str, list[float]], list[float]]:
+  """Times `k` calls of each function per round, the functions taking turns, so a change
+  of machine load hits all of them alike; returns the times per name and the 1-minute
+  load average at each round's start."""
+  times = {name: [] for name in calls}
+  load = []
+  for _ in range(rounds):
+    load.append(os.getloadavg()[0])
+    for name, call in calls.items():
+      # Idle between blocks so neither runtime's spinning worker threads (OpenMP's,
+      # XLA's) eat into the next block's timing.
+      time.sleep(pause_s)
+      times[name] += time_calls(call, k)
+    if after_round is not None:
+      after_round()
+  return times, load
+
+
 def write_json(path: str, payload: dict) -> None:
   if not path:
     return

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,13 +61,7 @@ def run_preset(preset: str, args) -> dict:
   for call in calls.values():
     for _ in range(args.warmup):
       call()
-  times = {name: [] for name in calls}
-  load = []
-  for _ in range(args.rounds):
-    load.append(os.getloadavg()[0])
-    for name, call in calls.items():
-      time.sleep(args.pause_s)
-      times[name] += common.time_calls(call, args.k)
+  times, load = common.interleaved(calls, args.rounds, args.k, args.pause_s)
   out["load_1min_during"] = {"min": min(load), "max": max(load)}
   out["times"] = {name: common.summarize(t) for name, t in times.items()}
   base = out["times"]["random"]["median_s"]

@@ -77,17 +77,10 @@ def run_preset(preset: str, args) -> dict:
   for name, call in calls.items():  # warm-up: first calls allocate, fill caches
     for _ in range(args.warmup):
       call()
-  times = {name: [] for name in calls}
   peaks = []
-  load = []
-  for _ in range(args.rounds):
-    load.append(os.getloadavg()[0])
-    for name, call in calls.items():
-      # Idle between blocks so neither runtime's spinning worker threads (OpenMP's,
-      # XLA's) eat into the next block's timing.
-      time.sleep(args.pause_s)
-      times[name] += common.time_calls(call, args.k)
-    peaks.append(common.peak_matmul_flops(args.peak_n, repeats=3)["flops_per_s"])
+  times, load = common.interleaved(
+      calls, args.rounds, args.k, args.pause_s, after_round=lambda: peaks.append(
+          common.peak_matmul_flops(args.peak_n, repeats=3)["flops_per_s"]))
   peak = statistics.median(peaks)
   out["peak_flops_per_s"] = peak
   out["peak_samples"] = peaks

@@ -55,3 +55,17 @@ def assert_no_host_round_trip(hlo: str) -> None:
   assert not [t for t in targets if "callback" in t or "host" in t.lower()], targets
   for op in (" outfeed(", " infeed(", " send(", " recv("):
     assert op not in hlo, op
+
+
+def saved_state(workdir: str, step: int):
+  """A run's saved train state at `step` as host arrays, whatever device layout wrote it
+  (a local or a gs:// workdir)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  checkpointer = ocp.StandardCheckpointer()
+  path = f"{workdir}/checkpoints/{step}/state"
+  meta = checkpointer.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+  return jax.device_get(checkpointer.restore(path, target))

@@ -12,9 +12,9 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from conftest import saved_state
 from syncmask_jax import checkpointing, config_lib, main, resume, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,17 +36,6 @@ def _env(devices: int = 1) -> dict:
 def _cmd(workdir, steps, *extra):
   return [sys.executable, "-m", "syncmask_jax.main", f"--config={CONFIG}",
           f"--workdir={workdir}", f"--config.total_steps={steps}", *TINY, *extra]
-
-
-def _final_state(workdir, step):
-  """The saved state as host arrays, whatever device layout wrote it."""
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  checkpointer = ocp.StandardCheckpointer()
-  meta = checkpointer.metadata(path)
-  meta = getattr(meta, "item_metadata", meta)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-  return jax.device_get(checkpointer.restore(path, target))
 
 
 def _wait_for(pred, timeout=300):
@@ -74,7 +63,7 @@ def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
   assert os.listdir(cache), "the first run wrote nothing to the compilation cache"
   subprocess.run(_cmd(cut, 6, f"--config.compilation_cache_dir={cache}"), check=True,
                  env=_env(), cwd=ROOT, capture_output=True)
-  a, b = _final_state(ref, 6), _final_state(cut, 6)
+  a, b = saved_state(ref, 6), saved_state(cut, 6)
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
@@ -240,7 +229,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert "non-finite loss or gradient at step 2" in bad.stderr
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.all_steps() == [2]
-  state = _final_state(workdir, 2)
+  state = saved_state(workdir, 2)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
@@ -286,7 +275,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
       for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-  a, b = _final_state(one, 3), _final_state(two, 3)
+  a, b = saved_state(one, 3), saved_state(two, 3)
   for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
   np.testing.assert_array_equal(a["queue"]["product_id"], b["queue"]["product_id"])

