@@ -95,7 +95,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
     try:
       return load(raw)
-    except TypeError:  # bfloat16 and friends are not numpy dtypes.
+    except (TypeError, KeyError):  # bfloat16 and friends are not numpy dtypes (the
+      # numpy loader of bytes raises KeyError('BF16'), of a file TypeError).
       return _read_safetensors_raw(raw)
   except OSError:
     raise  # names the file already
