@@ -38,7 +38,7 @@ def variants(config) -> dict:
     c = config.copy_and_resolve_references()
     c.masking.strategy, c.masking.source, c.masking.warmup_steps = "syncmask", source, 0
     if source.startswith("gradcam"):
-      c.masking.layers = (max(c.model.fusion_layers // 2 - 1, 0),)
+      c.masking.layers = (masking.gradcam_layer(c.model.fusion_layers),)
     out[source] = c
   return out
 

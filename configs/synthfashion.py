@@ -5,7 +5,7 @@
   ... --config.total_steps=50   (any field can be overridden)
 """
 
-from syncmask_jax import config_lib
+from syncmask_jax import config_lib, masking
 
 
 def get_config(arg: str | None = None):
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None):
     # docs/grounding.md (raw attention stays near uniform in a model trained from
     # scratch for minutes).
     c.masking.source = "gradcam_centered"
-    c.masking.layers = (max(c.model.fusion_layers // 2 - 1, 0),)  # ALBEF: 3rd of 6
+    c.masking.layers = (masking.gradcam_layer(c.model.fusion_layers),)
     c.masking.score = "log_mass"
     c.masking.tau = 0.25
     c.masking.warmup_steps = 300

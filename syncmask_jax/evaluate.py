@@ -235,7 +235,7 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
     if source.startswith("gradcam") and not cfg.source.startswith("gradcam"):
       if num_layers == 1:
         continue  # one fusion layer has no Grad-CAM for words (masking.word_patch_map)
-      sync_cfg.layers = (max(num_layers // 2 - 1, 0),)  # ALBEF: the 3rd of 6
+      sync_cfg.layers = (masking.gradcam_layer(num_layers),)
     attn = masking.word_patch_map(sync_cfg, probs, maskable, cams)
     patch, token = masking.masks_from_config(key, sync_cfg, probs, maskable, attn.shape[-1],
                                              cams)

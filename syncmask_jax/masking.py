@@ -104,6 +104,12 @@ def teacher_cross_attention(teacher, text_hidden: Array, text_mask: Array,
   return probs, None
 
 
+def gradcam_layer(num_fusion_layers: int) -> int:
+  """The fusion layer whose Grad-CAM reads words by default: ALBEF takes the 3rd of its 6
+  (the last is zero for every word: the ITM logit reads only its [CLS] row)."""
+  return max(num_fusion_layers // 2 - 1, 0)
+
+
 def word_patch_map(cfg: ml_collections.ConfigDict, cross_probs: Array, text_maskable: Array,
                    cams: Array | None = None, source: str | None = None) -> Array:
   """The word->patch map (B, T, N) the masks are chosen from, per `source` (default
