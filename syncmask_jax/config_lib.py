@@ -191,7 +191,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 0
   c.eval_at_end = True
   c.task = "pretrain"  # pretrain | category | tgir | retrieval
-  c.init_checkpoint = ""  # fine-tuning: a pretraining run's checkpoints/ dir (latest step)
+  # A run's checkpoints/ dir (latest step). Fine-tuning starts from its parameters;
+  # pretraining from its parameters and momentum model (the optimizer, queue, data order
+  # and step start afresh; `train.init_from_checkpoint`). "": from scratch.
+  c.init_checkpoint = ""
   c.eval = ml_collections.ConfigDict()
   c.eval.scoring = ("itc",)  # each listed scoring is reported: itc | itc+itm
   c.eval.itm_k = 256  # ALBEF's k for itc+itm re-ranking

@@ -45,7 +45,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import config_lib, grounding, masking, paths, retrieval, sharding, train_step
+from syncmask_jax import checkpointing, config_lib, grounding, masking, paths, retrieval, sharding
+from syncmask_jax import train_step
 from syncmask_jax.data import pipeline
 
 # config.eval fields and their defaults (used where a config has no `eval` block).
@@ -679,8 +680,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       tokens = train.resolve_vocab(config)
       graphdef, abstract = finetune.abstract_params(
           lambda: train_state_lib.build_model(config, config.seed), config, mesh)
-      params, step = finetune.load_pretrained(directory, abstract, step=step)
-      momentum, _ = finetune.load_pretrained(directory, abstract, item="momentum_params",
+      params, step = checkpointing.load_pretrained(directory, abstract, step=step)
+      momentum, _ = checkpointing.load_pretrained(directory, abstract, item="momentum_params",
                                              step=step)
       setup = train_state_lib.Setup(graphdef=graphdef, state_shardings=None, mesh=mesh,
                                     tx=None)
@@ -688,7 +689,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                   writer, step=step)
     finetune.validate(config)
     job = finetune.build_task(config, mesh, for_training=False)
-    params, step = finetune.load_pretrained(directory, job.params, step=step)
+    params, step = checkpointing.load_pretrained(directory, job.params, step=step)
     return job.evaluate(params, workdir, writer, step)
   finally:
     writer.close()

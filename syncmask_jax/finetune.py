@@ -36,12 +36,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import checkpoint_import
-from syncmask_jax import checkpointing, config_lib, evaluate, losses, optim, paths
+from syncmask_jax import checkpointing, config_lib, evaluate, losses, optim
 from syncmask_jax import sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax import train_step as train_step_lib
@@ -120,66 +118,6 @@ def create_finetune_state(config: ml_collections.ConfigDict, mesh: jax.sharding.
   setup = train_state_lib.Setup(graphdef=graphdef, state_shardings=shardings, mesh=mesh,
                                 tx=tx)
   return jax.jit(init, out_shardings=shardings), abstract_state, setup
-
-
-def load_pretrained(directory: str, target: dict, *, item: str = "params",
-                    allow_missing: tuple[str, ...] = (), step: int | None = None
-                    ) -> tuple[dict, int]:
-  """`item` parameters of the latest (or `step`) checkpoint in `directory`, into
-  `target`'s layout.
-
-  `target` is a pure dict of sharded arrays or ShapeDtypeStructs (or host arrays:
-  restored to the first local device). Entries the checkpoint lacks stay as in
-  `target` when their path starts with one of `allow_missing` (the task's new head);
-  any other missing entry, or a shape mismatch, is an error naming the parameter.
-  Checkpoint entries the model lacks (a MIM decoder, SemMIM prototypes) are ignored.
-  Returns (parameters, checkpoint step).
-  """
-  directory = paths.resolve(directory)  # Orbax has no metadata for a relative path
-  if not paths.path(directory).is_dir():
-    raise FileNotFoundError(f"{directory!r}: no such directory (expected a run's "
-                            "checkpoints/ directory)")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False), item_names=("state", "data"))
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"{directory}: no complete checkpoint"
-                            + (f" of step {step}" if step is not None else ""))
-  stored = ocp.PyTreeCheckpointer().metadata(
-      os.path.join(directory, str(step), "state")).item_metadata
-  if item not in stored:
-    raise ValueError(f"{directory}/{step}: no {item!r} in the checkpoint's state")
-  flat_target = flax.traverse_util.flatten_dict(target, sep="/")
-  flat_stored = flax.traverse_util.flatten_dict(dict(stored[item]), sep="/")
-  missing = [k for k in flat_target if k not in flat_stored]
-  bad = [k for k in missing if not k.startswith(tuple(allow_missing))]
-  if bad:
-    raise ValueError(f"{directory}/{step}: {len(bad)} parameters of the model are not in the "
-                     f"checkpoint, e.g. {bad[:5]} (is it a checkpoint of this model? "
-                     f"{checkpoint_import.mismatch_cause(bad)})")
-  mismatched = [k for k, v in flat_target.items()
-                if k in flat_stored and tuple(flat_stored[k].shape) != tuple(v.shape)]
-  if mismatched:
-    shapes = [f"{k}: checkpoint {tuple(flat_stored[k].shape)} vs model "
-              f"{tuple(flat_target[k].shape)}" for k in mismatched[:5]]
-    raise ValueError(f"{directory}/{step}: shape mismatch, "
-                     f"{checkpoint_import.mismatch_cause(mismatched)}: {shapes}")
-  # Host arrays have no sharding: they come back on the first local device.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = flax.traverse_util.unflatten_dict(
-      {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", device))
-       for k, v in flat_target.items() if k in flat_stored}, sep="/")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={item: abstract}, restore_args=ocp.checkpoint_utils.construct_restore_args(
-          {item: abstract}), partial_restore=True)))["state"][item]
-  manager.close()
-  out = dict(flat_target)
-  out.update(flax.traverse_util.flatten_dict(restored, sep="/"))
-  unused = len([k for k in flat_stored if k not in flat_target])
-  logging.info("%s of %s/%d: %d restored, %d not in the checkpoint (%s), %d unused", item,
-               directory, step, len(flat_target) - len(missing), len(missing),
-               ", ".join(allow_missing), unused)
-  return flax.traverse_util.unflatten_dict(out, sep="/"), step
 
 
 # -- data -------------------------------------------------------------------------------
@@ -395,7 +333,7 @@ class Task:
 
   def init_from(self, state: FinetuneState, directory: str) -> FinetuneState:
     """`state` with the pretrained parameters of `directory` (the new head's stay)."""
-    params, step = load_pretrained(directory, state.params,
+    params, step = checkpointing.load_pretrained(directory, state.params,
                                    allow_missing=NEW_PARAMS[self.name])
     logging.info("%s: parameters from %s (step %d)", self.name, directory, step)
     return state.replace(params=params)

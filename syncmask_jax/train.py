@@ -235,9 +235,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     parameter_overview.log_parameter_overview(jax.device_get(state.params))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     keep=config.keep_checkpoints, keep_every=config.keep_every)
-  if ckpt.latest_step() is not None:
+  if ckpt.latest_step() is not None:  # resume: init_checkpoint is not read again
     state, data_state, _ = ckpt.restore(state)
     train_iter.set_state(data_state)
+  elif config.init_checkpoint:
+    state = init_from_checkpoint(state, setup, config.init_checkpoint)
   logging.info("%d steps per epoch", steps_per_epoch)
   step_fn = train_step_lib.make_train_step(config, setup, tokens, steps_per_epoch)
   from syncmask_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -253,6 +255,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       evaluate=lambda s, step: evaluate.evaluate_pretraining(config, setup, s, tokens,
                                                              workdir, writer, step=step),
       on_metrics=on_metrics, log_compile=True)
+
+
+def init_from_checkpoint(state: train_state_lib.TrainState, setup: train_state_lib.Setup,
+                         directory: str) -> train_state_lib.TrainState:
+  """Pretraining that starts from an earlier run's checkpoint (`config.init_checkpoint`):
+  its parameters and its momentum model, so the teacher that picks SyncMask's masks is
+  the earlier run's from step 0 on (a grounded teacher, as a pretrained one would be).
+  Everything else starts afresh: step 0, the optimizer, the queue, the data order."""
+  params, step = checkpointing.load_pretrained(directory, state.params)
+  momentum, _ = checkpointing.load_pretrained(directory, state.momentum_params,
+                                              item="momentum_params", step=step)
+  logging.info("pretraining starts from %s (step %d): parameters and momentum model",
+               directory, step)
+  return state.replace(params=params, momentum_params=momentum, opt_state=jax.jit(
+      setup.tx.init, out_shardings=setup.state_shardings.opt_state)(params))
 
 
 def run_loop(config: ml_collections.ConfigDict, workdir: str, *, state, step_fn: Callable,

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from syncmask_jax import checkpointing, config_lib, evaluate, finetune, optim, retrieval
+from syncmask_jax import checkpointing, config_lib, evaluate, optim, retrieval
 from syncmask_jax import sharding, train
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax import train_state as train_state_lib
@@ -233,7 +233,7 @@ def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
   assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
   # A step that is not there is an error naming it.
   with pytest.raises(FileNotFoundError, match="no complete checkpoint of step 5"):
-    finetune.load_pretrained(str(tmp_path / "checkpoints"), {}, step=5)
+    checkpointing.load_pretrained(str(tmp_path / "checkpoints"), {}, step=5)
 
 
 def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from syncmask_jax import checkpointing, config_lib, finetune
+from syncmask_jax import checkpointing, config_lib, finetune, optim, sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.data import fashiongen, pipeline
 
@@ -194,7 +194,7 @@ def test_init_from_pretraining_checkpoint_loads_params_only(files):
   fresh = numpy_params(lambda: finetune.CategoryModel(c.model, n, rngs=nnx.Rngs(params=0)),
                        seed=1)
   assert fresh["classifier"]["kernel"].shape[1] == 6  # TOPS/JEANS/SHOES x SUB0/SUB1
-  loaded, step = finetune.load_pretrained(c.init_checkpoint, fresh,
+  loaded, step = checkpointing.load_pretrained(c.init_checkpoint, fresh,
                                           allow_missing=finetune.NEW_PARAMS["category"])
   pre = files["state"]
   assert step == 3
@@ -204,17 +204,35 @@ def test_init_from_pretraining_checkpoint_loads_params_only(files):
   np.testing.assert_array_equal(loaded["classifier"]["kernel"], fresh["classifier"]["kernel"])
   assert "mim_decoder" not in loaded and "mim_decoder" in pre["params"]
   # Another item of the state (the evaluation CLI reads the momentum model this way).
-  momentum, _ = finetune.load_pretrained(c.init_checkpoint, fresh, item="momentum_params",
+  momentum, _ = checkpointing.load_pretrained(c.init_checkpoint, fresh, item="momentum_params",
                                          allow_missing=("classifier",))
   np.testing.assert_array_equal(momentum["temp"], pre["params"]["temp"] + 1.0)
   # Without the allowance the new head is an error, as is a model the checkpoint does
   # not fit; both name the parameter.
   with pytest.raises(ValueError, match="classifier"):
-    finetune.load_pretrained(c.init_checkpoint, fresh)
+    checkpointing.load_pretrained(c.init_checkpoint, fresh)
   c.model.embed_dim = 48
   other = numpy_params(lambda: finetune.CategoryModel(c.model, 6, rngs=nnx.Rngs(params=0)))
   with pytest.raises(ValueError, match="shape mismatch.*proj"):
-    finetune.load_pretrained(c.init_checkpoint, other, allow_missing=("classifier",))
+    checkpointing.load_pretrained(c.init_checkpoint, other, allow_missing=("classifier",))
+
+
+def test_pretraining_from_a_checkpoint_takes_params_and_momentum_model_only(files):
+  c = _config("pretrain", files["tmp"])
+  c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
+  mesh = sharding.make_mesh(c.mesh)
+  state, setup = train_state_lib.create_train_state(
+      c, mesh, lambda p: optim.make_optimizer(c.optim, p, c.total_steps))
+  fresh = jax.device_get(state)
+  state = jax.device_get(train.init_from_checkpoint(state, setup, c.init_checkpoint))
+  pre = files["state"]
+  np.testing.assert_array_equal(state.params["temp"], pre["params"]["temp"])
+  np.testing.assert_array_equal(state.momentum_params["itm_head"]["kernel"],
+                                pre["momentum_params"]["itm_head"]["kernel"])
+  # A new run otherwise: step 0, the optimizer and the queue as initialised.
+  assert int(state.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, state.opt_state, fresh.opt_state)
+  jax.tree.map(np.testing.assert_array_equal, state.queue, fresh.queue)
 
 
 def test_load_pretrained_mismatch_names_the_likely_cause(tmp_path):
@@ -227,10 +245,10 @@ def test_load_pretrained_mismatch_names_the_likely_cause(tmp_path):
   with pytest.raises(ValueError, match=r"shape mismatch, likely another vocabulary.*"
                                        r"embeddings/word: checkpoint \(10, 4\) vs model "
                                        r"\(12, 4\)"):
-    finetune.load_pretrained(str(tmp_path), other_vocab)
+    checkpointing.load_pretrained(str(tmp_path), other_vocab)
   wider = {**stored, "proj": {"kernel": np.zeros((4, 3), np.float32)}}
   with pytest.raises(ValueError, match=r"likely another model size.*proj/kernel"):
-    finetune.load_pretrained(str(tmp_path), wider)
+    checkpointing.load_pretrained(str(tmp_path), wider)
 
 
 def test_load_pretrained_from_a_relative_path(files, monkeypatch):
@@ -240,7 +258,7 @@ def test_load_pretrained_from_a_relative_path(files, monkeypatch):
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
   params = numpy_params(lambda: train_state_lib.build_model(c, 0))
   monkeypatch.chdir(tmp)
-  loaded, step = finetune.load_pretrained(os.path.join("pretrain", "checkpoints"), params)
+  loaded, step = checkpointing.load_pretrained(os.path.join("pretrain", "checkpoints"), params)
   assert step == 3
   np.testing.assert_array_equal(loaded["temp"], files["state"]["params"]["temp"])
 
