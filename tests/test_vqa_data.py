@@ -257,3 +257,6 @@ def test_synthfashion_vqa_source_reads_like_albef():
   assert r["question_id"] == synthfashion_vqa.SPLIT_QUESTION_BASE["test"]
   assert not r["text"].endswith("?")
   assert set(src.annotations()) == set(src.question_ids())
+  store = synthfashion_vqa.ViewImages(seed=1)
+  views = sf.make_product(1, int(pid)).views
+  assert [f"{pid}/{v}" in store for v in sf.VIEW_NAMES] == [v in views for v in range(4)]

@@ -134,13 +134,14 @@ class ViewImages:
   def __init__(self, seed: int = 0, image_size: int = 64):
     self.seed, self.image_size = seed, image_size
 
-  def _parse(self, key: str) -> tuple[sf.Product, int] | None:
+  def _parse(self, key: str) -> tuple[int, int] | None:
+    """(product_id, view) of a key naming one of the product's views, else None."""
     pid, _, view = key.partition("/")
     if not pid.isdigit() or view not in sf.VIEW_NAMES:
       return None
-    product = sf.make_product(self.seed, int(pid))
     v = sf.VIEW_NAMES.index(view)
-    return (product, v) if v in product.views else None
+    # The view set comes from the counter-based table: no product is generated.
+    return (int(pid), v) if v in sf.product_table(self.seed, int(pid))["views"] else None
 
   def __contains__(self, key: str) -> bool:
     return self._parse(key) is not None
@@ -152,7 +153,8 @@ class ViewImages:
     parsed = self._parse(key)
     if parsed is None:
       raise KeyError(key)
-    return sf.render(parsed[0], parsed[1], self.image_size, self.seed)[0]
+    product = sf.make_product(self.seed, parsed[0])
+    return sf.render(product, parsed[1], self.image_size, self.seed)[0]
 
 
 def _view_questions(product: sf.Product, p: int, view: int, seed: int,
