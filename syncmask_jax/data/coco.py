@@ -52,6 +52,24 @@ def annotation_file(root: str, name: str, split: str) -> str:
   return os.path.join(root, f"{name}_{split}.json")
 
 
+def read_entries(path: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+  """A JSON list of records, each with `fields`; errors name the file and entry."""
+  try:
+    entries = paths.read_json(path)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(entries, list):
+    raise ValueError(f"{path}: expected a JSON list of records, got "
+                     f"{type(entries).__name__}")
+  for i, a in enumerate(entries):
+    if not isinstance(a, dict):
+      raise ValueError(f"{path}: entry {i}: expected an object, got {type(a).__name__}")
+    for field in fields:
+      if field not in a:
+        raise ValueError(f"{path}: entry {i}: missing field {field!r}")
+  return entries
+
+
 class KarpathyIndex:
   """The annotation lists of one dataset, per split."""
 
@@ -68,15 +86,7 @@ class KarpathyIndex:
     for split in SPLITS:
       path = annotation_file(root, name, split)
       if paths.path(path).exists():
-        try:
-          entries = paths.read_json(path)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}: not valid JSON ({e})") from e
-        for i, a in enumerate(entries):
-          for field in ("image", "caption"):
-            if field not in a:
-              raise ValueError(f"{path}: entry {i}: missing field {field!r}")
-        annotations[split] = entries
+        annotations[split] = read_entries(path, ("image", "caption"))
     if not annotations:
       raise FileNotFoundError(f"{root}: no {name}_{{train,val,test}}.json")
     return cls(name, annotations, origin=root)

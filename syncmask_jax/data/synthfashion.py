@@ -210,6 +210,8 @@ _HEAD_TEMPLATES = (
     "{colour} {pattern} {garment} for {gender_noun}",
     "{pattern} {colour} {gender_adj} {garment}",
 )
+# A caption of one view names only what the view shows: no gender, no fabric.
+_VIEW_HEAD_TEMPLATES = ("{colour} {pattern} {garment}", "{pattern} {colour} {garment}")
 _FABRIC_SUFFIX = " in {fabric}"
 _FABRIC_SENTENCES = ("made of {fabric}.", "crafted in soft {fabric}.", "{fabric} fabric.")
 _INTROS = ("features", "it has", "comes with", "details include", "finished with")
@@ -227,7 +229,7 @@ def vocabulary() -> list[str]:
 
   Lower case; descriptions capitalise the first letter of each sentence.
   """
-  texts = [*_HEAD_TEMPLATES, _FABRIC_SUFFIX, *_FABRIC_SENTENCES, *_INTROS,
+  texts = [*_HEAD_TEMPLATES, *_VIEW_HEAD_TEMPLATES, _FABRIC_SUFFIX, *_FABRIC_SENTENCES, *_INTROS,
            *_DETAIL_TEMPLATES_FRONT_BACK, *_DETAIL_TEMPLATES_LEFT_RIGHT, *_DETERMINERS,
            *_GLUE, *GENDERS, *_GENDER_ADJ, *FABRICS, *VIEW_NAMES, *_NUMERALS.values()]
   for g in GARMENTS:
@@ -488,6 +490,36 @@ class _TextBuilder:
     return "".join(self.pieces)
 
 
+def _detail_phrase(b: _TextBuilder, details: Sequence[Detail], j: int,
+                   rng: np.random.Generator) -> None:
+  d = details[j]
+  singular, plural = DETAIL_NOUNS[d.kind]
+  nouns = singular if d.count == 1 else plural
+  colour_words = COLOURS[d.colour][2]
+  colour_word = colour_words[rng.integers(len(colour_words))]
+  if d.count == 1:
+    b.add("an" if colour_word[0] in "aeiou" else "a")
+    b.add(" ")
+  elif d.kind != BUTTONS or rng.random() < 0.5:  # "white buttons" needs no numeral
+    b.add(_NUMERALS[d.count], "count", j)
+    b.add(" ")
+  templates = (_DETAIL_TEMPLATES_FRONT_BACK if d.side in (FRONT, BACK)
+               else _DETAIL_TEMPLATES_LEFT_RIGHT)
+  b.template(templates[rng.integers(len(templates))],
+             colour=(colour_word, "colour", j),
+             noun=(nouns[rng.integers(len(nouns))], "detail", j),
+             side=(VIEW_NAMES[d.side], "side", j))
+
+
+def _detail_list(b: _TextBuilder, details: Sequence[Detail], order: Sequence[int],
+                 rng: np.random.Generator) -> None:
+  """"A, B and C": the details `order` names, in that order."""
+  for i, j in enumerate(order):
+    if i:
+      b.add(" and " if i == len(order) - 1 else ", ")
+    _detail_phrase(b, details, j, rng)
+
+
 def _describe(category: int, gender: int, colour: int, pattern: int, fabric: int,
               details: Sequence[Detail], rng: np.random.Generator
               ) -> tuple[str, tuple[WordSpan, ...]]:
@@ -511,57 +543,63 @@ def _describe(category: int, gender: int, colour: int, pattern: int, fabric: int
   if fabric_form == 1:
     b.template(_FABRIC_SUFFIX, **slots)
 
-  def detail_phrase(j: int) -> None:
-    d = details[j]
-    singular, plural = DETAIL_NOUNS[d.kind]
-    nouns = singular if d.count == 1 else plural
-    colour_words = COLOURS[d.colour][2]
-    colour_word = colour_words[rng.integers(len(colour_words))]
-    if d.count == 1:
-      b.add("an" if colour_word[0] in "aeiou" else "a")
-      b.add(" ")
-    elif d.kind != BUTTONS or rng.random() < 0.5:  # "white buttons" needs no numeral
-      b.add(_NUMERALS[d.count], "count", j)
-      b.add(" ")
-    templates = (_DETAIL_TEMPLATES_FRONT_BACK if d.side in (FRONT, BACK)
-                 else _DETAIL_TEMPLATES_LEFT_RIGHT)
-    b.template(templates[rng.integers(len(templates))],
-               colour=(colour_word, "colour", j),
-               noun=(nouns[rng.integers(len(nouns))], "detail", j),
-               side=(VIEW_NAMES[d.side], "side", j))
-
-  def detail_list(order: Sequence[int]) -> None:
-    for i, j in enumerate(order):
-      if i:
-        b.add(" and " if i == len(order) - 1 else ", ")
-      detail_phrase(j)
-
   order = [int(j) for j in rng.permutation(len(details))]
   form = rng.integers(3)
   intro = _INTROS[rng.integers(len(_INTROS))]
   if form == 0:  # "... with A, B and C."
     b.add(" with ")
-    detail_list(order)
+    _detail_list(b, details, order, rng)
     b.end_sentence()
   elif form == 1:  # "... . Features A, B and C."
     b.end_sentence()
     b.add(" ")
     b.add(intro + " ")
-    detail_list(order)
+    _detail_list(b, details, order, rng)
     b.end_sentence()
   else:  # "... with A. It has B and C."
     b.add(" with ")
-    detail_list(order[:1])
+    _detail_list(b, details, order[:1], rng)
     b.end_sentence()
     b.add(" ")
     b.add(intro + " ")
-    detail_list(order[1:])
+    _detail_list(b, details, order[1:], rng)
     b.end_sentence()
   if fabric_form == 2:
     b.add(" ")
     b.template(_FABRIC_SENTENCES[rng.integers(len(_FABRIC_SENTENCES))][:-1], **slots)
     b.end_sentence()
   return b.text(), tuple(b.words)
+
+
+def view_caption(product: Product, view: int, rng: np.random.Generator) -> str:
+  """A caption of one view of `product`: only what the view shows (module doc).
+
+  The garment with its colour and pattern, then the details on this view's side
+  ("Navy striped hoodie with a white pocket on the front."); never gender or fabric
+  (not drawn) nor another side's details. Drawn from the description's phrase grammar,
+  so different `rng`s give the different wordings a set of references needs.
+  """
+  if view not in product.views:
+    raise ValueError(f"product {product.product_id} has no {VIEW_NAMES[view]} view "
+                     f"(views {[VIEW_NAMES[v] for v in product.views]})")
+  head = _VIEW_HEAD_TEMPLATES[rng.integers(len(_VIEW_HEAD_TEMPLATES))]
+  if product.pattern == PLAIN and rng.random() < 0.5:
+    head = head.replace("{pattern} ", "")
+  colours = COLOURS[product.colour][2]
+  patterns = PATTERNS[product.pattern][1]
+  garments = GARMENTS[product.category].words
+  slots = dict(colour=(colours[rng.integers(len(colours))], "colour", -1),
+               pattern=(patterns[rng.integers(len(patterns))], "pattern", -1),
+               garment=(garments[rng.integers(len(garments))], "garment", -1))
+  b = _TextBuilder()
+  b.template(head, **slots)
+  shown = [j for j, d in enumerate(product.details) if d.side == view]
+  if shown:
+    b.add(" with ")
+    _detail_list(b, product.details, [shown[int(i)] for i in rng.permutation(len(shown))],
+                 rng)
+  b.end_sentence()
+  return b.text()
 
 
 def _contrasting_colours(colour: int, patterned: bool) -> np.ndarray:
