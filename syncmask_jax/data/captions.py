@@ -50,7 +50,7 @@ from syncmask_jax.data.image_folder import BadRecords, ImageChecks
 from syncmask_jax.data.transforms import ImageFiles
 
 CAPTIONS_PER_VIEW = 5  # SynthFashion references per view, as COCO has about 5 per image
-MAX_WORDS = 30  # BLIP's captioning configs (caption_coco_*.yaml)
+MAX_WORDS = 30  # BLIP's coco_karpathy_train default
 _CAPTION_TAG = 0xCA  # folds "caption" into a SynthFashion caption's seed
 
 
