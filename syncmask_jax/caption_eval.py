@@ -15,20 +15,19 @@ paper's table can be compared with. `evaluate` then says so in the log and retur
 metrics in `skipped`, each with its reason, instead of numbers.
 
 Results file: BLIP's, a JSON list of {"image_id", "caption"}, exactly one caption for
-every image of the split (`check_results`).
+every image of the split (`results_json`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import numbers
 import shutil
 from typing import Any, Iterable, Mapping, Sequence
 
 from absl import logging
 
-from syncmask_jax import paths
+from syncmask_jax import results_file
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 NOT_RUN = {"SPICE": "not run: pycocoevalcap downloads Stanford CoreNLP for SPICE at "
@@ -44,50 +43,27 @@ def java() -> str | None:
   return shutil.which("java")
 
 
-def _is_id(value: Any) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def results_json(results: Iterable[tuple[int, str]],
+                 image_ids: Iterable[int]) -> list[dict[str, Any]]:
+  """[{"image_id", "caption"}] in `image_ids` order (BLIP's results file).
+
+  Exactly one caption for every image of `image_ids` (the whole split): a missing,
+  repeated or unknown id is an error naming the ids.
+  """
+  image_ids = [int(i) for i in image_ids]
+  return results_file.one_per_id(
+      results, image_ids, id_field="image_id", text_field="caption", item="image",
+      missing=f"of {len(image_ids)} images without a caption",
+      repeated="captioned more than once", unknown="not images of the split")
 
 
-def check_results(results: Sequence[Mapping[str, Any]], image_ids: Iterable[int],
-                  origin: str = "results") -> dict[int, str]:
-  """[{"image_id", "caption"}] -> {image_id: caption}, exactly one caption for every id
-  of `image_ids` and none other; errors name the record or the ids."""
-  expected = {int(i) for i in image_ids}
-  captions: dict[int, str] = {}
-  first: dict[int, int] = {}
-  for r, result in enumerate(results):
-    if not isinstance(result, Mapping):
-      raise ValueError(f"{origin}: record {r}: expected {{'image_id', 'caption'}}, got "
-                       f"{result!r}")
-    for field, ok in (("image_id", _is_id), ("caption", lambda v: isinstance(v, str))):
-      if not ok(result.get(field)):
-        raise ValueError(f"{origin}: record {r}: field {field!r} missing or not "
-                         f"{'an integer' if field == 'image_id' else 'a string'} "
-                         f"(got {result.get(field)!r})")
-    image_id = int(result["image_id"])
-    if image_id not in expected:
-      raise ValueError(f"{origin}: record {r}: image_id {image_id} is not an image of "
-                       "the split")
-    if image_id in captions:
-      raise ValueError(f"{origin}: record {r}: a second caption for image_id {image_id} "
-                       f"(first in record {first[image_id]}); one caption per image")
-    captions[image_id], first[image_id] = result["caption"], r
-  missing = sorted(expected - captions.keys())
-  if missing:
-    raise ValueError(f"{origin}: no caption for {len(missing)} of {len(expected)} images: "
-                     f"image_id {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-  return captions
+def write_results(path: str, results: Iterable[tuple[int, str]],
+                  image_ids: Iterable[int]) -> list[dict[str, Any]]:
+  """Checks (`results_json`) and writes BLIP's results file; returns its list."""
+  return results_file.write(path, results_json(results, image_ids))
 
 
-def write_results(path: str, results: Sequence[Mapping[str, Any]],
-                  image_ids: Iterable[int]) -> None:
-  """Checks `results` (`check_results`) and writes them as BLIP's results JSON."""
-  captions = check_results(results, image_ids, origin=path)
-  paths.write_json(path, [{"image_id": i, "caption": c} for i, c in captions.items()],
-                   indent=None)
-
-
-def _ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
+def _ptb_tokenize(captions: Mapping[int, Sequence[str]]) -> dict[int, list[str]]:
   from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # pylint: disable=g-import-not-at-top
   out = PTBTokenizer().tokenize({k: [{"caption": c} for c in cs]
                                  for k, cs in captions.items()})
@@ -98,11 +74,11 @@ def _ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]
   return out
 
 
-def evaluate(results: Sequence[Mapping[str, Any]],
+def evaluate(results: Iterable[tuple[int, str]],
              references: Mapping[int, Sequence[str]]) -> dict[str, Any]:
   """Scores the captions of a whole split against its references.
 
-  results: [{"image_id", "caption"}], one per image of `references`;
+  results: (image_id, caption) pairs, one per image of `references` (`results_json`);
   references: {image_id: [captions]} (raw text, e.g. `captions.read_gt`).
   Returns {"scores": {metric: float}, "skipped": {metric: reason}, "num_images": n}.
   """
@@ -110,7 +86,8 @@ def evaluate(results: Sequence[Mapping[str, Any]],
     if not refs or not all(isinstance(c, str) for c in refs):
       raise ValueError(f"references: image_id {image_id}: expected a non-empty list of "
                        f"strings, got {refs!r}")
-  predictions = check_results(results, references.keys())
+  predictions = {r["image_id"]: r["caption"]
+                 for r in results_json(results, references.keys())}
   skipped = dict(NOT_RUN)
   out: dict[str, Any] = {"scores": {}, "skipped": skipped, "num_images": len(predictions)}
   if java() is None:
@@ -124,11 +101,10 @@ def evaluate(results: Sequence[Mapping[str, Any]],
   from pycocoevalcap.meteor.meteor import Meteor  # pylint: disable=g-import-not-at-top
   from pycocoevalcap.rouge.rouge import Rouge  # pylint: disable=g-import-not-at-top
   ids = list(predictions)
-  # One tokenizer run for both sides (COCOEvalCap starts two): it works line by line.
-  tokens = _ptb_tokenize({**{("gt", i): references[i] for i in ids},
-                          **{("res", i): [predictions[i]] for i in ids}})
-  gts = {i: tokens["gt", i] for i in ids}
-  res = {i: tokens["res", i] for i in ids}
+  # Two tokenizer runs, as COCOEvalCap: a run's last line can tokenize differently
+  # ("x y." keeps "y." there), so one run for both sides would move numbers.
+  gts = _ptb_tokenize({i: references[i] for i in ids})
+  res = _ptb_tokenize({i: [predictions[i]] for i in ids})
   scorers = ((Bleu(4), METRICS[:4]), (Meteor(), ("METEOR",)), (Rouge(), ("ROUGE_L",)),
              (Cider(), ("CIDEr",)))
   for scorer, names in scorers:

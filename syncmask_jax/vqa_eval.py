@@ -33,6 +33,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from syncmask_jax import paths
+from syncmask_jax import results_file
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 HUMANS_FOR_FULL_CREDIT = 3  # min(1, matches / 3)
@@ -179,12 +180,6 @@ def load_annotations(path: str) -> dict[int, Annotation]:
   return annotations_from_records(records, origin=path)
 
 
-def _ids(ids: Iterable[int], limit: int = 10) -> str:
-  ids = sorted(ids)
-  more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
-  return ", ".join(str(i) for i in ids[:limit]) + more
-
-
 def _percent(values: Sequence[float], precision: int) -> float:
   return round(100.0 * sum(values) / len(values), precision)
 
@@ -205,8 +200,8 @@ def vqa_accuracy(predictions: Mapping[int, str], annotations: Mapping[int, Annot
   unknown = set(predictions) - set(annotations)
   if missing or unknown:
     raise ValueError(f"predictions do not match the annotated questions: missing "
-                     f"{len(missing)} ({_ids(missing)}), unknown {len(unknown)} "
-                     f"({_ids(unknown)})")
+                     f"{len(missing)} ({results_file.ids_text(missing)}), unknown "
+                     f"{len(unknown)} ({results_file.ids_text(unknown)})")
   scores, by_answer_type, by_question_type = {}, {}, {}
   for qid, ann in annotations.items():
     acc = question_accuracy(predictions[qid], ann.answers)
@@ -232,29 +227,13 @@ def results_json(results: Iterable[tuple[int, str]],
   Every question of `question_ids` (the whole test file) must be answered exactly
   once: a missing, repeated or unknown id is an error naming the ids.
   """
-  wanted = [int(q) for q in question_ids]
-  answers: dict[int, str] = {}
-  repeated = set()
-  for qid, answer in results:
-    qid = int(qid)
-    if qid in answers:
-      repeated.add(qid)
-    if not isinstance(answer, str):
-      raise ValueError(f"question {qid}: answer {answer!r} is not a string")
-    answers[qid] = answer
-  missing = set(wanted) - set(answers)
-  unknown = set(answers) - set(wanted)
-  if repeated or missing or unknown:
-    raise ValueError(f"results: {len(missing)} questions without an answer "
-                     f"({_ids(missing)}), {len(repeated)} answered more than once "
-                     f"({_ids(repeated)}), {len(unknown)} not in the question list "
-                     f"({_ids(unknown)})")
-  return [{"question_id": q, "answer": answers[q]} for q in wanted]
+  return results_file.one_per_id(
+      results, question_ids, id_field="question_id", text_field="answer",
+      item="question", missing="questions without an answer",
+      repeated="answered more than once", unknown="not in the question list")
 
 
 def write_results(path: str, results: Iterable[tuple[int, str]],
                   question_ids: Sequence[int]) -> list[dict[str, Any]]:
   """Checks (`results_json`) and writes the server's results file; returns its list."""
-  out = results_json(results, question_ids)
-  paths.write_json(path, out, indent=None)
-  return out
+  return results_file.write(path, results_json(results, question_ids))

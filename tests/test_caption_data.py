@@ -147,30 +147,25 @@ def test_synthfashion_captions_show_only_the_view():
 
 def test_results_checks(tmp_path):
   ids = [3, 8, 11]
-  ok = [{"image_id": np.int64(3), "caption": "a"}, {"image_id": 8, "caption": "b"},
-        {"image_id": 11, "caption": "c"}]
-  assert caption_eval.check_results(ok, ids) == {3: "a", 8: "b", 11: "c"}
-  with pytest.raises(ValueError, match=r"no caption for 2 of 3 images: image_id \[8, 11\]"):
-    caption_eval.check_results(ok[:1], ids)
-  with pytest.raises(ValueError, match=r"record 3: a second caption for image_id 8 "
-                                       r"\(first in record 1\)"):
-    caption_eval.check_results(ok + [{"image_id": 8, "caption": "d"}], ids)
-  with pytest.raises(ValueError, match=r"record 0: image_id 4 is not an image"):
-    caption_eval.check_results([{"image_id": 4, "caption": "a"}], ids)
-  with pytest.raises(ValueError, match=r"record 1: field 'caption' missing"):
-    caption_eval.check_results([ok[0], {"image_id": 8}], ids)
+  ok = [(np.int64(8), "b"), (3, "a"), (11, "c")]
+  expected = [{"image_id": 3, "caption": "a"}, {"image_id": 8, "caption": "b"},
+              {"image_id": 11, "caption": "c"}]
+  assert caption_eval.results_json(ok, ids) == expected  # in the split's order
+  with pytest.raises(ValueError, match=r"2 of 3 images without a caption \(3, 11\), 0 "):
+    caption_eval.results_json(ok[:1], ids)
+  with pytest.raises(ValueError, match=r"1 captioned more than once \(8\), 1 not images "
+                                       r"of the split \(4\)"):
+    caption_eval.results_json(ok + [(8, "d"), (4, "e")], ids)
+  with pytest.raises(ValueError, match=r"image 8: caption None is not a string"):
+    caption_eval.results_json([(3, "a"), (8, None)], ids)
   path = str(tmp_path / "results.json")
-  caption_eval.write_results(path, ok, ids)
-  assert json.load(open(path)) == [{"image_id": 3, "caption": "a"},
-                                   {"image_id": 8, "caption": "b"},
-                                   {"image_id": 11, "caption": "c"}]
-  with pytest.raises(ValueError, match=r"results\.json: no caption for 1 of 3"):
-    caption_eval.write_results(path, ok[1:], ids)
+  assert caption_eval.write_results(path, ok, ids) == expected
+  assert json.load(open(path)) == expected
 
 
 def test_without_java_no_metric_is_reported(monkeypatch):
   monkeypatch.setattr(caption_eval, "java", lambda: None)
-  out = caption_eval.evaluate([{"image_id": 1, "caption": "a b"}], {1: ["a b"]})
+  out = caption_eval.evaluate([(1, "a b")], {1: ["a b"]})
   assert out["scores"] == {} and out["num_images"] == 1
   assert set(out["skipped"]) == set(caption_eval.METRICS) | {"SPICE"}
   assert "Java" in out["skipped"]["METEOR"]
@@ -185,15 +180,13 @@ _REFS = {1: ["a b c d"], 2: ["e f g h"]}
 
 @pytest.mark.skipif(caption_eval.java() is None, reason="needs java")
 def test_metrics_by_hand():
-  perfect = caption_eval.evaluate([{"image_id": 1, "caption": "a b c d"},
-                                   {"image_id": 2, "caption": "e f g h"}], _REFS)
+  perfect = caption_eval.evaluate([(1, "a b c d"), (2, "e f g h")], _REFS)
   assert set(perfect["scores"]) == set(caption_eval.METRICS)
   assert perfect["scores"]["Bleu_4"] == pytest.approx(1.0, abs=1e-8)
   assert perfect["scores"]["CIDEr"] == pytest.approx(10.0)
   assert perfect["scores"]["METEOR"] == pytest.approx(1.0)
   # PTB tokenization: case and the final period do not count.
-  imperfect = caption_eval.evaluate([{"image_id": 1, "caption": "A b c x."},
-                                     {"image_id": 2, "caption": "e f g h"}], _REFS)
+  imperfect = caption_eval.evaluate([(1, "A b c x."), (2, "e f g h")], _REFS)
   s = imperfect["scores"]
   assert s["Bleu_1"] == pytest.approx(7 / 8, abs=1e-8)
   assert s["Bleu_2"] == pytest.approx(np.sqrt(7 / 8 * 5 / 6), abs=1e-8)
