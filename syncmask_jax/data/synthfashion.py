@@ -615,9 +615,18 @@ _DETAIL_COLOURS = {(c, patterned): _contrasting_colours(c, patterned)
                    for c in range(len(COLOURS)) for patterned in (False, True)}
 
 
-@functools.lru_cache(maxsize=512)
-def make_product(seed: int, product_id: int) -> Product:
-  """The product `product_id` of the set generated from `seed` (pure, cached)."""
+def _detail_count(kind: int, rng: np.random.Generator) -> int:
+  """Instances of a new detail: pockets and patches 1-2, buttons 3-4, else 1."""
+  if kind in (POCKET, PATCH):
+    return 2 if rng.random() < 0.35 else 1
+  if kind == BUTTONS:
+    return int(rng.integers(3, 5))
+  return 1
+
+
+def _draw_product(seed: int, product_id: int) -> tuple[dict[str, Any], np.random.Generator]:
+  """The attributes and details of a product, and its generator as `_describe` gets it
+  (twins replay that generator's draws to word a changed product the same way)."""
   table = product_table(seed, product_id)
   category, gender = table["category"], table["gender"]
   views = tuple(v for v in table["views"] if v >= 0)
@@ -636,12 +645,7 @@ def make_product(seed: int, product_id: int) -> Product:
     if len(details) == num_details:
       break
     kind, side = options[i]
-    if kind in (POCKET, PATCH):
-      count = 2 if rng.random() < 0.35 else 1
-    elif kind == BUTTONS:
-      count = int(rng.integers(3, 5))
-    else:
-      count = 1
+    count = _detail_count(kind, rng)
     boxes = _place(kind, side, count, category, taken[side], rng)
     if boxes is None:
       continue
@@ -650,9 +654,22 @@ def make_product(seed: int, product_id: int) -> Product:
                           count, boxes))
   if len(details) < 2:
     raise RuntimeError(f"product {product_id}: only {len(details)} details fit")
-  text, words = _describe(category, gender, colour, pattern, fabric, details, rng)
-  return Product(product_id, category, gender, colour, pattern, fabric, tuple(details),
-                 views, text, words)
+  return dict(product_id=product_id, category=category, gender=gender, colour=colour,
+              pattern=pattern, fabric=fabric, details=tuple(details), views=views), rng
+
+
+@functools.lru_cache(maxsize=512)
+def make_product(seed: int, product_id: int) -> Product:
+  """The product `product_id` of the set generated from `seed` (pure, cached)."""
+  fields, rng = _draw_product(seed, product_id)
+  return _with_text(fields, rng)
+
+
+def _with_text(fields: dict[str, Any], rng: Any) -> Product:
+  """The product of `fields` (Product's fields but text and words), described by `rng`."""
+  text, words = _describe(fields["category"], fields["gender"], fields["colour"],
+                          fields["pattern"], fields["fabric"], fields["details"], rng)
+  return Product(**fields, text=text, words=words)
 
 
 def descriptions(num_products: int, seed: int = 0, split: str = "train") -> list[str]:
