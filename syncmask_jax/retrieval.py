@@ -11,6 +11,11 @@ positive of a query when their keys are equal":
 * `one_plus_100` (FashionBERT): per query its positive and 100 products of the same
   subcategory (`sample_one_plus_100`), a random view each; repeated over rounds with
   fixed seeds, mean and std reported.
+* `twins` (SynthFashion): per product view, the product against its twins, products
+  one attribute (colour, pattern, a detail's presence, colour or side) away
+  (`synthfashion.twin_records`); R@1 per attribute, the twins the view cannot show
+  counted apart (`twins_recall`). The other protocols are mostly won on garment type
+  and colour; this one isolates details.
 
 A product's text is the text of its first record (FashionGen repeats the description
 on every view row).
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -152,28 +157,39 @@ def rank_queries(query_feat: np.ndarray, gallery_feat: np.ndarray, query_key: np
   so (Q, G) never needs to fit at once. `names` name the two feature arrays in the
   NonFiniteError raised when they, or the scores, are not finite.
   """
+  query_key, gallery_key = np.asarray(query_key), np.asarray(gallery_key)
+  ranks = []
+  for rows, cand, scores in scored_chunks(query_feat, gallery_feat, scorer,
+                                          query_is_image=query_is_image, candidates=candidates,
+                                          query_index=query_index, chunk=chunk, names=names):
+    ranks.append(best_positive_rank(scores, query_key[rows][:, None] == gallery_key[cand]))
+  return np.concatenate(ranks) if ranks else np.zeros((0,), np.int64)
+
+
+def scored_chunks(query_feat: np.ndarray, gallery_feat: np.ndarray, scorer: Scorer, *,
+                  query_is_image: bool, candidates: np.ndarray | None = None,
+                  query_index: np.ndarray | None = None, chunk: int = 1024,
+                  names: tuple[str, str] = ("query features", "gallery features")
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(query rows, (R, C) candidate gallery indices, (R, C) final scores) per chunk of
+  queries; arguments as `rank_queries`, which ranks them by key."""
   query_feat = np.asarray(query_feat, np.float32)
   gallery_feat = np.asarray(gallery_feat, np.float32)
   for name, feat in zip(names, (query_feat, gallery_feat)):
     check_finite(name, feat)
-  query_key, gallery_key = np.asarray(query_key), np.asarray(gallery_key)
   query_index = np.arange(len(query_feat)) if query_index is None else np.asarray(query_index)
-  ranks = []
   for start in range(0, len(query_feat), chunk):
     rows = np.arange(start, min(start + chunk, len(query_feat)))
     if candidates is None:
       cand = np.broadcast_to(np.arange(len(gallery_feat)), (len(rows), len(gallery_feat)))
       sim = query_feat[rows] @ gallery_feat.T
-      positives = query_key[rows][:, None] == gallery_key[None, :]
     else:
       cand = np.asarray(candidates[rows])
       sim = np.einsum("qd,qcd->qc", query_feat[rows], gallery_feat[cand])
-      positives = query_key[rows][:, None] == gallery_key[cand]
     scores = scorer.scores(sim.astype(np.float64), query_index[rows], cand, query_is_image)
     check_finite(f"{scorer.scoring} scores of {names[0]} (from row {start}) vs {names[1]}",
                  scores)
-    ranks.append(best_positive_rank(scores, positives))
-  return np.concatenate(ranks) if ranks else np.zeros((0,), np.int64)
+    yield rows, cand, scores
 
 
 # -- protocols --------------------------------------------------------------------------
@@ -296,6 +312,65 @@ def one_plus_100_rounds(image_feat: np.ndarray, product_id: np.ndarray,
     values = np.array([m[key] for m in per_round])
     out[key] = float(values.mean())
     out[f"{key}_std"] = float(values.std())
+  return out
+
+
+def twins_recall(image_feat: np.ndarray, text_feat: np.ndarray, groups: dict[str, Any],
+                 scorer: Scorer, ks: Sequence[int] = (1,)) -> dict[str, Any]:
+  """The 1+K twins protocol: R@k of a product against its one-attribute twins.
+
+  `groups` as `synthfashion.twin_records` builds them: per query (a product's view)
+  query_image / query_text index the image / text sets the features (and the scorer's
+  ITM pairs) come from; member_image / member_text (Q, C) the candidates, slot 0 the
+  product itself, the rest its twins with member_attribute (index into
+  groups["attributes"], -1: an empty slot) and member_visible (the query's view shows
+  the change). i2t: the view's image against the product's and its twins' texts; t2i:
+  the product's text against the same view of the product and its twins. Each
+  direction is scored once over the whole row (ITM re-ranks its ITC top k there); every
+  reported row then ranks slot 0 among a subset of it: all visible twins
+  (`{d}_r{k}`), one attribute's visible twins (`{d}_r{k}_{attribute}`), and the same
+  for the twins the view does not show (`..._invisible`: chance is the best a model can
+  do; t2i ties there by construction, the images being the same). A query joins a row
+  when it has at least one twin in it (`num_queries...`); a row without queries is left
+  out. Ties count against the query (`best_positive_rank`): a model blind to an
+  attribute scores identical twins equal and gets R@1 = 0 on it, not 1/(K+1).
+  """
+  names = tuple(groups["attributes"])
+  attribute = np.asarray(groups["member_attribute"])
+  if attribute.ndim != 2 or not len(attribute):
+    raise ValueError(f"groups['member_attribute']: shape {attribute.shape}, expected "
+                     "(queries >= 1, 1 + twins)")
+  visible = np.asarray(groups["member_visible"], bool)
+  scores = {}
+  for direction, query_feat, query_index, gallery_feat, candidates, is_image, feat_names in (
+      ("i2t", image_feat, groups["query_image"], text_feat, groups["member_text"], True,
+       ("image_feat", "text_feat")),
+      ("t2i", text_feat, groups["query_text"], image_feat, groups["member_image"], False,
+       ("text_feat", "image_feat"))):
+    query_index = np.asarray(query_index)
+    chunks = scored_chunks(np.asarray(query_feat)[query_index], gallery_feat, scorer,
+                           query_is_image=is_image, candidates=np.asarray(candidates),
+                           query_index=query_index, names=feat_names)
+    scores[direction] = np.concatenate([c[2] for c in chunks])
+  out: dict[str, Any] = {"num_queries": int(len(attribute)),
+                         "num_products": int(len(np.unique(groups["query_text"]))),
+                         "twin_slots": int(attribute.shape[1] - 1), "attributes": list(names)}
+  twin = attribute >= 0
+  selections = [("", twin)] + [(f"_{n}", attribute == a) for a, n in enumerate(names)]
+  for suffix, selected in selections:
+    for shown, tail in ((visible, ""), (~visible, "_invisible")):
+      mask = selected & shown
+      mask[:, 0] = True
+      rows = np.flatnonzero(mask[:, 1:].any(axis=1))
+      out[f"num_queries{suffix}{tail}"] = int(len(rows))
+      if not len(rows):
+        continue
+      # Unselected slots point at slot 0: a second copy of the positive changes no rank.
+      cols = np.where(mask[rows], np.arange(mask.shape[1]), 0)
+      for direction, s in scores.items():
+        ranks = best_positive_rank(np.take_along_axis(s[rows], cols, axis=1), cols == 0)
+        out.update({f"{direction}_{k}{suffix}{tail}": v
+                    for k, v in recall_at_k(ranks, ks).items()})
   return out
 
 

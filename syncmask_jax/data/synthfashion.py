@@ -33,6 +33,12 @@ best patch whose owner keeps another, so small details are not lost at a coarse 
 `gt_patch_visible` is `gt_patch_part > 0`: the body is named (garment, colour,
 pattern) and only visible details are drawn.
 
+Twins (`make_twins`, `twin_records`) [ours]: products one attribute away from a product
+(its colour, pattern, a detail's presence, a detail's colour or side), worded by the same
+`_describe` with the same draws, so the two texts differ in that attribute's words alone;
+a view that does not show the change draws the twin exactly as the original. They make
+the 1+K twins retrieval protocol (`retrieval.twins_recall`).
+
 Random access: a record is (product, view). Category, gender, view count and view set
 come from a counter-based hash of (seed, product_id), so the per-record tables of a
 split are a few vectorised numpy ops even for millions of products; the rest of a
@@ -913,3 +919,305 @@ class SynthFashion:
         gt_patch_part=patch_part,
         gt_patch_visible=patch_part > 0,
     )
+
+
+# ---------------------------------------------------------------------------
+# Twins: products one attribute away from a product (the attribute-swap protocol).
+
+TWIN_ATTRIBUTES = ("colour", "pattern", "detail_presence", "detail_colour", "detail_side")
+_SALT_TWIN = 0x7A
+_MIRROR_SIDE = {FRONT: BACK, BACK: FRONT, LEFT: RIGHT, RIGHT: LEFT}
+# `_describe`'s integers draws before the detail phrases (head, fabric form, colour,
+# pattern, garment, list form, intro) and per detail phrase (colour word, template,
+# noun). Only detail_presence twins rely on them; `_twin` checks every twin's words.
+_HEAD_DRAWS, _PHRASE_DRAWS = 7, 3
+_KEEP_PATTERN_WORD = 0.75  # the plain coin of `_describe`: >= 0.5 writes "plain"
+
+
+class _Draws:
+  """A Generator's draws made by `_describe`, recorded, or replayed for a twin.
+
+  Each method has its own queue, so a twin's description that flips one coin more or
+  less, or writes one phrase more or less, edits one queue at a known place instead of
+  shifting everything after it. Recording goes through here even where numpy draws
+  nothing (`integers(1)`), so queues line up call by call. A replayed `integers(n)`
+  is capped at n - 1 (a colour with fewer synonyms takes its last); a float u in the
+  integers queue is a fresh draw, int(u * n).
+  """
+
+  def __init__(self, rng: np.random.Generator | None = None,
+               queues: dict[str, list[Any]] | None = None):
+    self.rng = rng
+    self.queues = ({m: list(q) for m, q in queues.items()} if queues is not None
+                   else {"integers": [], "random": [], "permutation": []})
+    self.used = dict.fromkeys(self.queues, 0)
+
+  def _next(self, method: str, draw) -> Any:
+    if self.rng is not None:
+      self.queues[method].append(draw())
+      return self.queues[method][-1]
+    i = self.used[method]
+    if i >= len(self.queues[method]):
+      raise RuntimeError(f"a twin's description drew more {method} than its original")
+    self.used[method] = i + 1
+    return self.queues[method][i]
+
+  def integers(self, n: int) -> int:
+    v = self._next("integers", lambda: int(self.rng.integers(n)))
+    return int(v * n) if isinstance(v, float) else min(v, n - 1)
+
+  def random(self) -> float:
+    return self._next("random", lambda: float(self.rng.random()))
+
+  def permutation(self, n: int) -> list[int]:
+    order = self._next("permutation", lambda: [int(i) for i in self.rng.permutation(n)])
+    if len(order) != n:
+      raise RuntimeError(f"a twin's description lists {n} details, its draws {len(order)}")
+    return order
+
+
+@dataclasses.dataclass(frozen=True)
+class Twin:
+  """A product that differs from `make_product(seed, product.product_id)` in ONE attribute.
+
+  `attribute` is one of TWIN_ATTRIBUTES, `k` its rank among that attribute's twins.
+  `words` / `twin_words` are the content words of the original's / the twin's text
+  that name the changed attribute; every other content word is the same, in the same
+  order. `visible_views` are the views whose image shows the change: those where one
+  of those words is visible (`Product.visible_spans`); any other view of the twin is
+  drawn pixel for pixel as the original's.
+  """
+  product: Product
+  attribute: str
+  k: int
+  words: tuple[WordSpan, ...]
+  twin_words: tuple[WordSpan, ...]
+  visible_views: tuple[int, ...]
+
+  def visible(self, view: int) -> bool:
+    return view in self.visible_views
+
+
+def _twin_edits(seed: int, fields: dict[str, Any], product: Product, attribute: str
+                ) -> list[tuple[int, Any]]:
+  """Every valid one-attribute change of a product, as (detail index or -1, new value):
+  a colour or pattern index, a Detail (replacing detail i, or added when i is the
+  number of details), or None (detail i removed). Valid means `make_product` could have
+  drawn it: detail colours contrast with the body (and pattern), 2-4 details, one per
+  (kind, side), placements clear of each other."""
+  colour, details = fields["colour"], fields["details"]
+  patterned = fields["pattern"] != PLAIN
+  contrasting = lambda c, p: all(d.colour in _DETAIL_COLOURS[c, p] for d in details)  # noqa: E731
+  if attribute == "colour":
+    return [(-1, c) for c in range(len(COLOURS))
+            if c != colour and contrasting(c, patterned)]
+  if attribute == "pattern":
+    # A caption that leaves "plain" unsaid does not tell a plain product from a striped
+    # one: it has no pattern twin.
+    if not any(w.role == "pattern" for w in product.words):
+      return []
+    return [(-1, p) for p in range(len(PATTERNS))
+            if p != fields["pattern"] and contrasting(colour, p != PLAIN)]
+  if attribute == "detail_colour":
+    return [(j, dataclasses.replace(d, colour=int(c))) for j, d in enumerate(details)
+            for c in _DETAIL_COLOURS[colour, patterned] if c != d.colour]
+  if attribute == "detail_side":
+    # The mirror side only (front <-> back, left <-> right): the same frame, so the same
+    # boxes, and the same phrase template with its side word changed.
+    out = []
+    for j, d in enumerate(details):
+      side = _MIRROR_SIDE[d.side]
+      others = [e for i, e in enumerate(details) if i != j and e.side == side]
+      if (side in DETAIL_SIDES[d.kind] and all(e.kind != d.kind for e in others)
+          and not any(_overlaps(b, t) for b in d.boxes for e in others for t in e.boxes)):
+        out.append((j, dataclasses.replace(d, side=side)))
+    return out
+  if attribute == "detail_presence":
+    out: list[tuple[int, Any]] = []
+    if len(details) > 2:
+      out += [(j, None) for j in range(len(details))]
+    if len(details) < 4:
+      present = {(d.kind, d.side) for d in details}
+      for kind in GARMENTS[fields["category"]].details:
+        for side in DETAIL_SIDES[kind]:
+          if (kind, side) in present:
+            continue
+          rng = np.random.default_rng([seed, fields["product_id"], _SALT_TWIN, kind, side])
+          count = _detail_count(kind, rng)
+          taken = [b for d in details if d.side == side for b in d.boxes]
+          boxes = _place(kind, side, count, fields["category"], taken, rng)
+          if boxes is not None:
+            options = _DETAIL_COLOURS[colour, patterned]
+            out.append((len(details), Detail(kind, side, int(options[rng.integers(len(options))]),
+                                             count, boxes)))
+    return out
+  raise ValueError(f"attribute={attribute!r}: expected one of {TWIN_ATTRIBUTES}")
+
+
+def _attribute_words(product: Product, attribute: str, detail: int | None
+                     ) -> tuple[WordSpan, ...]:
+  """The content words of a product's text naming `attribute`: of detail `detail` (-1:
+  the body's; None: no words, the detail is not there)."""
+  if detail is None:
+    return ()
+  role = {"colour": "colour", "pattern": "pattern", "detail_colour": "colour",
+          "detail_side": "side"}.get(attribute)  # detail_presence: all the detail's words
+  return tuple(w for w in product.words
+               if w.detail == detail and (role is None or w.role == role))
+
+
+def _twin(seed: int, product_id: int, attribute: str, k: int, edit: tuple[int, Any]) -> Twin:
+  """The twin made by `edit` (`_twin_edits`), worded by replaying the original's draws,
+  and checked: its text differs from the original's in the attribute's words alone."""
+  fields, rng = _draw_product(seed, product_id)
+  draws = _Draws(rng)
+  original = _with_text(fields, draws)
+  if original.text != make_product(seed, product_id).text:
+    raise RuntimeError(f"product {product_id}: recorded draws do not reproduce its text")
+  queues = draws.queues
+  j, value = edit
+  removed, added = value is None, attribute == "detail_presence" and value is not None
+  details = list(fields["details"])
+  plain_coin = int(fields["pattern"] == PLAIN)  # `_describe`'s first `random` draw, if any
+  order = queues["permutation"][0]
+  if attribute in ("colour", "pattern"):
+    fields = dict(fields, **{attribute: value})
+    if attribute == "pattern" and plain_coin:
+      queues["random"].pop(0)
+    elif attribute == "pattern" and value == PLAIN:
+      queues["random"].insert(0, _KEEP_PATTERN_WORD)
+  elif removed:  # a detail removed: its phrase's draws go
+    at = order.index(j)
+    queues["permutation"][0] = [i - (i > j) for i in order if i != j]
+    del queues["integers"][_HEAD_DRAWS + _PHRASE_DRAWS * at:
+                           _HEAD_DRAWS + _PHRASE_DRAWS * (at + 1)]
+    if details[j].kind == BUTTONS:  # buttons (3-4 of them) flip a numeral coin
+      coins_before = sum(details[i].kind == BUTTONS for i in order[:at])
+      del queues["random"][plain_coin + coins_before]
+    del details[j]
+  elif added:  # a detail added: its phrase last, fresh draws for its words
+    fresh = np.random.default_rng([seed, product_id, _SALT_TWIN, k, len(details)])
+    queues["permutation"][0] = order + [j]
+    at = _HEAD_DRAWS + _PHRASE_DRAWS * len(details)
+    queues["integers"][at:at] = [float(u) for u in fresh.random(_PHRASE_DRAWS)]
+    if value.kind == BUTTONS:
+      queues["random"].append(float(fresh.random()))
+    details.append(value)
+  else:
+    details[j] = value
+  twin = _with_text(dict(fields, details=tuple(details)), _Draws(queues=queues))
+  words = _attribute_words(original, attribute, None if added else j)
+  twin_words = _attribute_words(twin, attribute, None if removed else j)
+  rest = lambda p, skip: [(w.role, p.text[w.start:w.end].lower())  # noqa: E731
+                          for w in p.words if w not in skip]
+  said = lambda p, ws: [p.text[w.start:w.end].lower() for w in ws]  # noqa: E731
+  if (rest(original, words) != rest(twin, twin_words)
+      or said(original, words) == said(twin, twin_words)):
+    raise RuntimeError(f"product {product_id}: the {attribute} twin {k}'s text does not "
+                       f"differ from the original's in the {attribute} words alone:\n"
+                       f"{original.text}\n{twin.text}")
+  visible = tuple(v for v in range(len(VIEW_NAMES)) if any(
+      (w.start, w.end) in {tuple(s) for s in p.visible_spans(v)}
+      for p, ws in ((original, words), (twin, twin_words)) for w in ws))
+  return Twin(twin, attribute, k, words, twin_words, visible)
+
+
+def make_twins(seed: int, product_id: int, attribute: str, num: int) -> list[Twin]:
+  """The first min(num, available) twins of a product for one attribute (TWIN_ATTRIBUTES).
+
+  Deterministic in (seed, product_id, attribute, k): twin k is the k-th of every valid
+  one-attribute change (`_twin_edits`) in an order drawn from (seed, product_id,
+  attribute), so the twins of one attribute are distinct products. What a twin changes:
+  colour, the garment colour; pattern, the pattern (none when the text leaves "plain"
+  unsaid); detail_presence, one detail removed (of 3-4) or one added (to 2-3; a free
+  (kind, side) slot with a placement that fits); detail_colour, one detail's colour;
+  detail_side, one detail moved to the mirror side (front <-> back, left <-> right).
+  Colours stay ones `make_product` allows (details contrasting with the body).
+  """
+  if attribute not in TWIN_ATTRIBUTES:
+    raise ValueError(f"attribute={attribute!r}: expected one of {TWIN_ATTRIBUTES}")
+  if num < 0:
+    raise ValueError(f"num={num}: must be >= 0")
+  fields, _ = _draw_product(seed, product_id)
+  edits = _twin_edits(seed, fields, make_product(seed, product_id), attribute)
+  rng = np.random.default_rng([seed, product_id, _SALT_TWIN,
+                               TWIN_ATTRIBUTES.index(attribute)])
+  order = rng.permutation(len(edits))[:num]
+  return [_twin(seed, product_id, attribute, k, edits[i]) for k, i in enumerate(order)]
+
+
+def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_size: int = 64,
+                 attributes: Sequence[str] = TWIN_ATTRIBUTES) -> dict[str, Any]:
+  """Images, texts and per-query candidate groups of the 1+K twins protocol
+  (`retrieval.twins_recall`) for held-out products.
+
+  Texts: each product's own text, then its twins' (up to `num_twins` per attribute).
+  Images: every view of each product, and of each twin whose change that view shows;
+  a twin's view that does not show it is drawn exactly as the original's, so its slot
+  reuses the original's image (a model can only tie them). One query per product view;
+  its candidate row has 1 + len(attributes) * num_twins slots: slot 0 the product, slot
+  1 + a * num_twins + k twin k of attribute a; a slot without a twin (fewer valid ones)
+  holds the product again with attribute -1, which no protocol row selects.
+
+  Returns image uint8 (I, S, S, 3), image_product_id (I,), image_view (I,), text (list
+  of T str), text_product_id (T,), text_attribute (T,) (index into `attributes`, -1 for
+  a product's own text), attributes (tuple), and per query (Q,) query_image,
+  query_text, query_product_id, query_view, and (Q, C) member_image, member_text,
+  member_attribute, member_visible (whether the query's view shows the slot's change).
+  """
+  attributes = tuple(attributes)
+  unknown = [a for a in attributes if a not in TWIN_ATTRIBUTES]
+  if unknown or not attributes:
+    raise ValueError(f"attributes={attributes!r}: expected a non-empty subset of "
+                     f"{TWIN_ATTRIBUTES}")
+  if num_twins < 1:
+    raise ValueError(f"num_twins={num_twins}: must be >= 1")
+  if not len(product_ids):
+    raise ValueError("product_ids: empty, expected at least one product")
+  if image_size < 1:
+    raise ValueError(f"image_size={image_size}: must be >= 1")
+  width = 1 + len(attributes) * num_twins
+  images, image_product_id, image_view = [], [], []
+  texts, text_product_id, text_attribute = [], [], []
+  rows: dict[str, list[Any]] = {k: [] for k in (
+      "query_image", "query_text", "query_product_id", "query_view", "member_image",
+      "member_text", "member_attribute", "member_visible")}
+
+  def add_image(product: Product, view: int) -> int:
+    images.append(render(product, view, image_size, seed)[0])
+    image_product_id.append(product.product_id)
+    image_view.append(view)
+    return len(images) - 1
+
+  for pid in product_ids:
+    product = make_product(seed, int(pid))
+    twins: list[Twin | None] = [None] * width
+    member_text = np.full(width, len(texts), np.int64)
+    member_attribute = np.full(width, -1, np.int32)
+    texts.append(product.text)
+    text_product_id.append(product.product_id)
+    text_attribute.append(-1)
+    for a, attribute in enumerate(attributes):
+      for twin in make_twins(seed, product.product_id, attribute, num_twins):
+        slot = 1 + a * num_twins + twin.k
+        twins[slot], member_text[slot], member_attribute[slot] = twin, len(texts), a
+        texts.append(twin.product.text)
+        text_product_id.append(product.product_id)
+        text_attribute.append(a)
+    for view in product.views:
+      own = add_image(product, view)
+      member_image = np.full(width, own, np.int64)
+      visible = np.array([t is not None and t.visible(view) for t in twins])
+      for slot in np.flatnonzero(visible):
+        member_image[slot] = add_image(twins[slot].product, view)
+      for k, v in (("query_image", own), ("query_text", member_text[0]),
+                   ("query_product_id", product.product_id), ("query_view", view),
+                   ("member_image", member_image), ("member_text", member_text),
+                   ("member_attribute", member_attribute), ("member_visible", visible)):
+        rows[k].append(v)
+  out = {k: np.asarray(v) for k, v in rows.items()}
+  out.update(image=np.stack(images), image_product_id=np.asarray(image_product_id, np.int64),
+             image_view=np.asarray(image_view, np.int32), text=texts,
+             text_product_id=np.asarray(text_product_id, np.int64),
+             text_attribute=np.asarray(text_attribute, np.int32), attributes=attributes)
+  return out
