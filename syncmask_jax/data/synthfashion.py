@@ -985,7 +985,8 @@ class Twin:
   that name the changed attribute; every other content word is the same, in the same
   order. `visible_views` are the views whose image shows the change: those where one
   of those words is visible (`Product.visible_spans`); any other view of the twin is
-  drawn pixel for pixel as the original's.
+  drawn pixel for pixel as the original's (the twin keeps the product id, from which
+  `render` draws the framing).
   """
   product: Product
   attribute: str
