@@ -1,4 +1,4 @@
-"""The study: runs the sweep of `configs/study.py` and writes its report.
+"""The study: runs the sweep of `syncmask_jax/study.py` and writes its report.
 
   python -m syncmask_jax.report --workdir=runs/study [--seeds=0,1,2] [--steps=1000]
       [--finetune_steps=300] [--variants=albef,syncmask,...] [--jobs=2] [--docs=DIR]
@@ -30,7 +30,6 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -45,10 +44,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from syncmask_jax import paths
+from syncmask_jax import paths, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDY_CONFIG = os.path.join("configs", "study.py")
 PROTOCOLS = (("full_gallery", "full gallery"), ("one_plus_100", "1+100"))
 RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean")
 CURVES = (("train/mask/patch_precision", "patches"), ("train/mask/token_precision", "tokens"))
@@ -108,14 +106,6 @@ CLAIMS = (
 )
 
 
-def load_variants() -> dict[str, tuple[str, dict, str]]:
-  spec = importlib.util.spec_from_file_location("study_config",
-                                                os.path.join(REPO, STUDY_CONFIG))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.VARIANTS, module.FINETUNE
-
-
 def run_dir(root: str, variant: str, seed: int) -> str:
   return os.path.join(root, variant, f"seed{seed}")
 
@@ -123,21 +113,21 @@ def run_dir(root: str, variant: str, seed: int) -> str:
 # -- running ----------------------------------------------------------------------------
 
 
-def _commands(variant: str, seed: int, args: argparse.Namespace, finetune: str,
+def _commands(variant: str, seed: int, args: argparse.Namespace,
               directory: str) -> list[tuple[str, list[str], str]]:
   """(name, argv, file that marks it done) for the pretraining and fine-tuning runs."""
   main = [sys.executable, "-m", "syncmask_jax.main"]
-  pretrain = main + [f"--config={STUDY_CONFIG}:variant={variant},seed={seed},"
+  pretrain = main + [f"--config={study.PRETRAIN}:variant={variant},seed={seed},"
                      f"steps={args.steps}", f"--workdir={directory}", *args.override]
   ft_dir = os.path.join(directory, "finetune")
-  tune = main + [f"--config={finetune},steps={args.finetune_steps}",
+  tune = main + [f"--config={study.FINETUNE},steps={args.finetune_steps}",
                  f"--config.init_checkpoint={os.path.join(directory, 'checkpoints')}",
                  f"--config.seed={seed}", f"--workdir={ft_dir}", *args.finetune_override]
   return [("pretrain", pretrain, os.path.join(directory, "eval", "pretrain.json")),
           ("finetune", tune, os.path.join(ft_dir, "eval", "category.json"))]
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace, finetune: str) -> dict:
+def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
   """Runs what is missing of one (variant, seed); returns its run.json record."""
   directory = run_dir(args.workdir, variant, seed)
   paths.path(directory).mkdir(parents=True, exist_ok=True)
@@ -145,7 +135,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, finetune: str) ->
   info = {}
   if paths.path(info_path).exists():
     info = paths.read_json(info_path)
-  for name, argv, done in _commands(variant, seed, args, finetune, directory):
+  for name, argv, done in _commands(variant, seed, args, directory):
     if paths.path(done).exists():
       continue
     log = os.path.join(directory, f"{name}.log")
@@ -174,13 +164,12 @@ def _run_logged(argv: list[str], log: str) -> subprocess.CompletedProcess:
   return proc
 
 
-def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Namespace,
-              finetune: str) -> None:
+def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Namespace) -> None:
   jobs = [(v, s) for s in seeds for v in variants]
   done, lock, t0 = [0], threading.Lock(), time.time()
 
   def work(job):
-    run_one(*job, args, finetune)
+    run_one(*job, args)
     with lock:
       done[0] += 1
       rate = (time.time() - t0) / done[0]
@@ -378,7 +367,7 @@ def machine() -> dict[str, Any]:
           "devices": [str(d) for d in jax.devices()]}
 
 
-def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequence[int],
+def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
                  args: argparse.Namespace, command: str) -> str:
   """docs/results.md, its PNGs and summary.json; returns the markdown's path."""
   fig_dir = os.path.join(args.docs, "results")
@@ -411,7 +400,7 @@ def write_report(runs: dict[str, dict[int, dict]], variants: dict, seeds: Sequen
       "|---|---|---|---|---|---|---|---|---|"]
   for v, seeds_runs in runs.items():
     overview.append(
-        f"| {v} | {variants[v][2]} | {len(seeds_runs)} | "
+        f"| {v} | {study.VARIANTS[v][2]} | {len(seeds_runs)} | "
         f"{_column(seeds_runs, 'patch_precision', digits=3)} | "
         f"{_column(seeds_runs, 'token_precision', digits=3)} | "
         f"{_column(seeds_runs, 'full_gallery/r_mean')} | "
@@ -534,7 +523,7 @@ def update_readme(path: str, block: Sequence[str]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  variants, _ = load_variants()
+  variants = study.VARIANTS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/study")
   p.add_argument("--publish", action="store_true",
@@ -573,17 +562,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> str:
   args = parse_args(argv)
-  variants, finetune = load_variants()
   names = args.variants.split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
   if not args.no_run:
-    run_sweep(names, seeds, args, finetune)
+    run_sweep(names, seeds, args)
   runs = collect(args.workdir, names, seeds)
   if not runs:
     raise SystemExit(f"no finished runs under {args.workdir}")
   command = "python -m syncmask_jax.report " + " ".join(
       a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no_run")
-  path = write_report(runs, variants, seeds, args, command)
+  path = write_report(runs, seeds, args, command)
   print(f"wrote {path}")
   return path
 

@@ -2,6 +2,9 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,6 +115,22 @@ def test_bad_variant_is_named(capsys):
   with pytest.raises(SystemExit):
     report.parse_args(["--variants=syncmask,nope"])
   assert "nope" in capsys.readouterr().err
+
+
+def test_report_needs_no_checkout(tmp_path):
+  """Installed, the package has no configs/ beside it: the report reads the study's
+  variants from the package, whatever the current directory."""
+  site = tmp_path / "site"
+  shutil.copytree(os.path.dirname(report.__file__), site / "syncmask_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  code = ("from syncmask_jax import report; "
+          "report.parse_args(['--workdir=runs', '--variants=semmim,albef']); "
+          "print(report.__file__, *report.study.VARIANTS)")
+  run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=str(site)), check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.split() == [str(site / "syncmask_jax" / "report.py"),
+                                *report.study.VARIANTS]
 
 
 @pytest.mark.slow
