@@ -44,6 +44,14 @@ def tiny_config():
   return c
 
 
+@pytest.fixture(scope="module")
+def finetune_files(tmp_path_factory):
+  """The fine-tuning tasks' inputs: tiny FashionGen and FashionIQ files, a vocab and a
+  pretraining checkpoint (fakes.finetune_files)."""
+  import fakes  # pylint: disable=g-import-not-at-top
+  return fakes.finetune_files(tmp_path_factory.mktemp("finetune"))
+
+
 def assert_no_host_round_trip(hlo: str) -> None:
   """No host callback or transfer in a compiled step's HLO.
 

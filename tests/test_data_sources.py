@@ -1,55 +1,23 @@
-"""Real-format sources on tiny files made here: FashionGen h5, FashionIQ, Karpathy JSON."""
+"""Real-format sources on tiny files (fakes.py): FashionGen h5, FashionIQ, Karpathy JSON."""
 
-import io
 import json
-import os
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from syncmask_jax.data import coco
 from syncmask_jax.data import fashiongen
 from syncmask_jax.data import fashioniq
 from syncmask_jax.data import transforms
 
+import fakes  # pylint: disable=g-bad-import-order
+
 
 # -- FashionGen ---------------------------------------------------------------------------
 
-def fashiongen_columns(n: int, seed: int, categories=("TOPS", "JEANS", "SHOES")):
-  """Rows grouped by product (2-3 views), latin-1 text with HTML, as the release."""
-  rs = np.random.RandomState(seed)
-  cols = {k: [] for k in ("input_description", "input_name", "input_productID",
-                          "input_category", "input_subcategory", "input_pose", "index_2")}
-  product = 1000 + seed * 100
-  while len(cols["input_description"]) < n:
-    product += 1
-    cat = categories[rs.randint(len(categories))]
-    for v in range(min(rs.randint(2, 4), n - len(cols["input_description"]))):
-      cols["input_description"].append(
-          f"Caf\xe9 cotton {cat.lower()} n\xb0{product}.<br>Slim fit &amp; soft.<br>")
-      cols["input_name"].append(f"Logo {cat.title()}")
-      cols["input_productID"].append(product)
-      cols["input_category"].append(cat)
-      cols["input_subcategory"].append(f"{cat} SUB{product % 2}")
-      cols["input_pose"].append(f"id_gridfs_{v + 1}")
-      cols["index_2"].append(len(cols["index_2"]))
-  return cols
-
-
-def write_fashiongen(directory, n=10, seed=0, size=256, split="train", **cat_kw):
-  os.makedirs(directory, exist_ok=True)
-  rs = np.random.RandomState(seed)
-  images = rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8)
-  cols = fashiongen_columns(n, seed, **cat_kw)
-  path = os.path.join(directory, fashiongen.SPLIT_FILES[split])
-  fashiongen.write_h5(path, images, cols)
-  return path, images, cols
-
-
 def test_fashiongen_h5_records(tmp_path):
-  path, images, cols = write_fashiongen(tmp_path, n=10)
+  path, images, cols = fakes.write_fashiongen(tmp_path, n=10)
   with h5py.File(path) as f:  # the release layout: (N, 1) columns of latin-1 bytes
     assert f["input_description"].shape == (10, 1)
     assert f["input_description"].dtype.kind == "S"
@@ -73,9 +41,9 @@ def test_fashiongen_h5_records(tmp_path):
 
 
 def test_fashiongen_validation_uses_train_labels_and_counts_unseen(tmp_path):
-  write_fashiongen(tmp_path, n=8, seed=0)
-  path, _, cols = write_fashiongen(tmp_path, n=9, seed=1, split="validation",
-                                   categories=("TOPS", "HATS"))
+  fakes.write_fashiongen(tmp_path, n=8, seed=0)
+  path, _, cols = fakes.write_fashiongen(tmp_path, n=9, seed=1, split="validation",
+                                         categories=("TOPS", "HATS"))
   src = fashiongen.source(str(tmp_path), "validation")
   labels = src.labels
   assert "HATS" not in labels["category"]
@@ -85,10 +53,10 @@ def test_fashiongen_validation_uses_train_labels_and_counts_unseen(tmp_path):
 
 
 def test_fashiongen_label_cache_is_rebuilt_when_the_train_rows_change(tmp_path):
-  write_fashiongen(tmp_path, n=8, seed=0, categories=("TOPS", "JEANS"))
+  fakes.write_fashiongen(tmp_path, n=8, seed=0, categories=("TOPS", "JEANS"))
   assert fashiongen.load_labels(str(tmp_path))["category"] == ["JEANS", "TOPS"]
-  write_fashiongen(tmp_path, n=9, seed=0, categories=("TOPS", "HATS"))  # new train rows
-  write_fashiongen(tmp_path, n=6, seed=1, split="validation", categories=("HATS",))
+  fakes.write_fashiongen(tmp_path, n=9, seed=0, categories=("TOPS", "HATS"))  # new train rows
+  fakes.write_fashiongen(tmp_path, n=6, seed=1, split="validation", categories=("HATS",))
   src = fashiongen.source(str(tmp_path), "validation")
   assert src.labels["category"] == ["HATS", "TOPS"]
   assert src.stats["unseen_category"] == 0 and (src.category >= 0).all()
@@ -104,12 +72,12 @@ def _rewrite(path, key, data):
 
 
 def test_fashiongen_missing_key_and_wrong_shape(tmp_path):
-  path, _, _ = write_fashiongen(tmp_path, n=6)
+  path, _, _ = fakes.write_fashiongen(tmp_path, n=6)
   fashiongen.load_labels(str(tmp_path))
   _rewrite(path, "input_category", None)
   with pytest.raises(ValueError, match=r"fashiongen_256_256_train\.h5.*'input_category'"):
     fashiongen.FashionGenH5(path)
-  path, _, cols = write_fashiongen(tmp_path / "b", n=6)
+  path, _, cols = fakes.write_fashiongen(tmp_path / "b", n=6)
   _rewrite(path, "input_description",
            np.array([[d.encode("latin-1")] * 2 for d in cols["input_description"]]))
   with pytest.raises(ValueError, match=r"'input_description' has shape \(6, 2\)"):
@@ -117,14 +85,14 @@ def test_fashiongen_missing_key_and_wrong_shape(tmp_path):
 
 
 def test_fashiongen_images_of_another_size_than_the_file_name_are_refused(tmp_path):
-  path, _, _ = write_fashiongen(tmp_path, n=4, size=128)  # in a *_256_256_* file
+  path, _, _ = fakes.write_fashiongen(tmp_path, n=4, size=128)  # in a *_256_256_* file
   with pytest.raises(ValueError, match=r"fashiongen_256_256_train\.h5: field 'input_image' "
                                        r"holds 128x128 images but the file name says 256x256"):
     fashiongen.FashionGenH5(path, skip_bad_records=True)  # a whole file: never skipped
 
 
 def test_fashiongen_bad_records_error_or_counted_skip(tmp_path):
-  path, _, cols = write_fashiongen(tmp_path, n=8)
+  path, _, cols = fakes.write_fashiongen(tmp_path, n=8)
   desc = [d.encode("latin-1") for d in cols["input_description"]]
   desc[2] = b"  <br> <p></p> "  # empty once cleaned
   _rewrite(path, "input_description", np.array(desc).reshape(-1, 1))
@@ -145,8 +113,8 @@ def test_fashiongen_bad_records_error_or_counted_skip(tmp_path):
 def test_fashiongen_tfds_builder_round_trip(tmp_path):
   import tensorflow_datasets as tfds
   manual = tmp_path / "manual"
-  _, images, cols = write_fashiongen(manual, n=6, seed=0)
-  write_fashiongen(manual, n=4, seed=1, split="validation")
+  _, images, cols = fakes.write_fashiongen(manual, n=6, seed=0)
+  fakes.write_fashiongen(manual, n=4, seed=1, split="validation")
   data_dir = tmp_path / "tfds"
   builder = fashiongen.Fashiongen(data_dir=str(data_dir))
   builder.download_and_prepare(
@@ -168,41 +136,8 @@ def test_fashiongen_tfds_builder_round_trip(tmp_path):
 
 # -- FashionIQ ----------------------------------------------------------------------------
 
-def _png(color, size=(12, 10), fmt="PNG"):
-  buf = io.BytesIO()
-  Image.new("RGB", size, color).save(buf, format=fmt)
-  return buf.getvalue()
-
-
-def write_fashioniq(root, category="dress"):
-  """5 train images, 6 val images (one JPEG), captions; test has no targets."""
-  for sub in ("captions", "image_splits", "images"):
-    os.makedirs(os.path.join(root, sub), exist_ok=True)
-  splits = {"train": ["T0", "T1", "T2", "T3", "T4"],
-            "val": ["V0", "V1", "V2", "V3", "V4", "V5"], "test": ["S0", "S1"]}
-  captions = {
-      "train": [{"candidate": "T0", "target": "T1", "captions": ["is red", "shorter"]},
-                {"candidate": "T2", "target": "T1", "captions": ["is red ", " longer"]},
-                {"candidate": "T3", "target": "T4", "captions": ["has dots", "blue"]}],
-      "val": [{"candidate": "V0", "target": "V1", "captions": ["darker", "no sleeves"]},
-              {"candidate": "V2", "target": "V3", "captions": ["lighter", "longer"]},
-              {"candidate": "V1", "target": "V4", "captions": ["print", "v-neck"]}],
-      "test": [{"candidate": "S0", "captions": ["more green", "a belt"]}],
-  }
-  for split in splits:
-    json.dump(splits[split], open(os.path.join(root, "image_splits",
-                                               f"split.{category}.{split}.json"), "w"))
-    json.dump(captions[split], open(os.path.join(root, "captions",
-                                                 f"cap.{category}.{split}.json"), "w"))
-    for k, asin in enumerate(splits[split]):
-      fmt, ext = ("JPEG", "jpg") if asin == "V5" else ("PNG", "png")
-      with open(os.path.join(root, "images", f"{asin}.{ext}"), "wb") as fh:
-        fh.write(_png((40 * k, 100, 200), fmt=fmt))
-  return splits, captions
-
-
 def test_fashioniq_triplets_and_both_gallery_protocols(tmp_path):
-  write_fashioniq(tmp_path)
+  fakes.write_fashioniq(tmp_path)
   triplets, gallery = fashioniq.sources(str(tmp_path), "dress", "val",
                                         gallery_protocol="split")
   assert len(triplets) == 3 and len(gallery) == 6
@@ -226,7 +161,7 @@ def test_fashioniq_triplets_and_both_gallery_protocols(tmp_path):
 
 
 def test_fashioniq_undecodable_image_errors_or_counts(tmp_path):
-  write_fashioniq(tmp_path)
+  fakes.write_fashioniq(tmp_path)
   bad = tmp_path / "images" / "V3.png"
   bad.write_bytes(b"not a png at all")
   with pytest.raises(ValueError, match=r"V3\.png.*cannot decode"):
@@ -244,7 +179,7 @@ def test_fashioniq_undecodable_image_errors_or_counts(tmp_path):
 
 def test_fashioniq_tfds_builder_round_trip(tmp_path):
   import tensorflow_datasets as tfds
-  write_fashioniq(tmp_path / "manual")
+  fakes.write_fashioniq(tmp_path / "manual")
   builder = fashioniq.FashionIq(config="dress", data_dir=str(tmp_path / "tfds"))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual")))
@@ -260,24 +195,8 @@ def test_fashioniq_tfds_builder_round_trip(tmp_path):
 
 # -- COCO / Flickr (Karpathy) -------------------------------------------------------------
 
-def write_karpathy(root, name="coco"):
-  images = [f"val2014/img{i}.jpg" for i in range(4)]
-  os.makedirs(os.path.join(root, "val2014"), exist_ok=True)
-  for i, p in enumerate(images):
-    with open(os.path.join(root, p), "wb") as fh:
-      fh.write(_png((60 * i, 0, 0), fmt="JPEG"))
-  train = [{"image": images[0], "caption": "a cat on a mat", "image_id": "coco_0"},
-           {"image": images[0], "caption": "a cat sitting", "image_id": "coco_0"},
-           {"image": images[1], "caption": "two dogs", "image_id": "coco_1"}]
-  test = [{"image": images[2], "caption": [f"caption {k} of 2" for k in range(5)]},
-          {"image": images[3], "caption": [f"caption {k} of 3" for k in range(6)]}]
-  json.dump(train, open(os.path.join(root, f"{name}_train.json"), "w"))
-  json.dump(test, open(os.path.join(root, f"{name}_test.json"), "w"))
-  return images, train, test
-
-
 def test_karpathy_pairs_images_texts(tmp_path):
-  images, train, test = write_karpathy(tmp_path)
+  images, train, test = fakes.write_karpathy(tmp_path)
   index, store = coco.load(str(tmp_path), "coco")
   pairs = coco.KarpathyPairs(index, store, "train")
   assert len(pairs) == 3 and pairs[1]["text"] == "a cat sitting"
@@ -292,10 +211,10 @@ def test_karpathy_pairs_images_texts(tmp_path):
 
 
 def test_karpathy_bad_image_and_empty_caption(tmp_path):
-  images, train, test = write_karpathy(tmp_path)
+  images, train, test = fakes.write_karpathy(tmp_path)
   (tmp_path / images[3]).write_bytes(b"\xff\xd8 truncated")
   test[0]["caption"][1] = "   "
-  json.dump(test, open(tmp_path / "coco_test.json", "w"))
+  fakes.write_karpathy_split(tmp_path, "test", test)
   index, store = coco.load(str(tmp_path), "coco")
   with pytest.raises(ValueError, match=r"coco_test\.json: record 0, field 'caption'"):
     coco.KarpathyImages(index, store, "test")
@@ -307,7 +226,7 @@ def test_karpathy_bad_image_and_empty_caption(tmp_path):
 
 def test_karpathy_tfds_builder_round_trip(tmp_path):
   import tensorflow_datasets as tfds
-  write_karpathy(tmp_path / "manual")
+  fakes.write_karpathy(tmp_path / "manual")
   builder = coco.KarpathyRetrieval(config="coco", data_dir=str(tmp_path / "tfds"))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual")))

@@ -21,7 +21,7 @@ from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.data import pipeline
 from syncmask_jax.models.vlp import VLP
 
-import test_finetune as ft  # pylint: disable=g-bad-import-order  # host-filled parameters
+import fakes  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +54,7 @@ def _tiny_model():
   c.text_dropout = 0.0
   build = lambda: VLP(c, rngs=nnx.Rngs(params=0))
   graphdef, _ = nnx.split(nnx.eval_shape(build))
-  return c, graphdef, ft.numpy_params(build)
+  return c, graphdef, fakes.numpy_params(build)
 
 
 def test_itm_pairs_match_the_model():
@@ -95,7 +95,7 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   c.model.vocab_size = tokens.vocab_size
   build = lambda: train_state_lib.build_model(c, 0)
   graphdef, _ = nnx.split(nnx.eval_shape(build))
-  params = ft.numpy_params(build)
+  params = fakes.numpy_params(build)
   mesh = sharding.make_mesh(c.mesh)
   real_scorer = evaluate._scorer  # pylint: disable=protected-access
   built = []
@@ -239,16 +239,10 @@ def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
 def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):
   """COCO layout: 2 test images with 5 and 6 captions, and a third that does not decode
   (skipped: in the log and the JSON); both scorings through the model."""
-  os.makedirs(tmp_path / "val2014")
-  entries = []
-  for i, n in enumerate((5, 6)):
-    Image.fromarray(np.full((12, 10, 3), 60 * i + 20, np.uint8)).save(
-        tmp_path / "val2014" / f"img{i}.jpg")
-    entries.append({"image": f"val2014/img{i}.jpg",
-                    "caption": [f"a red dress number {k}" for k in range(n)]})
-  (tmp_path / "val2014" / "img2.jpg").write_bytes(b"not a jpeg")
-  entries.append({"image": "val2014/img2.jpg", "caption": ["a blue shirt"] * 5})
-  json.dump(entries, open(tmp_path / "coco_test.json", "w"))
+  _, _, test = fakes.write_karpathy(tmp_path)
+  (tmp_path / "val2014" / "img4.jpg").write_bytes(b"not a jpeg")
+  fakes.write_karpathy_split(tmp_path, "test", test + [
+      {"image": "val2014/img4.jpg", "caption": ["a blue shirt"] * 5}])
   c = _synth_config()
   c.data.name = "coco"
   c.data.root = str(tmp_path)
@@ -260,7 +254,7 @@ def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):
   build = lambda: train_state_lib.build_model(c, 0)
   graphdef, _ = nnx.split(nnx.eval_shape(build))
   mesh = sharding.make_mesh(c.mesh)
-  blocks = evaluate.retrieval_blocks(c, graphdef, ft.numpy_params(build), mesh)
+  blocks = evaluate.retrieval_blocks(c, graphdef, fakes.numpy_params(build), mesh)
   assert [(b["protocol"], b["scoring"]) for b in blocks] == [("karpathy", "itc"),
                                                              ("karpathy", "itc+itm")]
   for b in blocks:
@@ -269,5 +263,5 @@ def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):
     # 2 images to choose from.
     assert b["i2t_r10"] == 100.0 and b["t2i_r5"] == 100.0
     skipped = b["skipped_records"]["images"]
-    assert skipped["num_skipped"] == 1 and "img2.jpg: cannot decode" in skipped["skipped"][0]
+    assert skipped["num_skipped"] == 1 and "img4.jpg: cannot decode" in skipped["skipped"][0]
   assert "1 bad records skipped\n  " + skipped["skipped"][0] in caplog.text  # the eval log

@@ -11,7 +11,7 @@ from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import pipeline
 from syncmask_jax.data import transforms
 
-from test_data_sources import write_fashiongen, write_fashioniq, write_karpathy
+import fakes  # pylint: disable=g-bad-import-order
 
 
 def synth_config(grouping="none", batch=8, **data):
@@ -184,8 +184,8 @@ def _real_config(tmp_path, name, **data):
 
 
 def test_fashiongen_pipeline_from_h5(tmp_path):
-  write_fashiongen(tmp_path, n=40, seed=0)
-  write_fashiongen(tmp_path, n=9, seed=1, split="validation")
+  fakes.write_fashiongen(tmp_path, n=40, seed=0)
+  fakes.write_fashiongen(tmp_path, n=9, seed=1, split="validation")
   c = _real_config(tmp_path, "fashiongen", grouping="subcategory")
   it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
   b = next(it)
@@ -205,7 +205,7 @@ def test_missing_vocab_for_real_data_is_an_error(tmp_path):
 
 
 def test_fashioniq_and_coco_pipelines(tmp_path):
-  write_fashioniq(tmp_path / "fiq")
+  fakes.write_fashioniq(tmp_path / "fiq")
   c = _real_config(tmp_path / "fiq", "fashioniq", fashioniq_gallery="val_union")
   queries = next(pipeline.make_eval_iterator(c, process_index=0, process_count=1,
                                              global_batch_size=4))
@@ -215,7 +215,7 @@ def test_fashioniq_and_coco_pipelines(tmp_path):
   assert queries["valid"].tolist() == [True] * 3 + [False]
   t = queries["target_index"][0]
   assert gallery["product_id"][t] == queries["product_id"][0]
-  write_karpathy(tmp_path / "coco")
+  fakes.write_karpathy(tmp_path / "coco")
   c = _real_config(tmp_path / "coco", "coco", global_batch_size=2)
   texts = next(pipeline.make_eval_iterator(c, part="texts", process_index=0,
                                            process_count=1, global_batch_size=12))
@@ -229,8 +229,8 @@ def test_fashioniq_and_coco_pipelines(tmp_path):
 
 
 def test_fashiongen_from_array_record_matches_h5(tmp_path):
-  write_fashiongen(tmp_path, n=12, seed=0)
-  write_fashiongen(tmp_path, n=5, seed=1, split="validation")
+  fakes.write_fashiongen(tmp_path, n=12, seed=0)
+  fakes.write_fashiongen(tmp_path, n=5, seed=1, split="validation")
   pipeline.build_tfds("fashiongen", str(tmp_path), str(tmp_path / "tfds"))
   c = _real_config(tmp_path, "fashiongen", grouping="subcategory")
   t = _real_config(tmp_path, "fashiongen", grouping="subcategory", source_format="tfds",
@@ -245,9 +245,9 @@ def test_fashiongen_from_array_record_matches_h5(tmp_path):
 
 def test_image_unreadable_past_the_header_check_is_an_error_or_a_counted_replacement(
     tmp_path, caplog):
-  images, train, _ = write_karpathy(tmp_path)
+  images, train, _ = fakes.write_karpathy(tmp_path)
   train += [{"image": images[i % 4], "caption": f"caption {i}"} for i in range(5)]
-  json.dump(train, open(tmp_path / "coco_train.json", "w"))
+  fakes.write_karpathy_split(tmp_path, "train", train)
   data = (tmp_path / images[1]).read_bytes()
   (tmp_path / images[1]).write_bytes(data[:-4])  # a cut JPEG whose header still reads
   c = _real_config(tmp_path, "coco", global_batch_size=2)

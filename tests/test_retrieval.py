@@ -11,9 +11,7 @@ import pytest
 
 from syncmask_jax import retrieval
 
-# Tiny real-format files and a pretraining checkpoint, shared with the other tasks' tests.
-import test_finetune as ft  # pylint: disable=g-bad-import-order
-from test_finetune import files  # pylint: disable=unused-import  # the fixture
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _brute_rank(scores, positives):
@@ -299,13 +297,13 @@ def test_scorer_rejects_unknown_scoring_and_missing_itm():
 # -- the retrieval fine-tuning task --------------------------------------------------
 
 
-def test_retrieval_finetuning_through_main_itc_and_itc_itm(files):
+def test_retrieval_finetuning_through_main_itc_and_itc_itm(finetune_files):
   """`python -m syncmask_jax.main --config=configs/finetune_retrieval.py`: a few ITC + ITM
   steps from the pretraining checkpoint, then every protocol under both scorings. Two
   devices (the step's sharding is the pretraining step's, tested there)."""
-  tmp = files["tmp"]
+  tmp = finetune_files["tmp"]
   workdir = str(tmp / "retrieval")
-  args = [f"--config={os.path.join(ft.ROOT, 'configs', 'finetune_retrieval.py')}"
+  args = [f"--config={os.path.join(ROOT, 'configs', 'finetune_retrieval.py')}"
           ":data=fashiongen,size=tiny,steps=2", f"--workdir={workdir}",
           f"--config.init_checkpoint={tmp / 'pretrain' / 'checkpoints'}",
           f"--config.data.root={tmp / 'fashiongen'}",
@@ -317,9 +315,10 @@ def test_retrieval_finetuning_through_main_itc_and_itc_itm(files):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   run = subprocess.run([sys.executable, "-m", "syncmask_jax.main", *args], env=env,
-                       cwd=ft.ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  out = ft._json(os.path.join(workdir, "eval", "retrieval.json"))
+  with open(os.path.join(workdir, "eval", "retrieval.json")) as f:
+    out = json.load(f)
   assert out["task"] == "retrieval" and out["init_checkpoint"].endswith("checkpoints")
   labels = [(b["protocol"], b["scoring"]) for b in out["results"]]
   assert labels == [("full_gallery", "itc"), ("one_plus_100", "itc"),

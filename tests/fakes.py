@@ -1,0 +1,232 @@
+"""Tiny files in the real formats the package reads, made for the tests: each writer once.
+
+Imported as `fakes` (pytest puts tests/ on sys.path, as for conftest). Each writer's
+docstring names the format it imitates; a test that needs other content passes it or
+edits the files after, next to what it asserts.
+"""
+
+import io
+import json
+import os
+
+import flax
+import jax
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from syncmask_jax import checkpointing, config_lib
+from syncmask_jax import train_state as train_state_lib
+from syncmask_jax.data import fashiongen, pipeline
+
+
+def image_bytes(color, size=(12, 10), fmt="PNG") -> bytes:
+  """One solid-colour image file's bytes (PIL `size` is width, height)."""
+  buf = io.BytesIO()
+  Image.new("RGB", size, color).save(buf, format=fmt)
+  return buf.getvalue()
+
+
+def _write_json(path, value) -> None:
+  with open(path, "w") as f:
+    json.dump(value, f)
+
+
+# -- a vocabulary -------------------------------------------------------------------------
+
+WORDS = ("red blue green black cotton wool dress shirt top tee hat jeans shoes is are "
+         "darker lighter longer shorter with no sleeves print v-neck and a the logo soft "
+         "slim fit").split()
+
+
+def write_vocab(path):
+  """A BERT WordPiece `vocab.txt` (one token a line, [PAD] [UNK] [CLS] [SEP] [MASK]
+  first) covering most words of the fake captions."""
+  with open(path, "w") as f:
+    f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-"]
+                      + WORDS) + "\n")
+  return path
+
+
+# -- FashionGen ---------------------------------------------------------------------------
+
+def _fashiongen_products(n, rs, categories):
+  """(category, views) per product: 2-3 views of a category drawn from `categories`,
+  n rows in all."""
+  products, rows = [], 0
+  while rows < n:
+    category = categories[rs.randint(len(categories))]
+    views = min(rs.randint(2, 4), n - rows)
+    products.append((category, views))
+    rows += views
+  return products
+
+
+def write_fashiongen(directory, n=10, seed=0, size=256, split="train",
+                     categories=("TOPS", "JEANS", "SHOES"), products=None):
+  """FashionGen's h5 release, `fashiongen_256_256_{train,validation}.h5` in `directory`
+  (fashiongen.write_h5 writes its layout: (N, 1) columns of latin-1 bytes, uint8
+  images): rows grouped by product in contiguous views, descriptions with the release's
+  HTML, entities and latin-1 characters.
+
+  n rows of products of 2-3 views whose categories are drawn from `categories`; or, for
+  a test that counts labels or products, `products`: one category per product, 2 views
+  each. Returns the file's path, its images and its columns."""
+  os.makedirs(directory, exist_ok=True)
+  if products is None:
+    products = _fashiongen_products(n, np.random.RandomState(seed), categories)
+  else:
+    products = [(category, 2) for category in products]
+  cols = {k: [] for k in ("input_description", "input_name", "input_productID",
+                          "input_category", "input_subcategory", "input_pose", "index_2")}
+  for k, (category, views) in enumerate(products):
+    product = 1001 + 100 * seed + k
+    for v in range(views):
+      cols["input_description"].append(
+          f"Caf\xe9 cotton {category.lower()} n\xb0{product}.<br>Slim fit &amp; soft.<br>")
+      cols["input_name"].append(f"Logo {category.title()}")
+      cols["input_productID"].append(product)
+      cols["input_category"].append(category)
+      cols["input_subcategory"].append(f"{category} SUB{product % 2}")
+      cols["input_pose"].append(f"id_gridfs_{v + 1}")
+      cols["index_2"].append(len(cols["index_2"]))
+  rows = len(cols["index_2"])
+  images = np.random.RandomState(seed).randint(0, 256, (rows, size, size, 3), dtype=np.uint8)
+  path = os.path.join(directory, fashiongen.SPLIT_FILES[split])
+  fashiongen.write_h5(path, images, cols)
+  return path, images, cols
+
+
+# -- FashionIQ ----------------------------------------------------------------------------
+
+# 5 train, 6 val (V5, a JPEG, in no caption) and 2 test images; test has no targets.
+FASHIONIQ_SPLITS = {"train": ["T0", "T1", "T2", "T3", "T4"],
+                    "val": ["V0", "V1", "V2", "V3", "V4", "V5"], "test": ["S0", "S1"]}
+FASHIONIQ_CAPTIONS = {
+    "train": [{"candidate": "T0", "target": "T1", "captions": ["is red", "shorter"]},
+              {"candidate": "T2", "target": "T1", "captions": ["is red ", " longer"]},
+              {"candidate": "T3", "target": "T4", "captions": ["has dots", "blue"]}],
+    "val": [{"candidate": "V0", "target": "V1", "captions": ["darker", "no sleeves"]},
+            {"candidate": "V2", "target": "V3", "captions": ["lighter", "longer"]},
+            {"candidate": "V1", "target": "V4", "captions": ["print", "v-neck"]}],
+    "test": [{"candidate": "S0", "captions": ["more green", "a belt"]}],
+}
+
+
+def write_fashioniq(root, category="dress", splits=FASHIONIQ_SPLITS,
+                    captions=FASHIONIQ_CAPTIONS, jpeg=("V5",)):
+  """FashionIQ's release under `root`: `image_splits/split.{category}.{split}.json` (a
+  split's asins), `captions/cap.{category}.{split}.json` (candidate, target, two
+  captions) and `images/{asin}.png`, or `.jpg` for the asins in `jpeg` (the release
+  mixes both): one image for each asin of a split list or a caption, a colour apiece.
+  Returns `splits` and `captions`."""
+  for sub in ("captions", "image_splits", "images"):
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+  for split in splits:
+    _write_json(os.path.join(root, "image_splits", f"split.{category}.{split}.json"),
+                splits[split])
+    _write_json(os.path.join(root, "captions", f"cap.{category}.{split}.json"),
+                captions[split])
+    named = [c[k] for c in captions[split] for k in ("candidate", "target") if k in c]
+    for k, asin in enumerate(dict.fromkeys(splits[split] + named)):
+      fmt, ext = ("JPEG", "jpg") if asin in jpeg else ("PNG", "png")
+      with open(os.path.join(root, "images", f"{asin}.{ext}"), "wb") as fh:
+        fh.write(image_bytes((40 * k % 256, 100, 200), fmt=fmt))
+  return splits, captions
+
+
+# -- COCO / Flickr (Karpathy) -------------------------------------------------------------
+
+def write_karpathy_split(root, split, entries, name="coco"):
+  """Karpathy's `{name}_{split}.json`: a list of {image (a path under the root),
+  caption (train: one string per entry; test: a list)}."""
+  _write_json(os.path.join(root, f"{name}_{split}.json"), entries)
+
+
+def write_karpathy(root, name="coco"):
+  """COCO (or Flickr30k) in Karpathy's split files: 4 JPEGs under `val2014/`, 3 train
+  pairs (two captions of one image) and 2 test images of 5 and 6 captions. Returns the
+  image paths and the train and test entries."""
+  images = [f"val2014/img{i}.jpg" for i in range(4)]
+  os.makedirs(os.path.join(root, "val2014"), exist_ok=True)
+  for i, p in enumerate(images):
+    with open(os.path.join(root, p), "wb") as fh:
+      fh.write(image_bytes((60 * i, 0, 0), fmt="JPEG"))
+  train = [{"image": images[0], "caption": "a cat on a mat", "image_id": "coco_0"},
+           {"image": images[0], "caption": "a cat sitting", "image_id": "coco_0"},
+           {"image": images[1], "caption": "two dogs", "image_id": "coco_1"}]
+  test = [{"image": images[2], "caption": [f"caption {k} of 2" for k in range(5)]},
+          {"image": images[3], "caption": [f"caption {k} of 3" for k in range(6)]}]
+  write_karpathy_split(root, "train", train, name)
+  write_karpathy_split(root, "test", test, name)
+  return images, train, test
+
+
+# -- a pretraining checkpoint -------------------------------------------------------------
+
+def numpy_params(build, seed=0):
+  """Parameters of `build()`'s shapes filled on the host (LayerNorm scales 1, the
+  temperature 0.07, the rest small noise): no JAX compilation, so the tests stay fast."""
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(build)))
+  rs = np.random.RandomState(seed)
+  flat = flax.traverse_util.flatten_dict(abstract, sep="/")
+  out = {}
+  for k, a in flat.items():
+    if k.endswith("scale"):
+      out[k] = np.ones(a.shape, a.dtype)
+    elif k == "temp":
+      out[k] = np.asarray(0.07, a.dtype)
+    else:
+      out[k] = (rs.randn(*a.shape) * 0.05).astype(a.dtype)
+  return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def save_pretraining_checkpoint(directory, config, step=3):
+  """A SyncMask model's parameters in a pretraining checkpoint's layout: `params` and
+  `momentum_params` (made distinct, to see which one is read) in the `state` item."""
+  params = numpy_params(lambda: train_state_lib.build_model(config, config.seed))
+  state = {"step": np.int32(step), "params": params,
+           "momentum_params": jax.tree.map(lambda x: x + 1.0, params)}
+  ckpt = checkpointing.Checkpointer(directory, async_save=False)
+  ckpt.save(step, state, {"sampler": {}}, force=True)
+  ckpt.close()
+  return state
+
+
+# -- the fine-tuning tasks' inputs ----------------------------------------------------------
+
+def _fashioniq_chain(category):
+  """8 train queries in a ring; 5 val queries, the last one's target (X9) in its caption
+  but in no split list."""
+  splits = {"train": [f"{category}T{i}" for i in range(8)],
+            "val": [f"{category}V{i}" for i in range(6)]}
+  captions = {
+      "train": [{"candidate": splits["train"][i], "target": splits["train"][(i + 1) % 8],
+                 "captions": ["is darker", "with no sleeves"]} for i in range(8)],
+      "val": [{"candidate": f"{category}V{i}", "target": f"{category}V{i + 1}",
+               "captions": ["is lighter", "longer"]} for i in range(4)]
+             + [{"candidate": f"{category}V0", "target": f"{category}X9",
+                 "captions": ["a print", "v-neck"]}]}
+  return splits, captions
+
+
+def finetune_files(tmp):
+  """Under `tmp`: a vocab, FashionGen (8 products in train over TOPS, JEANS, SHOES; 6 in
+  validation, one of HATS, unseen in train), FashionIQ dress and shirt
+  (`_fashioniq_chain`), and a pretraining checkpoint of a SyncMask model (with a MIM
+  head the fine-tuned models do not have) at step 3. Returns {tmp, state, unseen_rows}."""
+  write_vocab(tmp / "vocab.txt")
+  write_fashiongen(tmp / "fashiongen", seed=0, products=[
+      "TOPS", "JEANS", "SHOES", "TOPS", "JEANS", "SHOES", "TOPS", "JEANS"])
+  # HATS is unseen in train: its rows get label -1 and must be excluded and counted.
+  _, _, val = write_fashiongen(tmp / "fashiongen", seed=1, split="validation",
+                               products=["TOPS", "HATS", "SHOES", "JEANS", "TOPS", "SHOES"])
+  for category in ("dress", "shirt"):
+    write_fashioniq(tmp / "fashioniq", category, *_fashioniq_chain(category), jpeg=())
+  pre = config_lib.default_config()
+  pre.model.vision_depth = 1
+  pre.data.vocab_path = str(tmp / "vocab.txt")
+  pre.model.vocab_size = pipeline.make_tokenizer(pre).vocab_size
+  state = save_pretraining_checkpoint(str(tmp / "pretrain" / "checkpoints"), pre)
+  return {"tmp": tmp, "state": state,
+          "unseen_rows": sum(c == "HATS" for c in val["input_category"])}
