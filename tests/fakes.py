@@ -17,13 +17,14 @@ from PIL import Image
 
 from syncmask_jax import checkpointing, config_lib
 from syncmask_jax import train_state as train_state_lib
-from syncmask_jax.data import fashiongen, pipeline
+from syncmask_jax.data import captions, fashiongen, pipeline
 
 
-def image_bytes(color, size=(12, 10), fmt="PNG") -> bytes:
-  """One solid-colour image file's bytes (PIL `size` is width, height)."""
+def image_bytes(color, size=(12, 10), fmt="PNG", **options) -> bytes:
+  """One solid-colour image file's bytes (PIL `size` is width, height; `options` are
+  PIL's save options, a JPEG's quality)."""
   buf = io.BytesIO()
-  Image.new("RGB", size, color).save(buf, format=fmt)
+  Image.new("RGB", size, color).save(buf, format=fmt, **options)
   return buf.getvalue()
 
 
@@ -160,6 +161,61 @@ def write_karpathy(root, name="coco"):
   write_karpathy_split(root, "train", train, name)
   write_karpathy_split(root, "test", test, name)
   return images, train, test
+
+
+def write_blip_coco(root):
+  """COCO captioning as BLIP ships it: `coco_karpathy_{train,test}.json` (Karpathy's
+  format, numeric COCO ids in the image names) and `coco_karpathy_test_gt.json` (COCO's
+  caption annotations, captions.write_gt) over four JPEGs. Returns the image paths, the
+  train and test entries and the references by image id."""
+  ids = (42, 7, 391895, 1000)
+  images = [f"val2014/COCO_val2014_{i:012d}.jpg" for i in ids]
+  os.makedirs(root / "val2014", exist_ok=True)
+  for k, p in enumerate(images):
+    (root / p).write_bytes(image_bytes((60 * k,) * 3, fmt="JPEG"))
+  train = [{"image": images[0], "caption": "A cat on a mat.", "image_id": "coco_42"},
+           {"image": images[0], "caption": "A  cat, sitting!", "image_id": "coco_42"},
+           {"image": images[1], "caption": "Two dogs", "image_id": "coco_7"}]
+  refs = {391895: ["A man riding a bike.", "A person on a bicycle."],
+          1000: ["A red bus.", "A bus on the street.", "Red double decker bus."]}
+  test = [{"image": images[2], "caption": refs[391895]},
+          {"image": images[3], "caption": refs[1000]}]
+  write_karpathy_split(root, "train", train, name="coco_karpathy")
+  write_karpathy_split(root, "test", test, name="coco_karpathy")
+  captions.write_gt(str(root / "coco_karpathy_test_gt.json"), refs)
+  return images, train, test, refs
+
+
+# -- VQA ----------------------------------------------------------------------------------
+
+def write_vqa(root):
+  """VQA v2 and Visual Genome QA in ALBEF's JSON files (`vqa_{train,val,test}.json`,
+  `vg_qa.json`, `answer_list.json`) with COCO-style images under root/coco and VG's
+  under root/vg. Returns the JSON files' contents by name."""
+  images = {"coco/train2014/a.jpg": (200, 0, 0), "coco/val2014/b.jpg": (0, 200, 0),
+            "coco/test2015/c.jpg": (0, 0, 200), "vg/1.jpg": (200, 200, 0)}
+  for rel, color in images.items():
+    os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+    with open(os.path.join(root, rel), "wb") as fh:
+      fh.write(image_bytes(color, size=(16, 12), fmt="JPEG", quality=95))
+  files = {
+      "vqa_train.json": [
+          {"question_id": 10, "question": "What color is it?", "image": "train2014/a.jpg",
+           "answer": ["red"] * 7 + ["dark red"] * 3, "dataset": "vqa"}],
+      "vqa_val.json": [
+          {"question_id": 21, "question": "Is it green?", "image": "val2014/b.jpg",
+           "answer": ["yes"] * 9 + ["no"], "answer_type": "yes/no"},
+          {"question_id": 20, "question": "How many?", "image": "val2014/b.jpg",
+           "answer": ["2"] * 5 + ["3"] * 5, "answer_type": "number"}],
+      "vg_qa.json": [{"question": "What is yellow?", "image": "1.jpg", "answer": ["sun"],
+                      "dataset": "vg"}],
+      "vqa_test.json": [{"question_id": 30, "question": "What is blue?",
+                         "image": "test2015/c.jpg"}],
+      "answer_list.json": ["red", "yes", "no", "2"],
+  }
+  for name, data in files.items():
+    _write_json(os.path.join(root, name), data)
+  return files
 
 
 # -- a pretraining checkpoint -------------------------------------------------------------

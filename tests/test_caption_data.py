@@ -1,16 +1,16 @@
 """Captioning data (COCO Karpathy as BLIP ships it, SynthFashion views) and the metrics."""
 
-import io
 import json
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from syncmask_jax import caption_eval
 from syncmask_jax.data import captions
 from syncmask_jax.data import synthfashion
+
+import fakes  # pylint: disable=g-bad-import-order
 
 
 def test_pre_caption_as_blip():
@@ -28,34 +28,8 @@ def test_image_id_from_path():
     captions.image_id_from_path("val2014/cat.jpg")
 
 
-def _jpeg(value: int) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(np.full((10, 12, 3), value, np.uint8)).save(buf, format="JPEG")
-  return buf.getvalue()
-
-
-def write_blip_coco(root):
-  """BLIP's coco_karpathy_{train,test,test_gt}.json over four real JPEGs."""
-  ids = (42, 7, 391895, 1000)
-  images = [f"val2014/COCO_val2014_{i:012d}.jpg" for i in ids]
-  os.makedirs(root / "val2014", exist_ok=True)
-  for k, p in enumerate(images):
-    (root / p).write_bytes(_jpeg(60 * k))
-  train = [{"image": images[0], "caption": "A cat on a mat.", "image_id": "coco_42"},
-           {"image": images[0], "caption": "A  cat, sitting!", "image_id": "coco_42"},
-           {"image": images[1], "caption": "Two dogs", "image_id": "coco_7"}]
-  refs = {391895: ["A man riding a bike.", "A person on a bicycle."],
-          1000: ["A red bus.", "A bus on the street.", "Red double decker bus."]}
-  test = [{"image": images[2], "caption": refs[391895]},
-          {"image": images[3], "caption": refs[1000]}]
-  (root / "coco_karpathy_train.json").write_text(json.dumps(train))
-  (root / "coco_karpathy_test.json").write_text(json.dumps(test))
-  captions.write_gt(str(root / "coco_karpathy_test_gt.json"), refs)
-  return images, train, test, refs
-
-
 def test_karpathy_caption_sources(tmp_path):
-  images, _, _, refs = write_blip_coco(tmp_path)
+  images, _, _, refs = fakes.write_blip_coco(tmp_path)
   store = captions.load_store(str(tmp_path))
   pairs = captions.KarpathyCaptionPairs(str(tmp_path), store, "train")
   assert len(pairs) == 3
@@ -71,17 +45,17 @@ def test_karpathy_caption_sources(tmp_path):
 
 
 def test_karpathy_caption_bad_input(tmp_path):
-  images, train, test, refs = write_blip_coco(tmp_path)
+  images, train, test, refs = fakes.write_blip_coco(tmp_path)
   store = captions.load_store(str(tmp_path))
   train[1]["image"] = "val2014/cat.jpg"
-  (tmp_path / "coco_karpathy_train.json").write_text(json.dumps(train))
+  fakes.write_karpathy_split(tmp_path, "train", train, name="coco_karpathy")
   with pytest.raises(ValueError, match=r"coco_karpathy_train\.json: record 1, field "
                                        r"'image': .*no numeric id"):
     captions.KarpathyCaptionPairs(str(tmp_path), store)
   skipping = captions.KarpathyCaptionPairs(str(tmp_path), store, skip_bad_records=True)
   assert len(skipping) == 2 and skipping.stats["num_skipped"] == 1
   del train[1]["caption"]
-  (tmp_path / "coco_karpathy_train.json").write_text(json.dumps(train))
+  fakes.write_karpathy_split(tmp_path, "train", train, name="coco_karpathy")
   with pytest.raises(ValueError, match=r"coco_karpathy_train\.json: entry 1: missing "
                                        r"field 'caption'"):
     captions.KarpathyCaptionPairs(str(tmp_path), store)

@@ -5,6 +5,7 @@ FashionGen h5 and TGIR on FashionIQ JSON + images, from a pretraining checkpoint
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -109,15 +110,15 @@ def test_init_from_pretraining_checkpoint_loads_params_only(finetune_files):
     checkpointing.load_pretrained(c.init_checkpoint, other, allow_missing=("classifier",))
 
 
-def test_pretraining_from_a_checkpoint_takes_params_and_momentum_model_only(files):
-  c = _config("pretrain", files["tmp"])
+def test_pretraining_from_a_checkpoint_takes_params_and_momentum_model_only(finetune_files):
+  c = _config("pretrain", finetune_files["tmp"])
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
   mesh = sharding.make_mesh(c.mesh)
   state, setup = train_state_lib.create_train_state(
       c, mesh, lambda p: optim.make_optimizer(c.optim, p, c.total_steps))
   fresh = jax.device_get(state)
   state = jax.device_get(train.init_from_checkpoint(state, setup, c.init_checkpoint))
-  pre = files["state"]
+  pre = finetune_files["state"]
   np.testing.assert_array_equal(state.params["temp"], pre["params"]["temp"])
   np.testing.assert_array_equal(state.momentum_params["itm_head"]["kernel"],
                                 pre["momentum_params"]["itm_head"]["kernel"])

@@ -1,18 +1,17 @@
 """VQA: ALBEF-format files (tiny, real JPEGs), the official accuracy, SynthFashion-VQA."""
 
-import io
 import json
-import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from syncmask_jax import vqa_eval
 from syncmask_jax.data import synthfashion as sf
 from syncmask_jax.data import synthfashion_vqa
 from syncmask_jax.data import transforms
 from syncmask_jax.data import vqa
+
+import fakes  # pylint: disable=g-bad-import-order
 
 
 # -- question cleaning and answer weights ------------------------------------------------
@@ -88,47 +87,13 @@ def test_results_file(tmp_path):
 
 # -- ALBEF-format files ---------------------------------------------------------------------
 
-def _jpeg(color):
-  buf = io.BytesIO()
-  Image.new("RGB", (16, 12), color).save(buf, format="JPEG", quality=95)
-  return buf.getvalue()
-
-
-def write_vqa(root):
-  """COCO-style images under root/coco, VG under root/vg, the five JSON files."""
-  images = {"coco/train2014/a.jpg": (200, 0, 0), "coco/val2014/b.jpg": (0, 200, 0),
-            "coco/test2015/c.jpg": (0, 0, 200), "vg/1.jpg": (200, 200, 0)}
-  for rel, color in images.items():
-    os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
-    with open(os.path.join(root, rel), "wb") as fh:
-      fh.write(_jpeg(color))
-  files = {
-      "vqa_train.json": [
-          {"question_id": 10, "question": "What color is it?", "image": "train2014/a.jpg",
-           "answer": ["red"] * 7 + ["dark red"] * 3, "dataset": "vqa"}],
-      "vqa_val.json": [
-          {"question_id": 21, "question": "Is it green?", "image": "val2014/b.jpg",
-           "answer": ["yes"] * 9 + ["no"], "answer_type": "yes/no"},
-          {"question_id": 20, "question": "How many?", "image": "val2014/b.jpg",
-           "answer": ["2"] * 5 + ["3"] * 5, "answer_type": "number"}],
-      "vg_qa.json": [{"question": "What is yellow?", "image": "1.jpg", "answer": ["sun"],
-                      "dataset": "vg"}],
-      "vqa_test.json": [{"question_id": 30, "question": "What is blue?",
-                         "image": "test2015/c.jpg"}],
-      "answer_list.json": ["red", "yes", "no", "2"],
-  }
-  for name, data in files.items():
-    json.dump(data, open(os.path.join(root, name), "w"))
-  return files
-
-
 def _load(root, split, **kw):
   return vqa.load(str(root), split, image_root=str(root / "coco"),
                   vg_image_root=str(root / "vg"), **kw)
 
 
 def test_albef_files_train_minival_test(tmp_path):
-  write_vqa(tmp_path)
+  fakes.write_vqa(tmp_path)
   train = _load(tmp_path, "train+val+vg", minival_size=1, max_answers=3)
   assert train.question_ids() == [10, 20, -1]  # 21, the largest val id, is minival
   r = train[0]
@@ -153,7 +118,7 @@ def test_albef_files_train_minival_test(tmp_path):
 
 
 def test_answers_beyond_max_answers_keep_the_heaviest(tmp_path):
-  write_vqa(tmp_path)
+  fakes.write_vqa(tmp_path)
   entries = [{"question_id": 1, "question": "q", "image": "train2014/a.jpg",
               "answer": ["a"] * 2 + ["b"] * 3 + ["c"] * 3 + ["d"] * 2}]
   bad = vqa.BadRecordsByFile(skip=False)
@@ -174,7 +139,7 @@ def test_answers_beyond_max_answers_keep_the_heaviest(tmp_path):
     (lambda e: e.update(image="train2014/missing.jpg"), "image"),
 ])
 def test_bad_records_name_file_record_field(tmp_path, change, field):
-  files = write_vqa(tmp_path)
+  files = fakes.write_vqa(tmp_path)
   train = files["vqa_train.json"]
   train.append(dict(train[0], question_id=11))
   change(train[1])
@@ -186,7 +151,7 @@ def test_bad_records_name_file_record_field(tmp_path, change, field):
 
 
 def test_undecodable_image_and_bad_answer_list(tmp_path):
-  write_vqa(tmp_path)
+  fakes.write_vqa(tmp_path)
   (tmp_path / "coco/train2014/a.jpg").write_bytes(b"\xff\xd8 truncated")
   with pytest.raises(ValueError, match=r"record 0, field 'image'.*a\.jpg: cannot decode"):
     _load(tmp_path, "train")
