@@ -18,6 +18,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RUNS = ["default_s0", "default_s1", "default_s2"]
 GRADCAM_RUNS = ["gc_default_s0", "gc_default_s1", "gc_default_s2"]
+# The default again on a later machine (the same code and seeds give other numbers on
+# another CPU: XLA's CPU kernels differ), and the lever paired with it.
+RERUN_RUNS = ["rerun_default_s0", "rerun_default_s1", "rerun_default_s2"]
+CHECKPOINT_RUNS = ["ckpt_s0", "ckpt_s1", "ckpt_s2"]
 
 # (lever, run file(s) under runs/, source of the row). Several files: mean ± std.
 LEVERS = [
@@ -48,6 +52,11 @@ LEVERS = [
      "1, 2", DEFAULT_RUNS, "gradcam_centered"),
     ("the default without the warm-up (`masking.warmup_steps=0`), seed 0", ["warm0_s0"],
      "gradcam_centered"),
+    ("the default again, on a later machine, seeds 0, 1, 2", RERUN_RUNS, "gradcam_centered"),
+    ("a teacher from an earlier run's checkpoint: the previous row's runs continued for 1000 "
+     "steps (`init_checkpoint`, SyncMask masks from step 0), seeds 0, 1, 2", CHECKPOINT_RUNS,
+     "gradcam_centered"),
+    ("the default at 3000 steps, seed 0", ["long_s0"], "gradcam_centered"),
 ]
 
 COLUMNS = [  # (header, key in grounding[source], or a key of the JSON's top level)
@@ -94,11 +103,11 @@ TARGETS = [
 ]
 
 
-def targets(source: str = "gradcam_centered") -> None:
+def targets(names: list[str], source: str = "gradcam_centered") -> None:
   """The grounded-masks issue's targets over the default's seeds: each difference must
   exceed 2 pooled seed standard deviations (paired seeds: same model, same data)."""
   runs = []
-  for name in DEFAULT_RUNS:
+  for name in names:
     with open(os.path.join(HERE, "runs", f"{name}.json"), encoding="utf-8") as f:
       runs.append(json.load(f))
   print("| target | default (mean ± sd) | reference | ratio | difference / pooled sd | met |")
@@ -143,10 +152,13 @@ def tables() -> str:
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     main()
-    if all(os.path.exists(os.path.join(HERE, "runs", f"{n}.json")) for n in DEFAULT_RUNS):
-      print("\nThe targets of the grounded-masks issue, over the default's three seeds "
-            "(paired with random masks on the same models):\n")
-      targets()
+    for names, what in [(DEFAULT_RUNS, "the default's three seeds"),
+                        (RERUN_RUNS, "the default's three seeds on a later machine"),
+                        (CHECKPOINT_RUNS, "the teachers from a checkpoint")]:
+      if all(os.path.exists(os.path.join(HERE, "runs", f"{n}.json")) for n in names):
+        print(f"\nThe targets of the grounded-masks issue, over {what} (paired with "
+              "random masks on the same models):\n")
+        targets(names)
   return out.getvalue()
 
 
