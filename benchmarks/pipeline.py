@@ -110,7 +110,7 @@ def main() -> None:
   print("machine:", json.dumps(info))
   results = []
   tmp = tempfile.mkdtemp(prefix="syncmask_bench_")
-  vocab = tokenizer_lib.synthfashion_vocab()
+  vocab = synthfashion.vocab_file()
   cases = [("synthfashion 64px", config("synthfashion", 64)),
            ("synthfashion 256px", config("synthfashion", 256))]
   t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from syncmask_jax import checkpointing, config_lib, evaluate, optim, retrieval
 from syncmask_jax import sharding, train
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax import train_state as train_state_lib
-from syncmask_jax.data import pipeline
+from syncmask_jax.data import pipeline, synthfashion
 from syncmask_jax.models.vlp import VLP
 
 import fakes  # pylint: disable=g-bad-import-order
@@ -249,7 +249,7 @@ def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):
   c.data.skip_bad_records = True
   c.eval = ml_collections.ConfigDict(dict(scoring=("itc", "itc+itm"), itm_k=4,
                                           itm_batch_size=8))
-  c.data.vocab_path = tokenizer_lib.synthfashion_vocab()
+  c.data.vocab_path = synthfashion.vocab_file()
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
   build = lambda: train_state_lib.build_model(c, 0)
   graphdef, _ = nnx.split(nnx.eval_shape(build))
