@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from conftest import assert_no_host_round_trip, toy_batch
 
-from syncmask_jax import config_lib, optim, sharding, train_state, train_step
+from syncmask_jax import config_lib, optim, sharding, tokenizer, train_state, train_step
 
-TOKENS = train_step.TokenInfo(vocab_size=100, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
-                              min_random_id=5)
+TOKENS = tokenizer.TokenInfo(vocab_size=100, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
+                             min_random_id=5)
 
 
 def _build(config, devices=None):
