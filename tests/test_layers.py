@@ -15,8 +15,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "syncmask_jax"
 # the package; the longest matching prefix decides (`evaluate.__main__` over `evaluate`).
 LAYERS = (
     ("config", ("paths", "config_lib", "cluster")),
-    ("models, objectives, data", ("models", "data", "tokenizer", "masking", "negatives",
-                                  "losses", "queue", "semmim", "grounding")),
+    # Host-side metrics (VQA accuracy, caption scores) sit here: data.vqa reads
+    # vqa_eval's answer normalisation.
+    ("models, objectives, metrics, data", (
+        "models", "data", "tokenizer", "masking", "negatives", "losses", "queue", "semmim",
+        "grounding", "vqa_eval", "caption_eval", "results_file")),
     ("core", ("sharding", "optim", "train_state", "checkpoint_import", "checkpointing",
               "resume")),
     ("loop and evaluators", ("loop", "train_step", "evaluate", "retrieval", "visualize")),
@@ -26,8 +29,10 @@ LAYERS = (
 
 # What a function may import: heavy dependencies only some runs need, imported where
 # they are used (TensorFlow Datasets' builders behind the dataset modules, the PyTorch
-# checkpoint reader, JAX where a config file or the sweep parent must not start it).
+# checkpoint reader, the COCO caption scorers (Java), JAX where a config file or the
+# sweep parent must not start it).
 LAZY_ALLOWED = ("jax", "torch", "safetensors", "matplotlib", "tensorflow_datasets",
+                "pycocoevalcap",
                 "syncmask_jax.data.coco", "syncmask_jax.data.fashiongen",
                 "syncmask_jax.data.fashioniq")
 
