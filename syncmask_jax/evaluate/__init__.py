@@ -1,8 +1,9 @@
 """The evaluators: retrieval protocols, mask precision and grounding, FashionIQ TGIR.
 
 Pretraining (`evaluate_pretraining`) and the fine-tuning tasks (`tasks/`) call these;
-each task file holds what only it evaluates (CR/SCR: `tasks/category.py`). Results go to `DIR/eval/<task>.json` (task = pretrain | category | tgir | retrieval) and
-to the run's metric writers (TensorBoard, metrics.jsonl). Every number sits in a block
+each task file holds what only it evaluates (CR/SCR: `tasks/category.py`). Results go
+to `DIR/eval/<task>.json` (task = pretrain | category | tgir | retrieval) and to the
+run's metric writers (TensorBoard, metrics.jsonl). Every number sits in a block
 that names its protocol and scoring (`"results": [...]`); pretraining also copies its
 first retrieval block to the top level (what `main.py` prints).
 
