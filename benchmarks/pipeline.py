@@ -31,7 +31,6 @@ import tokenizers
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from syncmask_jax import config_lib  # noqa: E402
-from syncmask_jax import tokenizer as tokenizer_lib  # noqa: E402
 from syncmask_jax.data import fashiongen  # noqa: E402
 from syncmask_jax.data import pipeline  # noqa: E402
 from syncmask_jax.data import synthfashion  # noqa: E402

@@ -217,12 +217,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.pictures = 4  # SynthFashion mask/attention overlays written at evaluation
   c.eval.picture_words = 2
   # TensorBoard event files beside metrics.jsonl. TensorFlow writes them through its own
-  # gfile, outside the path layer (train.make_writer): off where that cannot reach the
+  # gfile, outside the path layer (loop.make_writer): off where that cannot reach the
   # workdir's store (a GCS emulator).
   c.tensorboard = True
   c.profile_steps = 0  # >0: a profiler trace of that many steps (clu periodic_actions.Profile)
   # JAX's persistent compilation cache ('' = off), e.g. ~/.cache/syncmask_jax/xla; shared
-  # by restarts and by runs of the same model (train.use_compilation_cache).
+  # by restarts and by runs of the same model (loop.use_compilation_cache).
   c.compilation_cache_dir = ""
   c.nonfinite = "stop"  # stop | skip
   # A resume under a config other than the workdir's config.json: refused unless True,
