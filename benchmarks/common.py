@@ -26,7 +26,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from syncmask_jax import config_lib  # noqa: E402
-from syncmask_jax import optim, sharding, train_state, train_step  # noqa: E402
+from syncmask_jax import optim, sharding, tokenizer, train_state, train_step  # noqa: E402
 from syncmask_jax.data import pipeline  # noqa: E402
 
 
@@ -161,15 +161,14 @@ def variant(config, name: str):
   return c
 
 
-def real_batch(config, seed: int = 0) -> tuple[dict[str, np.ndarray], train_step.TokenInfo]:
+def real_batch(config, seed: int = 0) -> tuple[dict[str, np.ndarray], tokenizer.TokenInfo]:
   """One host batch from the real SynthFashion pipeline (realistic caption lengths and
   padding), and the tokenizer's special ids; sets `config.model.vocab_size`."""
-  from syncmask_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   c = config.copy_and_resolve_references()
   c.seed = seed
   it = pipeline.make_train_iterator(c, process_index=0, process_count=1)
   batch = next(it)
-  tokens = train_lib.token_info(it.tokenizer)
+  tokens = tokenizer.token_info(it.tokenizer)
   it.close()
   config.model.vocab_size = tokens.vocab_size
   return batch, tokens
@@ -178,7 +177,7 @@ def real_batch(config, seed: int = 0) -> tuple[dict[str, np.ndarray], train_step
 # -- the JAX step ---------------------------------------------------------------------
 
 
-def compiled_step(config, tokens: train_step.TokenInfo, host_batch: dict[str, np.ndarray],
+def compiled_step(config, tokens: tokenizer.TokenInfo, host_batch: dict[str, np.ndarray],
                   devices=None, steps_per_epoch: int = 1000,
                   state_on_host: bool = False) -> dict[str, Any]:
   """The train step exactly as `train.py` builds it (state, jit over the mesh with
@@ -212,7 +211,7 @@ def compiled_step(config, tokens: train_step.TokenInfo, host_batch: dict[str, np
           "memory": memory_bytes(compiled)}
 
 
-def lowered_step_flops(config, tokens: train_step.TokenInfo, host_batch: dict[str, np.ndarray],
+def lowered_step_flops(config, tokens: tokenizer.TokenInfo, host_batch: dict[str, np.ndarray],
                        devices=None, steps_per_epoch: int = 1000) -> float:
   """FLOPs of the step's HLO before backend optimisation, from abstract state and batch:
   no array is created and nothing compiled, so `base` costs seconds on the CPU. The

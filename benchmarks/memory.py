@@ -31,10 +31,10 @@ FSDP_DEVICES = 8
 
 
 def bert_tokens():
-  from syncmask_jax import train_step  # pylint: disable=g-import-not-at-top
+  from syncmask_jax import tokenizer  # pylint: disable=g-import-not-at-top
   # bert-base-uncased: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103.
-  return train_step.TokenInfo(vocab_size=30522, pad_id=0, cls_id=101, sep_id=102,
-                              mask_id=103, min_random_id=999)
+  return tokenizer.TokenInfo(vocab_size=30522, pad_id=0, cls_id=101, sep_id=102,
+                             mask_id=103, min_random_id=999)
 
 
 def synthetic_batch(config, tokens, seed: int = 0) -> dict:

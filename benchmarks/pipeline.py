@@ -31,7 +31,6 @@ import tokenizers
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from syncmask_jax import config_lib  # noqa: E402
-from syncmask_jax import tokenizer as tokenizer_lib  # noqa: E402
 from syncmask_jax.data import fashiongen  # noqa: E402
 from syncmask_jax.data import pipeline  # noqa: E402
 from syncmask_jax.data import synthfashion  # noqa: E402
@@ -110,7 +109,7 @@ def main() -> None:
   print("machine:", json.dumps(info))
   results = []
   tmp = tempfile.mkdtemp(prefix="syncmask_bench_")
-  vocab = tokenizer_lib.synthfashion_vocab()
+  vocab = synthfashion.vocab_file()
   cases = [("synthfashion 64px", config("synthfashion", 64)),
            ("synthfashion 256px", config("synthfashion", 256))]
   t0 = time.perf_counter()

@@ -61,7 +61,7 @@ def main() -> None:
   parser.add_argument("--k", type=int, default=16)
   parser.add_argument("--itm_preset", default="tiny")
   parser.add_argument("--itm_batch_size", type=int, default=64,
-                      help="pairs per jitted ITM call (evaluate.py's default)")
+                      help="pairs per jitted ITM call (the evaluators' default)")
   parser.add_argument("--text_len", type=int, default=40)
   parser.add_argument("--skip_itm", action="store_true")
   parser.add_argument("--json", default="")

@@ -1,6 +1,6 @@
 """The command line's config, resolved into the values a run uses before anything is built.
 
-`main.py` and `evaluate.py` read `--config=configs/<exp>.py[:key=value,...]` and
+`main.py` and `evaluate/__main__.py` read `--config=configs/<exp>.py[:key=value,...]` and
 `--config.<field>=<value>` through this module:
 
 * Tuple fields take the comma form the README shows, `--config.eval.scoring=itc,itc+itm`

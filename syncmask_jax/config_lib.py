@@ -9,6 +9,17 @@ from __future__ import annotations
 
 import ml_collections
 
+# config.model.attention: how attention is computed where no probabilities are asked
+# for: "einsum" (explicit logits and softmax; the only path that returns probabilities
+# or applies attention dropout), or `jax.nn.dot_product_attention` with implementation
+# "xla" or "cudnn" (fused; cuDNN needs bfloat16 and an NVIDIA GPU). models.layers
+# implements them.
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+# config.model.dense_vjp: "custom" (models.layers' backward; the CPU's faster form) or
+# "autodiff" (a GPU's cuBLAS reads transposed operands for free, so saving x^T is an
+# extra copy: with cuDNN attention, -15% base step time on an H100, RESULTS.md A4).
+DENSE_VJPS = ("custom", "autodiff")
+
 # Logical axis names carried by parameters -> mesh axes. One table (MaxText style):
 # data parallel, FSDP and tensor parallel are edits of this table, not of code.
 # `fsdp` shards the large "embed" dimension of every weight; `tensor` shards heads/MLP.
@@ -206,12 +217,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.pictures = 4  # SynthFashion mask/attention overlays written at evaluation
   c.eval.picture_words = 2
   # TensorBoard event files beside metrics.jsonl. TensorFlow writes them through its own
-  # gfile, outside the path layer (train.make_writer): off where that cannot reach the
+  # gfile, outside the path layer (loop.make_writer): off where that cannot reach the
   # workdir's store (a GCS emulator).
   c.tensorboard = True
   c.profile_steps = 0  # >0: a profiler trace of that many steps (clu periodic_actions.Profile)
   # JAX's persistent compilation cache ('' = off), e.g. ~/.cache/syncmask_jax/xla; shared
-  # by restarts and by runs of the same model (train.use_compilation_cache).
+  # by restarts and by runs of the same model (loop.use_compilation_cache).
   c.compilation_cache_dir = ""
   c.nonfinite = "stop"  # stop | skip
   # A resume under a config other than the workdir's config.json: refused unless True,
@@ -306,19 +317,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"must be <= model.max_positions={m.max_positions}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "expected float32 | bfloat16")
-  from syncmask_jax.models import layers  # pylint: disable=g-import-not-at-top
   attention = m.get("attention", "einsum")
-  _check(attention in layers.ATTENTION_IMPLEMENTATIONS, "model.attention", attention,
-         "expected " + " | ".join(layers.ATTENTION_IMPLEMENTATIONS))
+  _check(attention in ATTENTION_IMPLEMENTATIONS, "model.attention", attention,
+         "expected " + " | ".join(ATTENTION_IMPLEMENTATIONS))
   _check(attention != "cudnn" or m.dtype == "bfloat16", "model.attention", attention,
          "cuDNN attention needs model.dtype='bfloat16'")
-  _check(m.get("dense_vjp", "custom") in layers.DENSE_VJPS, "model.dense_vjp",
-         m.get("dense_vjp"), "expected " + " | ".join(layers.DENSE_VJPS))
+  _check(m.get("dense_vjp", "custom") in DENSE_VJPS, "model.dense_vjp",
+         m.get("dense_vjp"), "expected " + " | ".join(DENSE_VJPS))
   n = jax_process_count()
   _check(c.data.global_batch_size % n == 0, "data.global_batch_size", c.data.global_batch_size,
          f"must be divisible by the {n} processes")
-  from syncmask_jax import queue  # pylint: disable=g-import-not-at-top
-  queue.check_queue_size(c.queue_size, c.data.global_batch_size)
+  check_queue_size(c.queue_size, c.data.global_batch_size)
+
+
+def check_queue_size(queue_size: int, global_batch: int) -> None:
+  if queue_size <= 0 or queue_size % global_batch:
+    raise ValueError(
+        f"config.queue_size={queue_size} must be a positive multiple of "
+        f"config.data.global_batch_size={global_batch} (the queue is filled a batch at a time)")
 
 
 def _validate_semmim(c: ml_collections.ConfigDict) -> None:

@@ -1,7 +1,7 @@
 """Entry point: `python -m syncmask_jax.main --config=configs/synthfashion.py --workdir=DIR`.
 
 `config.task` picks the job: pretrain (default; train.py) or a fine-tuning task
-(category | tgir | retrieval; finetune.py).
+(one of `tasks.TASKS`: category | tgir | retrieval; finetune.py).
 
 On several hosts (TPU pod, SLURM GPU cluster) the same command runs on every host;
 `jax.distributed.initialize()` finds the peers from the environment, or from the
@@ -13,9 +13,12 @@ import os
 # TensorFlow (pulled in by clu/TFDS) is only used for I/O here; keep its logs quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+from absl import app, flags, logging
 
-from syncmask_jax import cli, cluster  # pylint: disable=g-import-not-at-top
+from syncmask_jax import cli, cluster, evaluate, finetune, paths, train
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
@@ -40,7 +43,6 @@ class _QuietLibraries:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  import jax  # pylint: disable=g-import-not-at-top
   if _CPU_COLLECTIVES.value:
     jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:
@@ -55,18 +57,14 @@ def main(argv):
   config = cli.resolved_config(flags.FLAGS["config"])
   task = config.get("task", "pretrain")
   if task == "pretrain":
-    from syncmask_jax import train  # pylint: disable=g-import-not-at-top
     results = train.train_and_evaluate(config, _WORKDIR.value)
-  else:  # category | tgir | retrieval, from a pretraining checkpoint
-    from syncmask_jax import finetune  # pylint: disable=g-import-not-at-top
+  else:  # a fine-tuning task, from a pretraining checkpoint
     results = finetune.finetune_and_evaluate(config, _WORKDIR.value)
   if jax.process_index() == 0:
     _print_summary(_WORKDIR.value, task, results)
 
 
 def _print_summary(workdir: str, task: str, results: dict) -> None:
-  import os  # pylint: disable=g-import-not-at-top
-  from syncmask_jax import evaluate, paths  # pylint: disable=g-import-not-at-top
   lines = [f"workdir:      {paths.resolve(workdir)}",
            f"metrics:      {os.path.join(workdir, 'metrics.jsonl')} (+ TensorBoard events)",
            f"checkpoints:  {os.path.join(workdir, 'checkpoints')}"]

@@ -1,4 +1,5 @@
-"""AdamW with warmup + cosine decay, gradient clipping, and regex weight-decay masks."""
+"""AdamW with warmup + cosine decay, gradient clipping, regex weight-decay masks, and the
+one update every step applies (`apply_gradients`, `keep_finite`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -49,3 +51,28 @@ def has_updated(tx: optax.GradientTransformation, opt_state) -> jax.Array | bool
   if isinstance(tx, optax.MultiSteps):
     return tx.has_updated(opt_state)
   return True
+
+
+def apply_gradients(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                    state: Any, grads: dict) -> tuple[dict, Any, jax.Array]:
+  """(params, opt_state, grad_norm) after one `tx` update of `state.params` (clipping and
+  accumulation live in `tx`), the temperature clamped. Pretraining and every fine-tuning
+  step update through here."""
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # ALBEF clamps the temperature parameter itself, not only its use.
+  params["temp"] = jnp.clip(params["temp"], config.model.temp_min, config.model.temp_max)
+  return params, opt_state, grad_norm
+
+
+def keep_finite(config: ml_collections.ConfigDict, new_state: Any, state: Any,
+                loss: jax.Array, grad_norm: jax.Array) -> tuple[Any, jax.Array]:
+  """(state, finite): with `config.nonfinite='skip'`, a non-finite loss or gradient keeps
+  the old state; the loop stops on `finite` being False under 'stop'."""
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if config.nonfinite == "skip":
+    # The update is dropped but the step counter advances, so data order is kept.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                             state.replace(step=state.step + 1))
+  return new_state, finite

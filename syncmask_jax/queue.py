@@ -20,13 +20,6 @@ def init_queue(size: int, dim: int) -> dict:
   }
 
 
-def check_queue_size(queue_size: int, global_batch: int) -> None:
-  if queue_size <= 0 or queue_size % global_batch:
-    raise ValueError(
-        f"config.queue_size={queue_size} must be a positive multiple of "
-        f"config.data.global_batch_size={global_batch} (the queue is filled a batch at a time)")
-
-
 def enqueue(queue: dict, image_feat: jax.Array, text_feat: jax.Array,
             product_id: jax.Array) -> dict:
   """Writes a (global) batch at `ptr`; the oldest batch is overwritten first."""

@@ -1,4 +1,5 @@
-"""BERT-uncased WordPiece tokenization (HF `tokenizers`), text cleaning, SynthFashion vocab.
+"""BERT-uncased WordPiece tokenization (HF `tokenizers`), text cleaning, trained vocabularies,
+and the special-token ids the step reads (`TokenInfo`, `text_maskable`).
 
 `Tokenizer.from_file` takes a BERT `vocab.txt` (built into the BERT-uncased pipeline:
 BertNormalizer lower-casing, accent stripping and CJK splitting, BertPreTokenizer,
@@ -7,20 +8,20 @@ WordPiece, [CLS] ... [SEP]) or a full `tokenizer.json`, used as saved.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import json
 import os
 import re
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from syncmask_jax import paths
-from syncmask_jax.data import synthfashion
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -173,9 +174,8 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------------
-# The SynthFashion vocabulary.
+# Vocabularies trained for a word list (SynthFashion's: `synthfashion.vocab_file`).
 
-_VOCAB_CORPUS_PRODUCTS = 500  # descriptions the trainer sees, beside the word list
 _VOCAB_TRAINER_SIZE = 4096  # above what the corpus can fill: every word ends up whole
 _VOCAB_VERSION = 1  # bump when train_wordpiece changes what it keeps
 
@@ -219,25 +219,57 @@ def train_wordpiece(corpus: Sequence[str], words: Sequence[str]) -> list[str]:
   return [*SPECIAL_TOKENS, *chars, *suffix_chars, *sorted(whole - set(chars))]
 
 
-def synthfashion_vocab(cache_dir: str | None = None) -> str:
-  """Path of the SynthFashion `vocab.txt`, trained once and cached.
+def cached_vocab(name: str, words: Sequence[str], corpus: Callable[[], Sequence[str]],
+                 cache_dir: str | None = None) -> str:
+  """Path of a WordPiece `vocab.txt` for `words` (`train_wordpiece` over `corpus()`),
+  trained once and cached.
 
-  The file lives in `<cache_dir>/synthfashion_vocab-<hash>/`, the hash taken over the
-  generator's word list (all `train_wordpiece` keeps depends on it alone), so a grammar
-  with new words trains a new vocabulary and an unchanged one reuses the file.
-  `cache_dir` defaults to $SYNCMASK_CACHE or ~/.cache/syncmask_jax.
+  The file lives in `<cache_dir>/<name>-<hash>/`, the hash taken over the word list
+  (all `train_wordpiece` keeps depends on it alone), so a grammar with new words trains
+  a new vocabulary and an unchanged one reuses the file. `cache_dir` defaults to
+  $SYNCMASK_CACHE or ~/.cache/syncmask_jax.
   """
-  words = synthfashion.vocabulary()
   key = hashlib.sha256(json.dumps(
-      [words, list(SPECIAL_TOKENS), _VOCAB_VERSION]).encode()).hexdigest()[:16]
-  folder = os.path.join(cache_dir or default_cache_dir(), f"synthfashion_vocab-{key}")
+      [list(words), list(SPECIAL_TOKENS), _VOCAB_VERSION]).encode()).hexdigest()[:16]
+  folder = os.path.join(cache_dir or default_cache_dir(), f"{name}-{key}")
   path = os.path.join(folder, "vocab.txt")
   if paths.path(path).is_file():
     return path
-  corpus = synthfashion.descriptions(_VOCAB_CORPUS_PRODUCTS)
-  tokens = train_wordpiece(corpus, words)
+  tokens = train_wordpiece(corpus(), words)
   paths.path(folder).mkdir(parents=True, exist_ok=True)
   # paths.write_text writes then renames: concurrent processes (hosts, workers) never
   # read a partial file.
   paths.write_text(path, "".join(t + "\n" for t in tokens))
   return path
+
+
+# ---------------------------------------------------------------------------
+# What the train step and the evaluators need of the vocabulary.
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenInfo:
+  """Special-token ids the step needs (from the tokenizer of the data pipeline)."""
+  vocab_size: int
+  pad_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+  # First id of an ordinary word: MLM's random replacements are drawn from
+  # [min_random_id, vocab_size) so they are never special tokens.
+  min_random_id: int
+
+
+def token_info(tokenizer: Tokenizer) -> TokenInfo:
+  special = [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id,
+             tokenizer.unk_id]
+  return TokenInfo(
+      vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, cls_id=tokenizer.cls_id,
+      sep_id=tokenizer.sep_id, mask_id=tokenizer.mask_id, min_random_id=max(special) + 1)
+
+
+def text_maskable(text_ids, text_mask, tokens: TokenInfo):
+  """Tokens MLM may mask: real tokens other than [CLS]/[SEP] (and never [PAD]).
+  Elementwise, so it serves jax and numpy arrays alike."""
+  return (text_mask.astype(bool) & (text_ids != tokens.cls_id) & (text_ids != tokens.sep_id)
+          & (text_ids != tokens.pad_id))

@@ -12,7 +12,6 @@ Everything runs inside one `jax.jit` over the mesh.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -24,28 +23,10 @@ from flax import nnx
 from syncmask_jax import grounding, losses, masking, negatives, optim, semmim
 from syncmask_jax import queue as queue_lib
 from syncmask_jax import sharding
+from syncmask_jax.tokenizer import TokenInfo, text_maskable
 from syncmask_jax.train_state import Setup, TrainState
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenInfo:
-  """Special-token ids the step needs (from the tokenizer of the data pipeline)."""
-  vocab_size: int
-  pad_id: int
-  cls_id: int
-  sep_id: int
-  mask_id: int
-  # First id of an ordinary word: MLM's random replacements are drawn from
-  # [min_random_id, vocab_size) so they are never special tokens.
-  min_random_id: int
-
-
-def text_maskable(text_ids: Array, text_mask: Array, tokens: TokenInfo) -> Array:
-  """Tokens MLM may mask: real tokens other than [CLS]/[SEP] (and never [PAD])."""
-  return (text_mask.astype(bool) & (text_ids != tokens.cls_id) & (text_ids != tokens.sep_id)
-          & (text_ids != tokens.pad_id))
 
 
 def alpha_at(config: ml_collections.ConfigDict, step: Array, steps_per_epoch: int) -> Array:
@@ -224,11 +205,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
     # 4. Gradients, optimizer, temperature clamp, EMA, queue.
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     pred_logits = aux.pop("pred_logits", None)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # ALBEF clamps the temperature parameter itself, not only its use.
-    params["temp"] = jnp.clip(params["temp"], config.model.temp_min, config.model.temp_max)
+    params, opt_state, grad_norm = optim.apply_gradients(config, tx, state, grads)
     updated = optim.has_updated(tx, opt_state)
     momentum_params = jax.tree.map(lambda new, old: jnp.where(updated, new, old),
                                    ema(state.momentum_params, params, config.momentum),
@@ -240,11 +217,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, tokens: Tok
         step=state.step + 1, params=params, opt_state=opt_state,
         momentum_params=momentum_params, centers=centers,
         queue=queue_lib.enqueue(state.queue, image_feat_m, text_feat_m, pid))
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    if config.nonfinite == "skip":
-      # The update is dropped but the step counter advances, so data order is kept.
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                               state.replace(step=state.step + 1))
+    new_state, finite = optim.keep_finite(config, new_state, state, loss, grad_norm)
 
     # 5. Metrics.
     metrics = dict(aux, loss=loss, grad_norm=grad_norm, alpha=alpha, finite=finite,

@@ -28,7 +28,8 @@ from matplotlib import image as mpl_image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from syncmask_jax import masking, paths, train_step
+from syncmask_jax import masking, paths
+from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import pipeline
 
 MASK_COLOR = (255, 40, 40)
@@ -119,7 +120,7 @@ def draw_pair(path: str, image: np.ndarray, patch_mask: np.ndarray, words: Seque
 
 
 @functools.lru_cache(maxsize=8)
-def _picture_fn(graphdef: Any, masking_json: str, seed: int, tokens: train_step.TokenInfo,
+def _picture_fn(graphdef: Any, masking_json: str, seed: int, tokens: tokenizer_lib.TokenInfo,
                 mesh: jax.sharding.Mesh) -> Callable:
   """Jitted (momentum params, batch) -> cross-attention, masks, maskable tokens; cached so
   periodic evaluations compile it once."""
@@ -133,7 +134,7 @@ def _picture_fn(graphdef: Any, masking_json: str, seed: int, tokens: train_step.
     text_hidden = teacher.encode_text(batch["text_ids"], batch["text_mask"])
     probs, cams = masking.teacher_cross_attention(teacher, text_hidden, batch["text_mask"],
                                                   image_tokens, source)
-    maskable = train_step.text_maskable(batch["text_ids"], batch["text_mask"], tokens)
+    maskable = tokenizer_lib.text_maskable(batch["text_ids"], batch["text_mask"], tokens)
     patch_mask, token_mask = masking.masks_from_config(
         key, cfg, probs, maskable, image_tokens.shape[1] - 1, cams)
     # The map the masks were chosen from.
@@ -145,7 +146,7 @@ def _picture_fn(graphdef: Any, masking_json: str, seed: int, tokens: train_step.
 
 
 def pair_arrays(config: ml_collections.ConfigDict, graphdef: Any, momentum_params: Any,
-                mesh: jax.sharding.Mesh, tokens: train_step.TokenInfo,
+                mesh: jax.sharding.Mesh, tokens: tokenizer_lib.TokenInfo,
                 host_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Momentum cross-attention (B, T, N), masks and maskable tokens of one eval batch."""
   fn = _picture_fn(graphdef, config.masking.to_json(), int(config.seed), tokens, mesh)
@@ -154,7 +155,7 @@ def pair_arrays(config: ml_collections.ConfigDict, graphdef: Any, momentum_param
 
 def pretraining_pictures(config: ml_collections.ConfigDict, graphdef: Any,
                          momentum_params: Any, mesh: jax.sharding.Mesh,
-                         tokens: train_step.TokenInfo, directory: str, *, step: int = 0,
+                         tokens: tokenizer_lib.TokenInfo, directory: str, *, step: int = 0,
                          num: int = 4, words: int = 2) -> list[str]:
   """Pictures of the first `num` pairs of the eval split; returns the figure paths.
 

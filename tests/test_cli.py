@@ -69,14 +69,13 @@ def test_paths_are_resolved_once_and_urls_left_alone(tmp_path, monkeypatch):
 def pretraining_run(tmp_path):
   """runs/pre: a tiny pretraining run's resolved config.json (one ViT block, a copy of
   the SynthFashion vocabulary) beside its checkpoints/."""
-  from syncmask_jax import train  # pylint: disable=g-import-not-at-top
   run = tmp_path / "runs" / "pre"
   (run / "checkpoints").mkdir(parents=True)
   vocab = str(tmp_path / "vocab.txt")
   shutil.copyfile(pipeline.vocab_path(config_lib.default_config()), vocab)
   c = _parse("--config=configs/synthfashion.py", "--config.model.vision_depth=1",
              f"--config.data.vocab_path={vocab}")
-  train.resolve_vocab(c)
+  pipeline.resolve_vocab(c)
   with open(run / "config.json", "w", encoding="utf-8") as f:
     f.write(c.to_json_best_effort())
   return {"dir": run, "vocab": vocab, "vocab_size": c.model.vocab_size}
@@ -118,9 +117,8 @@ def test_finetuning_takes_model_and_vocabulary_from_the_pretraining_run(pretrain
 
 
 def test_config_json_records_the_vocabulary_used(tmp_path):
-  from syncmask_jax import train  # pylint: disable=g-import-not-at-top
   c = _parse("--config=configs/synthfashion.py")
-  tokens = train.resolve_vocab(c)
+  tokens = pipeline.resolve_vocab(c)
   assert c.data.vocab_path == pipeline.vocab_path(config_lib.default_config())
   assert c.model.vocab_size == tokens.vocab_size < 1000  # SynthFashion's, not BERT's 30522
   with open(c.data.vocab_path, encoding="utf-8") as f:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import saved_state
-from syncmask_jax import checkpointing, config_lib, main, resume, train
+from syncmask_jax import checkpointing, config_lib, loop, main, resume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthfashion.py")
@@ -98,7 +98,7 @@ def _checkpoint_at(workdir, step):
 
 
 def _start(config, workdir):
-  train.start_run(config, workdir).close()
+  loop.start_run(config, workdir).close()
 
 
 def test_resume_with_a_changed_config_is_refused_naming_the_fields(tmp_path):
@@ -173,7 +173,7 @@ def test_progress_times_finished_steps_and_writes_the_eta():
   once the step's result is ready."""
   clock = iter([100.0, 109.0, 119.0]).__next__
   writer = _Recorder()
-  progress = train.Progress(total_steps=25, every=10, writer=writer, clock=clock)
+  progress = loop.Progress(total_steps=25, every=10, writer=writer, clock=clock)
   for step in range(1, 21):
     progress(step, jax.numpy.zeros(()))
   assert writer.rows == [(10, {"steps_per_sec": 1.0, "eta_seconds": 15.0}),
@@ -189,7 +189,7 @@ def test_compiled_flops_are_labelled_per_device():
       raise NotImplementedError
 
   writer = _Recorder()
-  train.log_compiled(Compiled(), writer, global_batch=8, step=6)
+  loop.log_compiled(Compiled(), writer, global_batch=8, step=6)
   assert writer.rows == [(6, {"compiled/step_gflops_per_device": 3.0})]
 
 

@@ -18,8 +18,9 @@ from syncmask_jax import checkpointing, config_lib, evaluate, optim, retrieval
 from syncmask_jax import sharding, train
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax import train_state as train_state_lib
-from syncmask_jax.data import pipeline
+from syncmask_jax.data import pipeline, synthfashion
 from syncmask_jax.models.vlp import VLP
+from syncmask_jax.tasks import category
 
 import fakes  # pylint: disable=g-bad-import-order
 
@@ -32,7 +33,7 @@ def test_classification_metrics_match_brute_force(seed):
   label = rs.randint(-1, 5, 60)  # -1: unseen in train
   pred = np.where(rs.rand(60) < 0.5, label, rs.randint(0, 7, 60))  # 5, 6: predicted only
   pred[label < 0] = rs.randint(0, 7, (label < 0).sum())
-  out = evaluate.classification_metrics(pred, label)
+  out = category.classification_metrics(pred, label)
   known = label >= 0
   p, y = pred[known], label[known]
   f1s = []
@@ -91,7 +92,7 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   c.eval = ml_collections.ConfigDict(dict(
       scoring=("itc", "itc+itm"), itm_k=4, itm_batch_size=8,
       one_plus_100=dict(num_queries=6, num_negatives=4, rounds=2, seed=0)))
-  tokens = train.token_info(pipeline.make_tokenizer(c))
+  tokens = tokenizer_lib.token_info(pipeline.make_tokenizer(c))
   c.model.vocab_size = tokens.vocab_size
   build = lambda: train_state_lib.build_model(c, 0)
   graphdef, _ = nnx.split(nnx.eval_shape(build))
@@ -132,7 +133,7 @@ def test_nan_features_are_an_error_naming_the_array_and_the_step(monkeypatch, tm
   setup = train_state_lib.Setup(graphdef=None, state_shardings=None, mesh=None, tx=None)
   with pytest.raises(retrieval.NonFiniteError,
                      match=r"evaluation at step 7: image_feat: 32 non-finite values"):
-    evaluate.evaluate_pretraining(_synth_config(), setup, evaluate.EvalState(None, None),
+    evaluate.evaluate_pretraining(_synth_config(), setup, train.EvalState(None, None),
                                   None, str(tmp_path), step=7)
   assert not os.path.exists(tmp_path / "eval" / "pretrain.json")  # no 100% written
 
@@ -249,7 +250,7 @@ def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):
   c.data.skip_bad_records = True
   c.eval = ml_collections.ConfigDict(dict(scoring=("itc", "itc+itm"), itm_k=4,
                                           itm_batch_size=8))
-  c.data.vocab_path = tokenizer_lib.synthfashion_vocab()
+  c.data.vocab_path = synthfashion.vocab_file()
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
   build = lambda: train_state_lib.build_model(c, 0)
   graphdef, _ = nnx.split(nnx.eval_shape(build))

@@ -14,6 +14,7 @@ from flax import nnx
 from syncmask_jax import checkpointing, config_lib, finetune, optim, sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.data import pipeline
+from syncmask_jax.tasks import category as category_task
 
 import fakes  # pylint: disable=g-bad-import-order
 
@@ -82,12 +83,12 @@ def test_init_from_pretraining_checkpoint_loads_params_only(finetune_files):
   c.data.root = str(tmp / "fashiongen")
   c.finetune = ml_collections.ConfigDict(dict(label="subcategory", num_classes=0))
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
-  n = finetune.num_classes(c)
+  n = category_task.num_classes(c)
   fresh = fakes.numpy_params(
-      lambda: finetune.CategoryModel(c.model, n, rngs=nnx.Rngs(params=0)), seed=1)
+      lambda: category_task.CategoryModel(c.model, n, rngs=nnx.Rngs(params=0)), seed=1)
   assert fresh["classifier"]["kernel"].shape[1] == 6  # TOPS/JEANS/SHOES x SUB0/SUB1
   loaded, step = checkpointing.load_pretrained(c.init_checkpoint, fresh,
-                                          allow_missing=finetune.NEW_PARAMS["category"])
+                                          allow_missing=category_task.Category.new_params)
   pre = finetune_files["state"]
   assert step == 3
   np.testing.assert_array_equal(loaded["vision"]["cls_token"], pre["params"]["vision"]["cls_token"])
@@ -105,7 +106,7 @@ def test_init_from_pretraining_checkpoint_loads_params_only(finetune_files):
     checkpointing.load_pretrained(c.init_checkpoint, fresh)
   c.model.embed_dim = 48
   other = fakes.numpy_params(
-      lambda: finetune.CategoryModel(c.model, 6, rngs=nnx.Rngs(params=0)))
+      lambda: category_task.CategoryModel(c.model, 6, rngs=nnx.Rngs(params=0)))
   with pytest.raises(ValueError, match="shape mismatch.*proj"):
     checkpointing.load_pretrained(c.init_checkpoint, other, allow_missing=("classifier",))
 

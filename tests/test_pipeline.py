@@ -9,6 +9,7 @@ import pytest
 from syncmask_jax import config_lib
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import pipeline
+from syncmask_jax.data import synthfashion
 from syncmask_jax.data import transforms
 
 import fakes  # pylint: disable=g-bad-import-order
@@ -129,7 +130,7 @@ def test_two_views_keep_the_first_view_unaugmented_for_synthfashion():
   assert not np.allclose(b["image_view2"], b["image"])
   src = pipeline.make_source(c, "train")
   eval_t = transforms.from_config(c, tokenizer_lib.Tokenizer.from_file(
-      tokenizer_lib.synthfashion_vocab()), train=False)
+      synthfashion.vocab_file()), train=False)
   np.testing.assert_array_equal(b["image"][0], eval_t(src[int(b["index"][0])])["image"])
 
 
@@ -178,7 +179,7 @@ def _real_config(tmp_path, name, **data):
   c = synth_config(**data)
   c.data.name = name
   c.data.root = str(tmp_path)
-  c.data.vocab_path = tokenizer_lib.synthfashion_vocab()
+  c.data.vocab_path = synthfashion.vocab_file()
   c.data.image_size = 32
   return c
 

@@ -18,7 +18,7 @@ from conftest import assert_no_host_round_trip, toy_batch
 from flax import nnx
 
 from syncmask_jax import config_lib, losses, masking, optim, semmim, sharding, train_state
-from syncmask_jax import train_step
+from syncmask_jax import tokenizer, train_step
 from syncmask_jax.data import pipeline
 
 K = 64
@@ -92,10 +92,7 @@ def synth():
   batches = [next(it) for _ in range(4)]
   tok = it.tokenizer
   c.model.vocab_size = tok.vocab_size
-  # As the driver's `train.token_info` (not imported: it pulls in TensorFlow via clu).
-  first_word = max(tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.unk_id) + 1
-  tokens = train_step.TokenInfo(tok.vocab_size, tok.pad_id, tok.cls_id, tok.sep_id,
-                                tok.mask_id, first_word)
+  tokens = tokenizer.token_info(tok)
   return c, tokens, batches
 
 
@@ -146,8 +143,8 @@ def test_masking_follows_the_text_attention():
   attended = [rng.permutation(n)[:8] for _ in range(b)]
   ids = np.full((b, t), 7, np.int32)
   ids[:, 0], ids[:, 7], ids[:, 8:] = 2, 3, 0
-  maskable = train_step.text_maskable(jnp.asarray(ids), jnp.asarray(ids != 0),
-                                      train_step.TokenInfo(100, 0, 2, 3, 4, 5))
+  maskable = tokenizer.text_maskable(jnp.asarray(ids), jnp.asarray(ids != 0),
+                                     tokenizer.TokenInfo(100, 0, 2, 3, 4, 5))
   probs = np.zeros((1, b, heads, t, 1 + n), np.float32)
   for i in range(b):
     others = np.setdiff1d(np.arange(n), attended[i])
@@ -216,7 +213,7 @@ def test_step_losses_match_hand_computation(synth, reference):
     tok_m = [teacher.encode_image(batch[k]) for k in ("image", "image_view2")]
     text_m = teacher.encode_text(ids, tmask)
     _, cross = teacher.fuse(text_m, tmask, tok_m[0])
-    maskable = train_step.text_maskable(ids, tmask, tokens)
+    maskable = tokenizer.text_maskable(ids, tmask, tokens)
     # The step's mask key: split 0 of the step's key (`train_step`).
     key = jax.random.fold_in(jax.random.wrap_key_data(s1.rng), s1.step)
     patch_mask, _ = masking.masks_from_config(jax.random.split(key, 4)[0], c.masking, cross,

@@ -124,15 +124,15 @@ def test_missing_special_token_raises(tmp_path):
 
 
 def test_synthfashion_vocab_covers_every_word_and_is_deterministic(tmp_path):
-  path = tokenizer_lib.synthfashion_vocab(str(tmp_path / "a"))
+  path = synthfashion.vocab_file(str(tmp_path / "a"))
   assert os.path.basename(path) == "vocab.txt"
   content = open(path, "rb").read()
-  assert tokenizer_lib.synthfashion_vocab(str(tmp_path / "a")) == path
+  assert synthfashion.vocab_file(str(tmp_path / "a")) == path
   assert content.decode().split("\n")[:5] == list(tokenizer_lib.SPECIAL_TOKENS)
   # The trainer's merge order depends on a per-process hash seed: train again in a
   # fresh process and require the same bytes.
-  code = ("import sys; from syncmask_jax import tokenizer as t; "
-          "print(t.synthfashion_vocab(sys.argv[1]))")
+  code = ("import sys; from syncmask_jax.data import synthfashion as sf; "
+          "print(sf.vocab_file(sys.argv[1]))")
   other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], check=True,
                          capture_output=True, text=True).stdout.strip()
   assert other != path and open(other, "rb").read() == content

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from conftest import assert_no_host_round_trip, toy_batch
 
-from syncmask_jax import optim, sharding, train_state, train_step
+from syncmask_jax import config_lib, optim, sharding, tokenizer, train_state, train_step
 
-TOKENS = train_step.TokenInfo(vocab_size=100, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
-                              min_random_id=5)
+TOKENS = tokenizer.TokenInfo(vocab_size=100, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
+                             min_random_id=5)
 
 
 def _build(config, devices=None):
@@ -58,9 +58,8 @@ def test_queue_holds_last_batches_in_order(tiny_config):
 
 
 def test_queue_size_must_divide():
-  from syncmask_jax import queue
   with pytest.raises(ValueError, match=r"config.queue_size=20 .*global_batch_size=8"):
-    queue.check_queue_size(20, 8)
+    config_lib.check_queue_size(20, 8)
 
 
 @pytest.mark.parametrize("layout", [dict(data=8, fsdp=1), dict(data=1, fsdp=8),

@@ -36,6 +36,7 @@ COCO texts carry image_index; eval adds valid.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -50,6 +51,7 @@ import numpy as np
 
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import grouping
+from syncmask_jax.data import synthfashion
 from syncmask_jax.data import transforms
 
 DATASETS = ("synthfashion", "fashiongen", "fashioniq", "coco")
@@ -76,8 +78,21 @@ def vocab_path(config: ml_collections.ConfigDict) -> str:
       raise ValueError(f"config.data.vocab_path is empty: {config.data.name} needs a "
                        "BERT vocab.txt or tokenizer.json (the SynthFashion vocabulary "
                        "only knows the generator's words)")
-    path = tokenizer_lib.synthfashion_vocab()
+    path = synthfashion.vocab_file()
   return path
+
+
+def resolve_vocab(config: ml_collections.ConfigDict) -> tokenizer_lib.TokenInfo:
+  """Sets `data.vocab_path` to the file read and `model.vocab_size` to its size (the
+  values config.json records), unless a text checkpoint fixes the size."""
+  path = vocab_path(config)
+  tokens = tokenizer_lib.token_info(tokenizer_lib.Tokenizer.from_file(path))
+  if config.model.vocab_size != tokens.vocab_size and config.model.text_init:
+    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} but the tokenizer "
+                     f"{path} has {tokens.vocab_size} entries")
+  config.data.vocab_path = path
+  config.model.vocab_size = tokens.vocab_size
+  return tokens
 
 
 def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
@@ -126,7 +141,6 @@ def make_source(config: ml_collections.ConfigDict, split: str,
   skip = bool(d.skip_bad_records)
   verify = bool(d.get("verify_images", True))
   if name == "synthfashion":
-    from syncmask_jax.data import synthfashion  # pylint: disable=g-import-not-at-top
     products = d.get(f"synth_{split}_products", None)
     return synthfashion.SynthFashion(
         split, num_products=products, seed=int(d.get("synth_seed", 0)),
@@ -528,7 +542,6 @@ def build_tfds(name: str, manual_dir: str, data_dir: str, *, config: str | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       description="Convert a dataset to ArrayRecord: python -m syncmask_jax.data.pipeline "
                   "fashiongen --manual_dir M --data_dir D")

@@ -57,6 +57,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from syncmask_jax import tokenizer
+
 FRONT, BACK, LEFT, RIGHT = 0, 1, 2, 3
 VIEW_NAMES = ("front", "back", "left", "right")
 SPLIT_ID_BASE = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
@@ -1222,3 +1224,14 @@ def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_si
              text_product_id=np.asarray(text_product_id, np.int64),
              text_attribute=np.asarray(text_attribute, np.int32), attributes=attributes)
   return out
+
+
+_VOCAB_CORPUS_PRODUCTS = 500  # descriptions the trainer sees, beside the word list
+
+
+def vocab_file(cache_dir: str | None = None) -> str:
+  """Path of the SynthFashion `vocab.txt` (every generator word one token), trained once
+  and cached under `<cache_dir>/synthfashion_vocab-<hash>/` (`tokenizer.cached_vocab`)."""
+  return tokenizer.cached_vocab(
+      "synthfashion_vocab", vocabulary(),
+      lambda: descriptions(_VOCAB_CORPUS_PRODUCTS), cache_dir)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from syncmask_jax.config_lib import ATTENTION_IMPLEMENTATIONS, DENSE_VJPS
+
 Array = jax.Array
 
 
@@ -69,10 +71,8 @@ def _dense_bwd(res, g: Array):
 
 dense.defvjp(_dense_fwd, _dense_bwd)
 
-# config.model.dense_vjp: "custom" (the backward above; the CPU's faster form) or
-# "autodiff" (a GPU's cuBLAS reads transposed operands for free, so saving x^T is an
-# extra copy: with cuDNN attention, -15% base step time on an H100, RESULTS.md A4).
-DENSE_VJPS = {"custom": dense, "autodiff": dense_autodiff}
+# config.model.dense_vjp (config_lib.DENSE_VJPS says why each) -> its implementation.
+_DENSE_FNS = {"custom": dense, "autodiff": dense_autodiff}
 
 
 class Dense(nnx.Module):
@@ -90,7 +90,7 @@ class Dense(nnx.Module):
     self.vjp = "custom"  # DENSE_VJPS; set_implementations
 
   def __call__(self, x: Array) -> Array:
-    return DENSE_VJPS[self.vjp](x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+    return _DENSE_FNS[self.vjp](x.astype(self.dtype), self.kernel[...].astype(self.dtype),
                                self.bias[...].astype(self.dtype))
 
 
@@ -141,11 +141,6 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
-# How attention is computed where no probabilities are asked for (config.model.attention):
-# "einsum" (explicit logits and softmax; the only path that returns probabilities or
-# applies attention dropout), or `jax.nn.dot_product_attention` with implementation
-# "xla" or "cudnn" (fused; cuDNN needs bfloat16 and an NVIDIA GPU).
-ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 _FUSED_BLOCK = 64  # sequences are zero-padded to a multiple of this for the fused call
 
 

@@ -1,7 +1,9 @@
-"""Evaluation of every task: retrieval protocols, mask precision, CR/SCR, FashionIQ TGIR.
+"""The evaluators: retrieval protocols, mask precision and grounding, FashionIQ TGIR.
 
-Results go to `DIR/eval/<task>.json` (task = pretrain | category | tgir | retrieval) and
-to the run's metric writers (TensorBoard, metrics.jsonl). Every number sits in a block
+Pretraining (`evaluate_pretraining`) and the fine-tuning tasks (`tasks/`) call these;
+each task file holds what only it evaluates (CR/SCR: `tasks/category.py`). Results go
+to `DIR/eval/<task>.json` (task = pretrain | category | tgir | retrieval) and to the
+run's metric writers (TensorBoard, metrics.jsonl). Every number sits in a block
 that names its protocol and scoring (`"results": [...]`); pretraining also copies its
 first retrieval block to the top level (what `main.py` prints).
 
@@ -11,10 +13,6 @@ first retrieval block to the top level (what `main.py` prints).
 * Mask precision (SynthFashion, pretraining): the configured masking strategy and
   uniform random masks at the same ratios, from the same momentum model on the same
   held-out pairs, against the generator's ground truth.
-* Category / subcategory recognition: accuracy and macro-F1 (over the classes present
-  in the labels or the predictions, as scikit-learn's `average="macro"`). Rows whose
-  label is unknown (-1: a FashionGen validation label unseen in train, which no
-  classifier trained on train can predict) are excluded and counted.
 * FashionIQ TGIR: R@10 / R@50 per category and their mean, under both gallery
   protocols (`split`, `val_union`). Queries whose target is not in the gallery count as
   misses and are counted.
@@ -23,7 +21,7 @@ Features are computed in sharded batches over all devices (one jit over the mesh
 `make_global_batch`); every process gets every row back (replicated outputs), so the
 host-side ranking is the same on every host and process 0 writes.
 
-CLI, on the latest or a named checkpoint of a run:
+CLI (`__main__.py`), on the latest or a named checkpoint of a run:
 
   python -m syncmask_jax.evaluate --config=configs/synthfashion.py --workdir=DIR [--step=N]
 """
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import json
 import os
@@ -45,8 +42,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import checkpointing, config_lib, grounding, masking, paths, retrieval, sharding
-from syncmask_jax import train_step
+from syncmask_jax import grounding, masking, paths, retrieval, sharding, tokenizer, visualize
 from syncmask_jax.data import pipeline
 
 # config.eval fields and their defaults (used where a config has no `eval` block).
@@ -135,7 +131,7 @@ def _jit_rows(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
   return jax.jit(lambda p, b: dict(fn(p, b), valid=b["valid"]), out_shardings=replicated)
 
 
-class _Rows:
+class Rows:
   """Per-example outputs appended batch by batch into arrays allocated once (the ITM
   token tables of a large split would otherwise be held twice while concatenating)."""
 
@@ -186,7 +182,7 @@ def _encode_fn(graphdef: Any, *, tokens: bool = False, query: bool = False) -> C
 
 @functools.lru_cache(maxsize=16)
 def _pair_pass_fn(graphdef: Any, tokens: bool, masking_json: str | None, seed: int,
-                  token_info: train_step.TokenInfo | None) -> Callable:
+                  token_info: tokenizer.TokenInfo | None) -> Callable:
   """Features of (image, text) pairs; with a masking config (JSON, so the function can be
   cached across evaluations) also per-row hits and counts of those masks and of random
   masks at the same ratios (momentum model, unmasked pair) against SynthFashion's
@@ -206,7 +202,7 @@ def _pair_pass_fn(graphdef: Any, tokens: bool, masking_json: str | None, seed: i
     text_m = teacher.encode_text(batch["text_ids"], batch["text_mask"])
     probs, cams = masking.teacher_cross_attention(teacher, text_m, batch["text_mask"],
                                                   image_m, "gradcam")
-    maskable = train_step.text_maskable(batch["text_ids"], batch["text_mask"], token_info)
+    maskable = tokenizer.text_maskable(batch["text_ids"], batch["text_mask"], token_info)
     # A key per batch, from its first record: the same masks for any batching order.
     k = jax.random.fold_in(key, batch["index"][0])
     num_patches = image_m.shape[1] - 1
@@ -260,20 +256,6 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
   return out
 
 
-@functools.lru_cache(maxsize=16)
-def _classify_fn(graphdef: Any, field: str) -> Callable:
-  """(params, batch) -> predicted class of the fine-tuned classifier and the label."""
-
-  def fn(params, batch):
-    model = nnx.merge(graphdef, params)
-    image_tokens = model.encode_image(batch["image"])
-    text_hidden = model.encode_text(batch["text_ids"], batch["text_mask"])
-    fused, _ = model.fuse(text_hidden, batch["text_mask"], image_tokens)
-    return {"pred": jnp.argmax(model.class_logits(fused), axis=-1), "label": batch[field]}
-
-  return fn
-
-
 # -- retrieval --------------------------------------------------------------------------
 
 
@@ -288,7 +270,7 @@ def _scorer(scoring: str, ev: ml_collections.ConfigDict, graphdef: Any, params: 
 
 def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
                       mesh: jax.sharding.Mesh, *, momentum_params: Any = None,
-                      tokens: train_step.TokenInfo | None = None
+                      tokens: tokenizer.TokenInfo | None = None
                       ) -> tuple[list[dict], dict[str, float]]:
   """`full_gallery` / `one_plus_100` blocks on a product dataset's eval split, and (with
   momentum parameters, on SynthFashion) the summed mask-precision counts."""
@@ -302,7 +284,7 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
   gt = momentum_params is not None and config.data.name == "synthfashion"
   fn = _pair_pass_fn(graphdef, with_tokens, config.masking.to_json() if gt else None,
                      int(config.seed), tokens if gt else None)
-  images, texts, counts = _Rows(len(source)), _Rows(len(first)), {}
+  images, texts, counts = Rows(len(source)), Rows(len(first)), {}
   iterator = pipeline.make_eval_iterator(config, source=source)
   for rows in eval_rows(fn, (params, momentum_params), iterator, mesh):
     text_keys = ("text_feat", "text_hidden", "text_mask")
@@ -346,7 +328,7 @@ def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params:
   for part in ("images", "texts"):
     source = pipeline.make_eval_source(config, part=part)
     skipped[part] = pipeline.skipped_records(source)
-    rows = _Rows(len(source))
+    rows = Rows(len(source))
     for r in eval_rows(encode, params, pipeline.make_eval_iterator(config, source=source),
                        mesh):
       rows.add(r)
@@ -402,7 +384,7 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
                       fashioniq_gallery=t.gallery_protocols[0])
     source = pipeline.make_eval_source(base, part="queries")
     skipped = {"queries": pipeline.skipped_records(source)}
-    queries = _Rows(len(source))
+    queries = Rows(len(source))
     for r in eval_rows(_encode_fn(graphdef, query=True), params,
                        pipeline.make_eval_iterator(base, source=source), mesh):
       queries.add(r)
@@ -410,7 +392,7 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
     for protocol in t.gallery_protocols:
       cfg = with_data(config, fashioniq_category=category, fashioniq_gallery=protocol)
       source = pipeline.make_eval_source(cfg, part="gallery")
-      gallery = _Rows(len(source))
+      gallery = Rows(len(source))
       for r in eval_rows(_encode_fn(graphdef), params,
                          pipeline.make_eval_iterator(cfg, source=source), mesh):
         gallery.add(r)
@@ -436,46 +418,7 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
   return blocks
 
 
-# -- category recognition ---------------------------------------------------------------
-
-
-def classification_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, Any]:
-  """Accuracy and macro-F1 (in %) over rows with a known label (>= 0).
-
-  Macro-F1 averages F1 = 2TP / (2TP + FP + FN) over the classes present in the labels
-  or the predictions of those rows (scikit-learn's `average="macro"`).
-  """
-  pred, label = np.asarray(pred), np.asarray(label)
-  known = label >= 0
-  p, y = pred[known], label[known]
-  classes = np.union1d(p, y)
-  tp = np.array([np.sum((p == c) & (y == c)) for c in classes], np.float64)
-  fp = np.array([np.sum((p == c) & (y != c)) for c in classes], np.float64)
-  fn = np.array([np.sum((p != c) & (y == c)) for c in classes], np.float64)
-  f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1.0)
-  return {"accuracy": float(np.mean(p == y) * 100.0) if len(y) else 0.0,
-          "macro_f1": float(np.mean(f1) * 100.0) if len(classes) else 0.0,
-          "num_rows": int(len(label)), "num_evaluated": int(known.sum()),
-          "num_excluded_unseen": int((~known).sum()),
-          "num_classes_in_macro_f1": int(len(classes))}
-
-
-def category_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
-                    mesh: jax.sharding.Mesh, num_classes: int) -> list[dict]:
-  """CR or SCR (config.finetune.label) on the eval split with the fine-tuned classifier."""
-  field = config.finetune.label
-  fn = _classify_fn(graphdef, field)
-  source = pipeline.make_eval_source(config)
-  rows = _Rows(len(source))
-  for r in eval_rows(fn, params, pipeline.make_eval_iterator(config, source=source), mesh):
-    rows.add(r)
-  rows = rows.result()
-  return [{"protocol": "classification", "label": field, "dataset": config.data.name,
-           "split": pipeline.EVAL_SPLIT[config.data.name], "num_classes": int(num_classes),
-           "unseen_labels": "rows whose label is unseen in train (id -1) are excluded "
-                            "from accuracy and macro-F1 and counted in num_excluded_unseen",
-           "skipped_records": {"pairs": pipeline.skipped_records(source)},
-           **classification_metrics(rows["pred"], rows["label"])}]
+# -- shared ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -533,7 +476,6 @@ def evaluate_pretraining(config: ml_collections.ConfigDict, setup, state, tokens
     results["grounding"] = _grounding_results(counts)
   ev = eval_settings(config)
   if name == "synthfashion" and ev.pictures > 0:
-    from syncmask_jax import visualize  # pylint: disable=g-import-not-at-top
     results["pictures"] = visualize.pretraining_pictures(
         config, setup.graphdef, state.momentum_params, setup.mesh, tokens,
         os.path.join(workdir, "eval", "pictures"), step=step, num=int(ev.pictures),
@@ -645,81 +587,3 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                f"{results['mask_token_share_invisible_random']:.2f}")
     lines.append(line)
   return lines
-
-
-# -- CLI --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalState:
-  """The parts of a pretraining TrainState evaluation reads."""
-  params: dict
-  momentum_params: dict
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: int | None = None) -> dict[str, Any]:
-  """Evaluates the latest (or `step`) checkpoint of the run in `workdir` for its task.
-
-  Only the parameters are restored (straight into their sharded layout): no optimizer
-  state, no queue, nothing initialised.
-  """
-  # pylint: disable=g-import-not-at-top
-  from syncmask_jax import finetune, train
-  from syncmask_jax import train_state as train_state_lib
-  # pylint: enable=g-import-not-at-top
-  task = config.get("task", "pretrain")
-  train.use_compilation_cache(config)
-  mesh = sharding.make_mesh(config.mesh)
-  directory = os.path.join(workdir, "checkpoints")
-  writer = train.make_writer(workdir, config)
-  try:
-    if task == "pretrain":
-      config_lib.validate(config)
-      eval_settings(config)
-      tokens = train.resolve_vocab(config)
-      graphdef, abstract = finetune.abstract_params(
-          lambda: train_state_lib.build_model(config, config.seed), config, mesh)
-      params, step = checkpointing.load_pretrained(directory, abstract, step=step)
-      momentum, _ = checkpointing.load_pretrained(directory, abstract, item="momentum_params",
-                                             step=step)
-      setup = train_state_lib.Setup(graphdef=graphdef, state_shardings=None, mesh=mesh,
-                                    tx=None)
-      return evaluate_pretraining(config, setup, EvalState(params, momentum), tokens, workdir,
-                                  writer, step=step)
-    finetune.validate(config)
-    job = finetune.build_task(config, mesh, for_training=False)
-    params, step = checkpointing.load_pretrained(directory, job.params, step=step)
-    return job.evaluate(params, workdir, writer, step)
-  finally:
-    writer.close()
-
-
-def main() -> None:
-  # Flags live here, not at import: `main.py` defines --config too and imports this
-  # module lazily (absl flags are global).
-  # pylint: disable=g-import-not-at-top
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from absl import app, flags
-  from syncmask_jax import cli
-  # pylint: enable=g-import-not-at-top
-  cli.define_config_flag()
-  workdir_flag = flags.DEFINE_string("workdir", None, "The run's directory.")
-  step_flag = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-  def run(argv):
-    del argv
-    config = cli.resolved_config(flags.FLAGS["config"],
-                                 checkpoints=os.path.join(workdir_flag.value, "checkpoints"))
-    results = evaluate_checkpoint(config, workdir_flag.value, step_flag.value)
-    if jax.process_index() == 0:
-      task = config.get("task", "pretrain")
-      print("\n".join([f"evaluation:   {os.path.join(workdir_flag.value, 'eval', task)}.json"]
-                      + summary_lines(results)), flush=True)
-
-  app.run(run)
-
-
-if __name__ == "__main__":
-  main()
