@@ -39,10 +39,15 @@ class BertEmbeddings(nnx.Module):
 
 
 class BertLayer(nnx.Module):
-  """Self-attention -> [cross-attention to the image] -> FFN, each post-LN with residual."""
+  """Self-attention -> [cross-attention to the image] -> FFN, each post-LN with residual.
+
+  `causal` makes the self-attention causal (a left-to-right decoder, BLIP's
+  BertLMHeadModel): the same parameters as an encoder layer, so one can be initialised
+  from the other.
+  """
 
   def __init__(self, width: int, heads: int, mlp_dim: int, eps: float, dropout_rate: float, *,
-               cross_kv_dim: int | None = None, rngs: nnx.Rngs, dtype):
+               cross_kv_dim: int | None = None, causal: bool = False, rngs: nnx.Rngs, dtype):
     self.self_attn = layers.Attention(width, heads, dropout_rate=dropout_rate, rngs=rngs,
                                       dtype=dtype)
     self.self_norm = layers.LayerNorm(width, eps, rngs=rngs, dtype=dtype)
@@ -54,11 +59,12 @@ class BertLayer(nnx.Module):
     self.mlp = layers.MLP(width, mlp_dim, rngs=rngs, dtype=dtype)
     self.mlp_norm = layers.LayerNorm(width, eps, rngs=rngs, dtype=dtype)
     self.dropout_rate = dropout_rate
+    self.causal = causal
 
   def __call__(self, x: Array, mask: Array, image: Array | None = None,
                image_mask: Array | None = None, rngs: nnx.Rngs | None = None,
                cross_offset: Array | None = None) -> tuple[Array, Array | None]:
-    y, _ = self.self_attn(x, key_mask=mask, rngs=rngs)
+    y, _ = self.self_attn(x, key_mask=mask, causal=self.causal, rngs=rngs)
     x = self.self_norm(x + layers.dropout(y, self.dropout_rate, rngs))
     probs = None
     if self.has_cross:
@@ -70,16 +76,18 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-  """A stack of BertLayers; with `cross_kv_dim` it is the fusion encoder."""
+  """A stack of BertLayers; with `cross_kv_dim` it is the fusion encoder, with `causal`
+  too the text decoder."""
 
   def __init__(self, num_layers: int, width: int, heads: int, mlp_dim: int, eps: float,
-               dropout_rate: float, *, cross_kv_dim: int | None = None, remat: bool = False,
-               rngs: nnx.Rngs, dtype):
+               dropout_rate: float, *, cross_kv_dim: int | None = None, causal: bool = False,
+               remat: bool = False, rngs: nnx.Rngs, dtype):
     self.num_layers = num_layers
     self.remat = remat
     for i in range(num_layers):
       setattr(self, f"layer_{i}", BertLayer(width, heads, mlp_dim, eps, dropout_rate,
-                                            cross_kv_dim=cross_kv_dim, rngs=rngs, dtype=dtype))
+                                            cross_kv_dim=cross_kv_dim, causal=causal,
+                                            rngs=rngs, dtype=dtype))
 
   def __call__(self, x: Array, mask: Array, image: Array | None = None,
                image_mask: Array | None = None, rngs: nnx.Rngs | None = None,

@@ -152,13 +152,14 @@ def _check_implementation(implementation: str) -> str:
 
 
 def fused_attention(q: Array, k: Array, v: Array, key_mask: Array | None,
-                    implementation: str) -> Array:
+                    implementation: str, causal: bool = False) -> Array:
   """(B, Tq, H, D) attention through `jax.nn.dot_product_attention`.
 
   Key padding goes in as lengths, so `key_mask` must be a prefix mask (padding at the
   end), as every key mask of this model is (BERT padding). Queries and keys are
   zero-padded to a multiple of 64 and given their real lengths: cuDNN refuses odd
-  lengths such as ViT's 257 tokens.
+  lengths such as ViT's 257 tokens. The causal mask survives that padding: padding
+  comes after every real position, so a real query never sees it.
   """
   b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
   kv_len = (jnp.full((b,), tk, jnp.int32) if key_mask is None
@@ -166,7 +167,7 @@ def fused_attention(q: Array, k: Array, v: Array, key_mask: Array | None,
   pad = lambda a: jnp.pad(a, ((0, 0), (0, -a.shape[1] % _FUSED_BLOCK), (0, 0), (0, 0)))
   y = jax.nn.dot_product_attention(
       pad(q), pad(k), pad(v), query_seq_lengths=jnp.full((b,), tq, jnp.int32),
-      key_value_seq_lengths=kv_len, implementation=implementation)
+      key_value_seq_lengths=kv_len, is_causal=causal, implementation=implementation)
   return y[:, :tq]
 
 
@@ -178,6 +179,7 @@ class Attention(nnx.Module):
   Returns the output and, when asked, the attention probabilities (B, H, Tq, Tk):
   SyncMask and SemMIM read the fusion encoder's cross-attention from here. Calls
   without probabilities or dropout use `implementation` (ATTENTION_IMPLEMENTATIONS).
+  `causal=True` (self-attention only: the text decoder) lets query i see keys <= i.
   """
 
   def __init__(self, dim: int, num_heads: int, *, kv_dim: int | None = None,
@@ -197,9 +199,13 @@ class Attention(nnx.Module):
 
   def __call__(self, x: Array, context: Array | None = None, key_mask: Array | None = None,
                *, return_probs: bool = False, probs_offset: Array | None = None,
-               rngs: nnx.Rngs | None = None) -> tuple[Array, Array | None]:
+               causal: bool = False, rngs: nnx.Rngs | None = None
+               ) -> tuple[Array, Array | None]:
     """`probs_offset` (B, H, Tq, Tk), zeros, is added to the probabilities: the gradient
     with respect to it is the gradient with respect to the probabilities (Grad-CAM)."""
+    if causal and context is not None:
+      raise ValueError("causal=True is for self-attention; cross-attention (context) has "
+                       "no common time axis")
     context = x if context is None else context
     b, tq, d = x.shape
     h = self.num_heads
@@ -209,12 +215,14 @@ class Attention(nnx.Module):
     dropout_on = rngs is not None and self.dropout_rate > 0.0
     if (self.implementation != "einsum" and not return_probs and not dropout_on
         and probs_offset is None):
-      y = fused_attention(q, k, v, key_mask, self.implementation)
+      y = fused_attention(q, k, v, key_mask, self.implementation, causal)
       return self.out(y.reshape(b, tq, d)), None
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // h)
     if key_mask is not None:
       # A large finite bias, not -inf: a fully padded row must give finite values.
       logits = jnp.where(key_mask[:, None, None, :].astype(bool), logits, -1e9)
+    if causal:
+      logits = jnp.where(jnp.tril(jnp.ones((tq, tq), bool)), logits, -1e9)
     probs = jax.nn.softmax(logits, axis=-1)
     if probs_offset is not None:
       probs = probs + probs_offset
