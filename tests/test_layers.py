@@ -19,7 +19,7 @@ LAYERS = (
     # vqa_eval's answer normalisation.
     ("models, objectives, metrics, data", (
         "models", "data", "tokenizer", "masking", "negatives", "losses", "queue", "semmim",
-        "grounding", "vqa_eval", "caption_eval", "results_file")),
+        "grounding", "vqa_eval", "caption_eval", "results_file", "decoding")),
     ("core", ("sharding", "optim", "train_state", "checkpoint_import", "checkpointing",
               "resume")),
     ("loop and evaluators", ("loop", "train_step", "evaluate", "retrieval", "visualize")),
