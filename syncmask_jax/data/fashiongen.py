@@ -45,7 +45,6 @@ row order, which is what the sampler and the 1+100 protocol need.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 from typing import Any
