@@ -91,7 +91,8 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   c = _synth_config()
   c.eval = ml_collections.ConfigDict(dict(
       scoring=("itc", "itc+itm"), itm_k=4, itm_batch_size=8,
-      one_plus_100=dict(num_queries=6, num_negatives=4, rounds=2, seed=0)))
+      one_plus_100=dict(num_queries=6, num_negatives=4, rounds=2, seed=0),
+      twins=dict(num_products=4, num_twins=1)))
   tokens = tokenizer_lib.token_info(pipeline.make_tokenizer(c))
   c.model.vocab_size = tokens.vocab_size
   build = lambda: train_state_lib.build_model(c, 0)
@@ -113,12 +114,23 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   assert not counts  # no momentum model given: no mask precision
   assert isinstance(built[0], retrieval.ItmPairs)  # the real pair scorer was set up
   by = {(b["protocol"], b["scoring"]): b for b in blocks}
-  assert set(by) == {(p, s) for p in ("full_gallery", "one_plus_100")
+  assert set(by) == {(p, s) for p in ("full_gallery", "one_plus_100", "twins")
                      for s in ("itc", "itc+itm")}
-  for protocol in ("full_gallery", "one_plus_100"):
+  # The twins: every view of the first 4 products against one twin per attribute.
+  twins = by[("twins", "itc")]
+  assert twins["num_products"] == 4 and twins["twin_slots"] == 5
+  views = pipeline.source_metadata(pipeline.make_eval_source(c))["product_id"]
+  first4 = np.unique(views)[:4]
+  assert twins["num_queries"] == np.isin(views, first4).sum()
+  assert 0.0 <= twins["i2t_r1"] <= 100.0
+  for protocol in ("full_gallery", "one_plus_100", "twins"):
     itc, rerank = dict(by[(protocol, "itc")]), dict(by[(protocol, "itc+itm")])
     assert rerank.pop("itm_k") == 4
     itc.pop("scoring"), rerank.pop("scoring")
+    if protocol == "twins":  # identical images tie under ITC (ties count against the
+      # query) but not always after ITM's top-k cut, which breaks them by position
+      itc = {k: v for k, v in itc.items() if "invisible" not in k}
+      rerank = {k: v for k, v in rerank.items() if "invisible" not in k}
     assert itc == rerank
   assert by[("full_gallery", "itc")]["num_texts"] == 10
 
@@ -204,7 +216,7 @@ def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
   out = json.load(open(tmp_path / "eval" / "pretrain.json"))
   assert out["task"] == "pretrain" and out["step"] == 1
   assert [(b["protocol"], b["scoring"]) for b in out["results"]] == [
-      ("full_gallery", "itc"), ("one_plus_100", "itc")]
+      ("full_gallery", "itc"), ("one_plus_100", "itc"), ("twins", "itc")]
   assert out["protocol"] == "full_gallery" and out["num_texts"] == 10  # the headline
   assert out["results"][1]["num_queries"] == 10 and out["results"][1]["num_negatives"] == 9
   for kind in ("patch", "token"):

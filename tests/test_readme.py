@@ -92,7 +92,7 @@ def test_readme_evaluate_with_both_scorings(repo):
   results = _json(repo / "runs" / "synthfashion" / "eval" / "pretrain.json")
   assert results["step"] == 2
   assert sorted((b["protocol"], b["scoring"]) for b in results["results"]) == [
-      (p, s) for p in ("full_gallery", "one_plus_100") for s in ("itc", "itc+itm")]
+      (p, s) for p in ("full_gallery", "one_plus_100", "twins") for s in ("itc", "itc+itm")]
   assert "retrieval full_gallery/itc+itm" in out.stdout
 
 

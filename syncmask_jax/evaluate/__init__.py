@@ -43,7 +43,7 @@ from absl import logging
 from flax import nnx
 
 from syncmask_jax import grounding, masking, paths, retrieval, sharding, tokenizer, visualize
-from syncmask_jax.data import pipeline
+from syncmask_jax.data import pipeline, synthfashion
 
 # config.eval fields and their defaults (used where a config has no `eval` block).
 EVAL_DEFAULTS = dict(
@@ -53,13 +53,16 @@ EVAL_DEFAULTS = dict(
     query_chunk=1024,  # queries scored at once on the host
     protocols=(),  # empty: the dataset's protocols (DEFAULT_PROTOCOLS)
     one_plus_100=dict(num_queries=1000, num_negatives=100, rounds=5, seed=0),
+    # SynthFashion's 1+K twins: the first num_products held-out products, each against up
+    # to num_twins one-attribute twins per attribute (`retrieval.twins_recall`).
+    twins=dict(num_products=200, num_twins=3),
     pictures=4,  # SynthFashion pretraining: pairs drawn into eval/pictures (0: none)
     picture_words=2,  # words whose cross-attention each picture shows
 )
-DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100"),
+DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100", "twins"),
                      "fashiongen": ("full_gallery", "one_plus_100"),
                      "coco": ("karpathy",), "fashioniq": ("tgir",)}
-PROTOCOLS = ("full_gallery", "one_plus_100", "karpathy", "tgir")
+PROTOCOLS = ("full_gallery", "one_plus_100", "twins", "karpathy", "tgir")
 TGIR_DEFAULTS = dict(categories=("dress", "shirt", "toptee"),
                      gallery_protocols=("split", "val_union"), ks=(10, 50))
 _ID_FIELDS = ("product_id", "category", "subcategory", "index", "image_index",
@@ -296,10 +299,21 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
   images, texts = images.result(), texts.result()
   subcategory = meta.get("subcategory", np.full(len(source), -1))
   split = pipeline.EVAL_SPLIT[config.data.name]
+  twins = (_twins_features(config, ev, graphdef, params, mesh, source, with_tokens)
+           if "twins" in ev.protocols and config.data.name == "synthfashion" else None)
   blocks = []
   for scoring in ev.scoring:
     scorer = _scorer(scoring, ev, graphdef, params, mesh, images, texts)
     for protocol in ev.protocols:
+      if protocol == "twins" and twins is not None:
+        twin_images, twin_texts, groups = twins
+        metrics = retrieval.twins_recall(
+            twin_images["image_feat"], twin_texts["text_feat"], groups,
+            _scorer(scoring, ev, graphdef, params, mesh, twin_images, twin_texts))
+        blocks.append({"protocol": protocol, "scoring": scoring,
+                       "dataset": config.data.name, "split": split,
+                       **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}), **metrics})
+        continue
       if protocol == "full_gallery":
         metrics = retrieval.bidirectional(images["image_feat"], record_product,
                                           texts["text_feat"], np.arange(len(first)), scorer,
@@ -316,6 +330,28 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
                      "skipped_records": {"pairs": pipeline.skipped_records(source)},
                      **metrics})
   return blocks, counts
+
+
+def _twins_features(config: ml_collections.ConfigDict, ev: ml_collections.ConfigDict,
+                    graphdef: Any, params: Any, mesh: jax.sharding.Mesh, source: Any,
+                    with_tokens: bool) -> tuple[dict, dict, dict]:
+  """(image rows, text rows, groups) of the 1+K twins protocol on SynthFashion's eval
+  products: the twins are drawn by the generator (`synthfashion.twin_records`) and
+  encoded like any eval split."""
+  product_ids = source.product_ids[:int(ev.twins.num_products)]
+  groups = synthfashion.twin_records(source.seed, product_ids, int(ev.twins.num_twins),
+                                     image_size=source.image_size)
+  encode = _encode_fn(graphdef, tokens=with_tokens)
+  parts = {}
+  for part, records in (
+      ("images", [{"image": im, "index": np.int64(i)} for i, im in enumerate(groups["image"])]),
+      ("texts", [{"text": t, "index": np.int64(i)} for i, t in enumerate(groups["text"])])):
+    rows = Rows(len(records))
+    for r in eval_rows(encode, params, pipeline.make_eval_iterator(config, source=records),
+                       mesh):
+      rows.add(r)
+    parts[part] = rows.result()
+  return parts["images"], parts["texts"], groups
 
 
 def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
@@ -549,7 +585,14 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
   lines = []
   for b in results.get("results", []):
     label = block_label(b)
-    if "i2t_r1" in b:
+    if b.get("protocol") == "twins":
+      per = "  ".join(f"{a} {b.get(f'i2t_r1_{a}', float('nan')):.0f}/"
+                      f"{b.get(f't2i_r1_{a}', float('nan')):.0f}" for a in b["attributes"])
+      lines.append(f"retrieval {label} ({b['num_products']} products x 1+{b['twin_slots']} "
+                   f"twins, visible changes): i2t R@1 {b['i2t_r1']:.1f}  t2i R@1 "
+                   f"{b['t2i_r1']:.1f}; per attribute, 1+"
+                   f"{b['twin_slots'] // len(b['attributes'])} (i2t/t2i): {per}")
+    elif "i2t_r1" in b:
       size = (f"{b['num_queries']} queries x 1+{b['num_negatives']}, {b['rounds']} rounds"
               if "rounds" in b else f"{b['num_images']} images x {b['num_texts']} texts")
       lines.append(f"retrieval {label} ({size}): i2t R@1/5/10 {b['i2t_r1']:.1f}/"
