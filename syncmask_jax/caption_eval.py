@@ -40,7 +40,7 @@ _PTB_NEEDS_JAVA = ("scored on PTB-tokenized captions, and the Stanford PTB token
 
 def java() -> str | None:
   """The java executable the PTB tokenizer and METEOR run, or None."""
-  return shutil.which("java")
+  return shutil.which("java")  # paths: ok (a lookup on PATH, no file I/O)
 
 
 def results_json(results: Iterable[tuple[int, str]],

@@ -332,6 +332,17 @@ def fashion_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params: 
   return blocks, counts
 
 
+class _Records(list):
+  """Records held in memory as an eval source, named in the log by what they are."""
+
+  def __init__(self, name: str, records: list[dict]):
+    super().__init__(records)
+    self.name = name
+
+  def __repr__(self) -> str:
+    return f"{self.name} ({len(self)} records)"
+
+
 def _twins_features(config: ml_collections.ConfigDict, ev: ml_collections.ConfigDict,
                     graphdef: Any, params: Any, mesh: jax.sharding.Mesh, source: Any,
                     with_tokens: bool) -> tuple[dict, dict, dict]:
@@ -346,6 +357,7 @@ def _twins_features(config: ml_collections.ConfigDict, ev: ml_collections.Config
   for part, records in (
       ("images", [{"image": im, "index": np.int64(i)} for i, im in enumerate(groups["image"])]),
       ("texts", [{"text": t, "index": np.int64(i)} for i, t in enumerate(groups["text"])])):
+    records = _Records(f"SynthFashion twins {part}", records)
     rows = Rows(len(records))
     for r in eval_rows(encode, params, pipeline.make_eval_iterator(config, source=records),
                        mesh):
