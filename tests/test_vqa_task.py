@@ -5,14 +5,13 @@ a few fine-tuning steps on SynthFashion-VQA from a pretraining checkpoint."""
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from syncmask_jax import config_lib, finetune, vqa_eval
-from syncmask_jax.data import pipeline, synthfashion_vqa
+from syncmask_jax.data import pipeline, synthfashion_vqa, transforms
 from syncmask_jax.models import decoder as decoder_lib
 from syncmask_jax.tasks import vqa as vqa_task
 
@@ -194,3 +193,30 @@ def test_finetune_on_synthfashion_vqa_writes_accuracy_and_results(finetune_files
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))
            if "train/loss" in l]
   assert steps == [1, 2]
+
+
+def test_albef_files_reach_the_batch_as_weighted_answer_tokens(tmp_path):
+  fakes.write_vqa(tmp_path)
+  fakes.write_vocab(tmp_path / "vocab.txt")
+  c = config_lib.default_config()
+  c.data.name, c.data.root = "vqa", str(tmp_path)
+  c.data.image_root, c.data.vg_image_root = str(tmp_path / "coco"), str(tmp_path / "vg")
+  c.data.vocab_path = str(tmp_path / "vocab.txt")
+  c.data.max_answers, c.data.max_answer_len, c.data.max_text_len = 3, 5, 12
+  tokenizer = pipeline.make_tokenizer(c)
+  source = pipeline.make_source(c, "train+val+vg")
+  transform = transforms.from_config(c, tokenizer, train=False)
+  first = transform(source[0])  # "red" x 7, "dark red" x 3
+  assert first["question_id"] == 10
+  np.testing.assert_allclose(first["answer_weight"], [0.7, 0.3, 0.0])
+  expected = tokenizer.encode(["red", "dark red"], 5)
+  np.testing.assert_array_equal(first["answer_ids"][:2], expected["ids"])
+  np.testing.assert_array_equal(first["answer_mask"][:2], expected["mask"])
+  assert not first["answer_mask"][2].any()  # the padding slot carries no token
+  vg = transform(source[len(source) - 1])
+  assert vg["question_id"] == -1 and vg["answer_weight"][0] == 0.5
+  test = pipeline.make_source(c, "test")
+  assert test.question_ids() == [30] and not test.annotations()
+  c.data.max_answer_len = 0
+  with pytest.raises(ValueError, match="config.data.max_answer_len=0"):
+    transforms.from_config(c, tokenizer, train=False)(source[0])
