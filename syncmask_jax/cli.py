@@ -32,6 +32,7 @@ from ml_collections.config_flags import tuple_parser
 from syncmask_jax import config_lib, paths
 
 PATH_FIELDS = ("init_checkpoint", "compilation_cache_dir", "data.root", "data.image_root",
+               "data.vg_image_root",
                "data.vocab_path", "data.tfds_data_dir", "model.text_init",
                "model.image_init")
 # What a run from a checkpoint takes from the run that wrote it: the fields that shape

@@ -51,6 +51,7 @@ def evaluate_params(task: base.Task, graphdef: Any, params: dict, mesh: jax.shar
                     workdir: str, writer=None, step: int = 0) -> dict[str, Any]:
   """The task's blocks on `params`, written to DIR/eval/<task>.json and the writer."""
   c = task.config
+  task.eval_dir = os.path.join(workdir, "eval")
   with evaluate.naming_step(step):
     blocks = task.evaluate(graphdef, params, mesh)
   results = {"task": task.name, "step": int(step), "dataset": c.data.name,
@@ -61,11 +62,12 @@ def evaluate_params(task: base.Task, graphdef: Any, params: dict, mesh: jax.shar
 
 
 def init_from(task: base.Task, state: Any, directory: str) -> Any:
-  """`state` with the pretrained parameters of `directory` (the new head's stay)."""
+  """`state` with the pretrained parameters of `directory` (the new head's stay, or
+  start from pretrained ones: `task.init_new_params`)."""
   params, step = checkpointing.load_pretrained(directory, state.params,
                                                allow_missing=task.new_params)
   logging.info("%s: parameters from %s (step %d)", task.name, directory, step)
-  return state.replace(params=params)
+  return state.replace(params=task.init_new_params(params))
 
 
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

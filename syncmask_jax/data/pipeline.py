@@ -31,7 +31,8 @@ text_mask int32 (b, T), product_id, category, subcategory, view, index int32 (b,
 SynthFashion adds gt_token_visible bool (b, T), gt_token_part int32 (b, T),
 gt_patch_visible bool (b, N), gt_patch_part int32 (b, N);
 `two_views` adds image_view2; FashionIQ queries add target_image and target_index;
-COCO texts carry image_index; eval adds valid.
+COCO texts carry image_index; VQA questions add question_id, answer_ids, answer_mask
+and answer_weight (transforms.py); eval adds valid.
 """
 
 from __future__ import annotations
@@ -52,14 +53,17 @@ import numpy as np
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import grouping
 from syncmask_jax.data import synthfashion
+from syncmask_jax.data import synthfashion_vqa
 from syncmask_jax.data import transforms
+from syncmask_jax.data import vqa
 
-DATASETS = ("synthfashion", "fashiongen", "fashioniq", "coco")
+DATASETS = ("synthfashion", "fashiongen", "fashioniq", "coco", "vqa", "synthfashion_vqa")
 # Which sources ("parts") a dataset has; the first is what training reads.
 PARTS = {"synthfashion": ("pairs",), "fashiongen": ("pairs",),
-         "fashioniq": ("queries", "gallery"), "coco": ("pairs", "images", "texts")}
+         "fashioniq": ("queries", "gallery"), "coco": ("pairs", "images", "texts"),
+         "vqa": ("questions",), "synthfashion_vqa": ("questions",)}
 EVAL_SPLIT = {"synthfashion": "val", "fashiongen": "validation", "fashioniq": "val",
-              "coco": "test"}
+              "coco": "test", "vqa": "test", "synthfashion_vqa": "val"}
 _AUGMENT_TAG = 0xA06  # folds "augmentation" into the per-example seed
 # Host-only field of train examples: the records replaced at read time (see _LoadTrain).
 SKIPPED_FIELD = "skipped_records"
@@ -74,7 +78,7 @@ def vocab_path(config: ml_collections.ConfigDict) -> str:
   SynthFashion vocabulary for SynthFashion."""
   path = config.data.vocab_path
   if not path:
-    if config.data.name != "synthfashion":
+    if config.data.name not in ("synthfashion", "synthfashion_vqa"):
       raise ValueError(f"config.data.vocab_path is empty: {config.data.name} needs a "
                        "BERT vocab.txt or tokenizer.json (the SynthFashion vocabulary "
                        "only knows the generator's words)")
@@ -122,6 +126,10 @@ def _karpathy(root: str, name: str, split: str, part: str, image_root: str, skip
   return images if part == "images" else coco.KarpathyTexts(images)
 
 
+# VQA's JSON files are parsed and their images header-checked once per process.
+_vqa = functools.lru_cache(maxsize=8)(vqa.load)
+
+
 def make_source(config: ml_collections.ConfigDict, split: str,
                 part: str | None = None) -> Any:
   """The raw record source (random access, `len`, `metadata()`) of a split and part."""
@@ -136,7 +144,7 @@ def make_source(config: ml_collections.ConfigDict, split: str,
   tfds_dir = d.get("tfds_data_dir", "") if use_tfds else ""
   if use_tfds and not tfds_dir:
     raise ValueError("config.data.source_format='tfds' needs config.data.tfds_data_dir")
-  if name in ("fashiongen", "fashioniq", "coco") and not (d.root or tfds_dir):
+  if name in ("fashiongen", "fashioniq", "coco", "vqa") and not (d.root or tfds_dir):
     raise ValueError(f"config.data.root is empty: where are the {name} files?")
   skip = bool(d.skip_bad_records)
   verify = bool(d.get("verify_images", True))
@@ -146,6 +154,18 @@ def make_source(config: ml_collections.ConfigDict, split: str,
         split, num_products=products, seed=int(d.get("synth_seed", 0)),
         image_size=int(d.get("image_size", config.model.image_size)),
         patch_size=int(config.model.patch_size))
+  if name in ("vqa", "synthfashion_vqa"):  # split: "+"-joined parts (vqa.load)
+    answers = dict(max_answers=int(d.get("max_answers", vqa.MAX_ANSWERS)))
+    if name == "synthfashion_vqa":
+      return synthfashion_vqa.source(
+          split, d.get(f"synth_{split}_products", None), int(d.get("synth_seed", 0)),
+          int(d.get("image_size", config.model.image_size)), **answers)
+    return _vqa(d.root, split, image_root=d.get("image_root", ""),
+                vg_image_root=d.get("vg_image_root", ""),
+                single_answer_weight=float(d.get("single_answer_weight",
+                                                 vqa.SINGLE_ANSWER_WEIGHT)),
+                minival_size=int(d.get("minival_size", 0)), skip_bad_records=skip,
+                verify_images=verify, **answers)
   if name == "fashiongen":
     from syncmask_jax.data import fashiongen  # pylint: disable=g-import-not-at-top
     if use_tfds:

@@ -9,7 +9,11 @@ fields by one `ExampleTransform`:
   gt_visible_spans      int32 (K, 2) char spans -> gt_token_visible bool (T,)
   gt_word_parts         int32 (W, 3) (start, end, part) -> gt_token_part int32 (T,)
   gt_patch_visible      bool (N,), gt_patch_part int32 (N,), passed through
-  product_id, category, subcategory, view, index, target_index, image_index -> int32
+  product_id, category, subcategory, view, index, target_index, image_index,
+  question_id           -> int32
+  answers, answer_weight, answer_valid (VQA, data/vqa.py) -> answer_ids, answer_mask
+                        int32 (A, max_answer_len) ([CLS] answer [SEP], mask 0 on the
+                        padding answers), answer_weight float32 (A,)
 
 Datasets without categories (FashionIQ, COCO) get category = subcategory = -1, the
 same "unknown" id FashionGen validation labels unseen in train get, so every
@@ -37,7 +41,7 @@ from syncmask_jax.tokenizer import clean_text
 
 # Fields that reach the batch as int32 ids; -1 is "unknown / padding".
 INT_FIELDS = ("product_id", "category", "subcategory", "view", "index", "target_index",
-              "image_index")
+              "image_index", "question_id")
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -166,6 +170,7 @@ class TransformConfig:
   two_views: bool = False
   crop_scale: tuple[float, float] = (0.5, 1.0)
   flip: bool = True
+  max_answer_len: int = 0  # VQA answers' tokens, [CLS] and [SEP] included
 
 
 class ExampleTransform:
@@ -226,6 +231,16 @@ class ExampleTransform:
         out["gt_token_part"] = token_parts(
             np.asarray(enc["offsets"][0]), np.asarray(enc["special"][0]),
             out["text_mask"], record["gt_word_parts"])
+    if "answers" in record:
+      if c.max_answer_len < 2:
+        raise ValueError(f"{where} field 'answers': config.data.max_answer_len="
+                         f"{c.max_answer_len}: needs room for [CLS] and [SEP]")
+      # Answers are not cleaned: they are matched as written (the official metric's form).
+      enc = self.tokenizer.encode(list(record["answers"]), c.max_answer_len)
+      valid = np.asarray(record["answer_valid"], bool)
+      out["answer_ids"] = np.asarray(enc["ids"], np.int32)
+      out["answer_mask"] = np.asarray(enc["mask"], np.int32) * valid[:, None]
+      out["answer_weight"] = np.asarray(record["answer_weight"], np.float32)
     if "gt_patch_visible" in record:
       out["gt_patch_visible"] = np.asarray(record["gt_patch_visible"], bool)
     if "gt_patch_part" in record:
@@ -255,7 +270,8 @@ def from_config(config: Any, tokenizer: Any, *, train: bool,
       geometric_aug=bool(d.get("geometric_aug", geometric_aug)),
       two_views=bool(d.two_views) and train,
       crop_scale=tuple(d.get("crop_scale", (0.5, 1.0))),
-      flip=bool(d.get("flip", True))))
+      flip=bool(d.get("flip", True)),
+      max_answer_len=int(d.get("max_answer_len", 0))))
 
 
 # -- Image stores: encoded images by key, from files or from a TFDS split --------------

@@ -82,7 +82,7 @@ def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     if s not in retrieval.SCORINGS:
       raise ValueError(f"config.eval.scoring={tuple(ev.scoring)!r}: expected entries of "
                        f"{retrieval.SCORINGS}")
-  protocols = tuple(ev.protocols) or DEFAULT_PROTOCOLS[config.data.name]
+  protocols = tuple(ev.protocols) or DEFAULT_PROTOCOLS.get(config.data.name, ())
   for p in protocols:
     if p not in PROTOCOLS:
       raise ValueError(f"config.eval.protocols={protocols!r}: expected entries of {PROTOCOLS}")
@@ -610,6 +610,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
       lines.append(f"retrieval {label} ({size}): i2t R@1/5/10 {b['i2t_r1']:.1f}/"
                    f"{b['i2t_r5']:.1f}/{b['i2t_r10']:.1f}  t2i R@1/5/10 {b['t2i_r1']:.1f}/"
                    f"{b['t2i_r5']:.1f}/{b['t2i_r10']:.1f}  mean {b['r_mean']:.1f}")
+    elif b.get("protocol") == "vqa":
+      scores = "  ".join(f"{k} {v:.2f}" for k, v in b.items() if isinstance(v, float))
+      lines.append(f"VQA {b['split']} ({b['num_questions']} questions, {b['scoring']}): "
+                   f"{scores or 'no answers to score'} -> {b['results_file']}")
     elif "accuracy" in b:
       lines.append(f"{b['label']} recognition ({b['num_classes']} classes, "
                    f"{b['num_evaluated']} rows, {b['num_excluded_unseen']} excluded: label "

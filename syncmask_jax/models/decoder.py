@@ -168,7 +168,8 @@ def init_from_vlp(vlp_params: Params, decoder_params: Params, *, init_layers: st
       if tuple(new.shape) != tuple(old.shape):
         raise ValueError(f"decoder parameter {key!r} has shape {tuple(old.shape)}, its "
                          f"pretrained source {src!r} {tuple(new.shape)}")
-      new = jnp.asarray(new, old.dtype)
+      # A copy: a tensor shared with the VLP's would be donated twice by a train step.
+      new = jnp.array(new, old.dtype, copy=True)
       # Keep the placement of the parameter we replace (a sharded init stays sharded).
       out[key] = jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
       copied.append((key, src))

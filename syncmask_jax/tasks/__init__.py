@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from syncmask_jax.tasks import base, category, retrieval, tgir
+from syncmask_jax.tasks import base, category, retrieval, tgir, vqa
 
 TASKS: dict[str, type[base.Task]] = {
     "category": category.Category,
     "tgir": tgir.Tgir,
     "retrieval": retrieval.Retrieval,
+    "vqa": vqa.VQA,
 }
 
 

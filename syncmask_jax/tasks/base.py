@@ -33,6 +33,7 @@ class Task:
   # Parameters the task adds to the pretrained model: allowed to be absent from the
   # pretraining checkpoint (they keep their fresh initialisation).
   new_params: ClassVar[tuple[str, ...]] = ()
+  eval_dir: str = ""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -50,6 +51,12 @@ class Task:
     return train_state_lib.FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                                          opt_state=opt_state, rng=rng)
 
+  def init_new_params(self, params: dict) -> dict:
+    """`params` just restored from a pretraining checkpoint -> the parameters training
+    starts from: a task whose new parameters start as copies of pretrained ones (VQA's
+    answer decoder, ALBEF's) sets them here; the default keeps them as initialised."""
+    return params
+
   def train_source(self) -> Any | None:
     """The training record source; None: the pipeline's for `config.data`."""
     return None
@@ -60,7 +67,8 @@ class Task:
 
   def evaluate(self, graphdef: Any, params: dict, mesh: jax.sharding.Mesh) -> list[dict]:
     """The result blocks (`evaluate.block_label` names them) of `params` on the eval
-    split."""
+    split. Files beside the blocks (an evaluation server's results) go to
+    `self.eval_dir`, DIR/eval, which finetune.py sets before calling."""
     raise NotImplementedError
 
 

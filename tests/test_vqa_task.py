@@ -1,0 +1,222 @@
+"""The VQA task (tasks/vqa.py): ALBEF's weighted answer loss, its answer ranking on a
+decoder whose probabilities are known, the decoder's init from the fusion layers, and
+a few fine-tuning steps on SynthFashion-VQA from a pretraining checkpoint."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from syncmask_jax import config_lib, finetune, vqa_eval
+from syncmask_jax.data import pipeline, synthfashion_vqa, transforms
+from syncmask_jax.models import decoder as decoder_lib
+from syncmask_jax.tasks import vqa as vqa_task
+
+import fakes  # pylint: disable=g-bad-import-order
+
+
+def _model_config(vocab_size):
+  m = config_lib.model_config("tiny", vocab_size)
+  m.vision_depth = 1
+  m.text_dropout = 0.0
+  return m
+
+
+def test_answer_loss_is_the_weighted_sum_of_teacher_forced_nll():
+  cfg = _model_config(20)
+  model = vqa_task.VQAModel(cfg, rngs=nnx.Rngs(params=0))
+  rs = np.random.RandomState(0)
+  b, a, length, t = 2, 3, 5, 6
+  ids = rs.randint(5, 20, (b, a, length)).astype(np.int32)
+  ids[..., 0] = 2
+  mask = np.ones((b, a, length), np.int32)
+  mask[0, 1, 3:] = 0  # a short answer
+  mask[1, 2] = 0  # a padding slot (weight 0)
+  weight = np.array([[0.6, 0.3, 0.1], [1.0, 0.5, 0.0]], np.float32)
+  batch = {"image": rs.randn(b, 64, 64, 3).astype(np.float32),
+           "text_ids": rs.randint(5, 20, (b, t)).astype(np.int32),
+           "text_mask": np.array([[1] * t, [1] * 4 + [0] * 2], np.int32),
+           "answer_ids": ids, "answer_mask": mask, "answer_weight": weight}
+  loss = vqa_task.answer_loss(model, batch)
+  states = model.encode_question(batch)
+  # Every (question, answer) row against its own question's states, by hand.
+  rows = [(i, j) for i in range(b) for j in range(a)]
+  nll = model.answer_decoder.teacher_forced_nll(
+      np.stack([ids[i, j] for i, j in rows]), np.stack([mask[i, j] for i, j in rows]),
+      np.stack([mask[i, j] for i, j in rows]), jnp.stack([states[i] for i, _ in rows]),
+      np.stack([batch["text_mask"][i] for i, _ in rows]))
+  expected = sum(weight[i, j] * float(n) for (i, j), n in zip(rows, nll))
+  np.testing.assert_allclose(float(loss), expected / b, rtol=1e-5)
+  assert float(nll[rows.index((0, 1))]) != float(nll[rows.index((0, 0))])
+
+
+class BigramDecoder(decoder_lib.TextDecoder):
+  """A decoder whose next-token distribution depends on the last token only: `table`
+  (V, V) probabilities. It ignores the question states, so scores are hand-computable."""
+
+  def __init__(self, table):  # pylint: disable=super-init-not-called
+    self.table = jnp.log(jnp.asarray(table, jnp.float32))
+
+  def __call__(self, ids, mask, encoder_states, encoder_mask=None, rngs=None):
+    return self.table[ids]
+
+  def next_token_logits(self, ids, step, encoder_states, encoder_mask=None):
+    return self.table[ids[:, step]]
+
+
+# Tokens: 0 [PAD], 1 [CLS], 2 [SEP], 3 a, 4 b, 5 c, 6 d.
+ANSWERS = np.array([[1, 3, 2, 0], [1, 4, 5, 2], [1, 6, 2, 0]], np.int32)  # a | b c | d
+
+
+def _bigram(p_first, p_a_end=1.0):
+  """After [CLS]: `p_first` over (a, b, d); b -> c 0.55 (else [SEP]); a -> [SEP]
+  `p_a_end` (else c); c, d -> [SEP]."""
+  table = np.full((7, 7), 1e-9)
+  table[1, [3, 4, 6]] = p_first
+  table[4, 5], table[4, 2] = 0.55, 0.45
+  table[3, 2], table[3, 5] = p_a_end, 1.0 - p_a_end
+  table[5, 2] = table[6, 2] = 1.0
+  table[0, 0] = table[2, 0] = 1.0
+  return table / table.sum(1, keepdims=True)
+
+
+def _rank(decoder, k, twice):
+  states = jnp.zeros((1, 2, 8))
+  return vqa_task.rank_answers(decoder, states, jnp.ones((1, 2), jnp.int32),
+                               jnp.asarray(ANSWERS), jnp.asarray((ANSWERS > 0).astype(np.int32)),
+                               k=k, count_first_token_twice=twice)
+
+
+def test_rank_answers_scores_the_top_k_by_first_token():
+  decoder = BigramDecoder(_bigram([0.3, 0.5, 0.2]))
+  # By hand: log P(a) = log .3; log P(b c) = log .5 + log .55; log P(d) = log .2.
+  once = {0: np.log(0.3), 1: np.log(0.5) + np.log(0.55), 2: np.log(0.2)}
+  twice = {0: 2 * np.log(0.3), 1: 2 * np.log(0.5) + np.log(0.55), 2: 2 * np.log(0.2)}
+  # k=2 keeps b (0.5) and a (0.3); once: a wins (-1.20 > -1.29); twice: b c (-1.98 >
+  # -2.41): the switch changes the answer.
+  for is_twice, table, best in ((False, once, 0), (True, twice, 1)):
+    index, score = _rank(decoder, 2, is_twice)
+    assert int(index[0]) == best
+    np.testing.assert_allclose(float(score[0]), table[best], rtol=1e-4)
+  # k=1 only scores b c, whatever the rest would score.
+  index, _ = _rank(decoder, 1, False)
+  assert int(index[0]) == 1
+  # An answer outside the top k is never chosen even when it would win: d's first
+  # token is the least likely (.25) but d scores best (.25 > a .4 x .5 > b c .35 x .55).
+  decoder = BigramDecoder(_bigram([0.4, 0.35, 0.25], p_a_end=0.5))
+  assert int(_rank(decoder, 3, False)[0][0]) == 2
+  assert int(_rank(decoder, 2, False)[0][0]) == 0
+  with pytest.raises(ValueError, match="k_test=4"):
+    _rank(decoder, 4, False)
+
+
+def test_decoder_starts_from_the_pretrained_fusion_layer(finetune_files):
+  tmp = finetune_files["tmp"]
+  c = _vqa_config(tmp)
+  task = vqa_task.VQA(c)
+  fresh = fakes.numpy_params(task.build_model, seed=1)
+  pre = finetune_files["state"]["params"]
+  params = {**pre, "answer_decoder": fresh["answer_decoder"]}
+  out = task.init_new_params(params)
+  np.testing.assert_array_equal(
+      out["answer_decoder"]["decoder"]["layer_0"]["cross_attn"]["query"]["kernel"],
+      pre["fusion"]["layer_0"]["cross_attn"]["query"]["kernel"])
+  np.testing.assert_array_equal(out["answer_decoder"]["lm_head"]["bias"],
+                                pre["mlm_head"]["bias"])
+  assert not np.array_equal(fresh["answer_decoder"]["lm_head"]["bias"],
+                            pre["mlm_head"]["bias"])
+
+
+def _vqa_config(tmp):
+  c = config_lib.default_config()
+  c.task = "vqa"
+  c.model.vision_depth = 1
+  c.model.text_dropout = 0.0
+  c.data.name = "synthfashion_vqa"
+  c.data.vocab_path = str(tmp / "vocab.txt")
+  c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
+  c.data.global_batch_size = 8
+  c.data.eval_batch_size = 8
+  c.data.max_text_len = 16
+  c.data.max_answer_len = 6
+  c.data.max_answers = 1
+  c.data.synth_train_products = 2
+  c.data.synth_val_products = 2
+  c.data.read_threads = 1
+  c.vqa = config_lib.ml_collections.ConfigDict(dict(
+      train_split="train", eval_splits=("val",), answer_list="", inference="rank",
+      k_test=4, count_first_token_twice=True, beam_size=1))
+  c.queue_size = 8
+  c.total_steps = 2
+  c.log_every = 1
+  c.checkpoint_every = 2
+  c.optim.warmup_steps = 1
+  c.loss.mim = 0.0
+  c.init_checkpoint = str(tmp / "pretrain" / "checkpoints")
+  return c
+
+
+def test_finetune_on_synthfashion_vqa_writes_accuracy_and_results(finetune_files):
+  tmp = finetune_files["tmp"]
+  c = _vqa_config(tmp)
+  workdir = str(tmp / "vqa")
+  results = finetune.finetune_and_evaluate(c, workdir)
+  with open(os.path.join(workdir, "eval", "vqa.json")) as f:
+    out = json.load(f)
+  assert out == json.loads(json.dumps(results))
+  [block] = out["results"]
+  assert block["protocol"] == "vqa" and block["split"] == "val"
+  assert block["answer_list_size"] == len(synthfashion_vqa.answer_list())
+  source = synthfashion_vqa.source("val", 2, max_answers=1)
+  assert block["num_questions"] == block["num_scored"] == len(source)
+  with open(block["results_file"]) as f:
+    written = json.load(f)
+  assert [r["question_id"] for r in written] == source.question_ids()
+  assert {r["answer"] for r in written} <= set(synthfashion_vqa.answer_list())
+  acc = vqa_eval.vqa_accuracy({r["question_id"]: r["answer"] for r in written},
+                              source.annotations())
+  assert 0.0 <= block["overall"] <= 100.0
+  assert block["overall"] == acc["overall"]
+  assert {t: block[t] for t in acc["per_answer_type"]} == acc["per_answer_type"]
+  assert "yes/no" in acc["per_answer_type"] and "other" in acc["per_answer_type"]
+  # Free generation answers the same questions (strings, maybe outside the list).
+  c2 = _vqa_config(tmp)
+  c2.vqa.inference = "generate"
+  c2.vqa.beam_size = 2
+  again = finetune.evaluate_checkpoint(c2, workdir)
+  [gen] = again["results"]
+  assert gen["scoring"] == "generate" and gen["num_questions"] == len(source)
+  assert 0.0 <= gen["overall"] <= 100.0
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))
+           if "train/loss" in l]
+  assert steps == [1, 2]
+
+
+def test_albef_files_reach_the_batch_as_weighted_answer_tokens(tmp_path):
+  fakes.write_vqa(tmp_path)
+  fakes.write_vocab(tmp_path / "vocab.txt")
+  c = config_lib.default_config()
+  c.data.name, c.data.root = "vqa", str(tmp_path)
+  c.data.image_root, c.data.vg_image_root = str(tmp_path / "coco"), str(tmp_path / "vg")
+  c.data.vocab_path = str(tmp_path / "vocab.txt")
+  c.data.max_answers, c.data.max_answer_len, c.data.max_text_len = 3, 5, 12
+  tokenizer = pipeline.make_tokenizer(c)
+  source = pipeline.make_source(c, "train+val+vg")
+  transform = transforms.from_config(c, tokenizer, train=False)
+  first = transform(source[0])  # "red" x 7, "dark red" x 3
+  assert first["question_id"] == 10
+  np.testing.assert_allclose(first["answer_weight"], [0.7, 0.3, 0.0])
+  expected = tokenizer.encode(["red", "dark red"], 5)
+  np.testing.assert_array_equal(first["answer_ids"][:2], expected["ids"])
+  np.testing.assert_array_equal(first["answer_mask"][:2], expected["mask"])
+  assert not first["answer_mask"][2].any()  # the padding slot carries no token
+  vg = transform(source[len(source) - 1])
+  assert vg["question_id"] == -1 and vg["answer_weight"][0] == 0.5
+  test = pipeline.make_source(c, "test")
+  assert test.question_ids() == [30] and not test.annotations()
+  c.data.max_answer_len = 0
+  with pytest.raises(ValueError, match="config.data.max_answer_len=0"):
+    transforms.from_config(c, tokenizer, train=False)(source[0])
