@@ -67,7 +67,7 @@ def init_from(task: base.Task, state: Any, directory: str) -> Any:
   params, step = checkpointing.load_pretrained(directory, state.params,
                                                allow_missing=task.new_params)
   logging.info("%s: parameters from %s (step %d)", task.name, directory, step)
-  return state.replace(params=task.init_new_params(params))
+  return state.replace(params=task.init_new_params(params, directory))
 
 
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

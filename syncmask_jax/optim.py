@@ -61,8 +61,10 @@ def apply_gradients(config: ml_collections.ConfigDict, tx: optax.GradientTransfo
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  # ALBEF clamps the temperature parameter itself, not only its use.
-  params["temp"] = jnp.clip(params["temp"], config.model.temp_min, config.model.temp_max)
+  # ALBEF clamps the temperature parameter itself, not only its use (a model without
+  # ITC, captioning's, has none).
+  if "temp" in params:
+    params["temp"] = jnp.clip(params["temp"], config.model.temp_min, config.model.temp_max)
   return params, opt_state, grad_norm
 
 

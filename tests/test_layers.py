@@ -34,6 +34,7 @@ LAYERS = (
 LAZY_ALLOWED = ("jax", "torch", "safetensors", "matplotlib", "tensorflow_datasets",
                 "pycocoevalcap",
                 "syncmask_jax.data.coco", "syncmask_jax.data.fashiongen",
+                "syncmask_jax.data.captions",
                 "syncmask_jax.data.fashioniq")
 
 

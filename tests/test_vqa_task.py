@@ -120,7 +120,7 @@ def test_decoder_starts_from_the_pretrained_fusion_layer(finetune_files):
   fresh = fakes.numpy_params(task.build_model, seed=1)
   pre = finetune_files["state"]["params"]
   params = {**pre, "answer_decoder": fresh["answer_decoder"]}
-  out = task.init_new_params(params)
+  out = task.init_new_params(params, "")
   np.testing.assert_array_equal(
       out["answer_decoder"]["decoder"]["layer_0"]["cross_attn"]["query"]["kernel"],
       pre["fusion"]["layer_0"]["cross_attn"]["query"]["kernel"])

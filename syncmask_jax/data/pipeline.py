@@ -59,8 +59,10 @@ from syncmask_jax.data import vqa
 
 DATASETS = ("synthfashion", "fashiongen", "fashioniq", "coco", "vqa", "synthfashion_vqa")
 # Which sources ("parts") a dataset has; the first is what training reads.
-PARTS = {"synthfashion": ("pairs",), "fashiongen": ("pairs",),
-         "fashioniq": ("queries", "gallery"), "coco": ("pairs", "images", "texts"),
+# Captioning's parts: "captions" (one record per caption), "caption_images" (per image).
+PARTS = {"synthfashion": ("pairs", "captions", "caption_images"), "fashiongen": ("pairs",),
+         "fashioniq": ("queries", "gallery"),
+         "coco": ("pairs", "images", "texts", "captions", "caption_images"),
          "vqa": ("questions",), "synthfashion_vqa": ("questions",)}
 EVAL_SPLIT = {"synthfashion": "val", "fashiongen": "validation", "fashioniq": "val",
               "coco": "test", "vqa": "test", "synthfashion_vqa": "val"}
@@ -130,6 +132,37 @@ def _karpathy(root: str, name: str, split: str, part: str, image_root: str, skip
 _vqa = functools.lru_cache(maxsize=8)(vqa.load)
 
 
+def _caption_source(config: ml_collections.ConfigDict, split: str, part: str, skip: bool,
+                    verify: bool, tfds_dir: str) -> Any:
+  """data/captions.py's sources: SynthFashion views or BLIP's COCO Karpathy files."""
+  from syncmask_jax.data import captions  # pylint: disable=g-import-not-at-top
+  d = config.data
+  max_words = int(d.get("caption_max_words", captions.MAX_WORDS))
+  if d.name == "synthfashion":
+    kw = dict(num_products=d.get(f"synth_{split}_products", None),
+              seed=int(d.get("synth_seed", 0)),
+              image_size=int(d.get("image_size", config.model.image_size)),
+              captions_per_view=int(d.get("captions_per_view", captions.CAPTIONS_PER_VIEW)))
+    if part == "captions":
+      return captions.SynthFashionCaptionPairs(split, max_words=max_words, **kw)
+    return captions.SynthFashionCaptionImages(split, **kw)
+  return _karpathy_captions(d.root, split, part, d.get("image_root", ""), max_words, skip,
+                            verify, tfds_dir)
+
+
+@functools.lru_cache(maxsize=16)
+def _karpathy_captions(root: str, split: str, part: str, image_root: str, max_words: int,
+                       skip: bool, verify: bool, tfds_dir: str) -> Any:
+  from syncmask_jax.data import captions  # pylint: disable=g-import-not-at-top
+  store = captions.load_store(root, image_root=image_root or None,
+                              tfds_data_dir=tfds_dir or None)
+  if part == "captions":
+    return captions.KarpathyCaptionPairs(root, store, split, max_words=max_words,
+                                         skip_bad_records=skip, verify_images=verify)
+  return captions.KarpathyCaptionImages(root, store, split, skip_bad_records=skip,
+                                        verify_images=verify)
+
+
 def make_source(config: ml_collections.ConfigDict, split: str,
                 part: str | None = None) -> Any:
   """The raw record source (random access, `len`, `metadata()`) of a split and part."""
@@ -148,6 +181,8 @@ def make_source(config: ml_collections.ConfigDict, split: str,
     raise ValueError(f"config.data.root is empty: where are the {name} files?")
   skip = bool(d.skip_bad_records)
   verify = bool(d.get("verify_images", True))
+  if part in ("captions", "caption_images"):
+    return _caption_source(config, split, part, skip, verify, tfds_dir)
   if name == "synthfashion":
     products = d.get(f"synth_{split}_products", None)
     return synthfashion.SynthFashion(

@@ -41,7 +41,7 @@ from syncmask_jax.tokenizer import clean_text
 
 # Fields that reach the batch as int32 ids; -1 is "unknown / padding".
 INT_FIELDS = ("product_id", "category", "subcategory", "view", "index", "target_index",
-              "image_index", "question_id")
+              "image_index", "question_id", "image_id")
 _INT32_MAX = np.iinfo(np.int32).max
 
 

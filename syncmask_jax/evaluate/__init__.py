@@ -42,7 +42,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import grounding, masking, paths, retrieval, sharding, tokenizer, visualize
+from syncmask_jax import caption_eval, grounding, masking, paths, retrieval, sharding, tokenizer
+from syncmask_jax import visualize
 from syncmask_jax.data import pipeline, synthfashion
 
 # config.eval fields and their defaults (used where a config has no `eval` block).
@@ -619,6 +620,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                    f"{b['num_evaluated']} rows, {b['num_excluded_unseen']} excluded: label "
                    f"unseen in train): accuracy {b['accuracy']:.1f}  macro-F1 "
                    f"{b['macro_f1']:.1f}")
+    elif b.get("protocol") == "captioning":
+      scores = "  ".join(f"{m} {b[m]:.1f}" for m in caption_eval.METRICS if m in b)
+      lines.append(f"captioning {b['dataset']} {b['split']} ({b['num_images']} images): "
+                   + (scores or f"not scored ({', '.join(b['skipped'])})"))
     else:
       recalls = "  ".join(f"R@{k[1:]} {v:.1f}" for k, v in b.items()
                           if k[:1] == "r" and k[1:].isdigit())

@@ -26,6 +26,16 @@ def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps * eps))
 
 
+def image_encoder(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> vit.ViT:
+  """The ViT of config.model: the VLP's, and the captioning model's (same parameter
+  names, so a pretraining checkpoint fills either)."""
+  return vit.ViT(
+      image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.vision_width,
+      depth=cfg.vision_depth, heads=cfg.vision_heads, mlp_dim=cfg.vision_mlp_dim,
+      eps=cfg.vision_ln_eps, dropout_rate=cfg.vision_dropout, remat=cfg.remat, rngs=rngs,
+      dtype=jnp.dtype(cfg.dtype))
+
+
 class VLP(nnx.Module):
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, mim_head: str = "none",
@@ -37,11 +47,7 @@ class VLP(nnx.Module):
                        f"{num_prototypes} (config.semmim.num_prototypes)")
     dtype = jnp.dtype(cfg.dtype)
     self.temp_range = (float(cfg.temp_min), float(cfg.temp_max))
-    self.vision = vit.ViT(
-        image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.vision_width,
-        depth=cfg.vision_depth, heads=cfg.vision_heads, mlp_dim=cfg.vision_mlp_dim,
-        eps=cfg.vision_ln_eps, dropout_rate=cfg.vision_dropout, remat=cfg.remat, rngs=rngs,
-        dtype=dtype)
+    self.vision = image_encoder(cfg, rngs)
     self.embeddings = bert.BertEmbeddings(
         cfg.vocab_size, cfg.text_width, cfg.max_positions, cfg.type_vocab_size, cfg.text_ln_eps,
         cfg.text_dropout, rngs=rngs, dtype=dtype)

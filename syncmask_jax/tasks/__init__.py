@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from syncmask_jax.tasks import base, category, retrieval, tgir, vqa
+from syncmask_jax.tasks import base, captioning, category, retrieval, tgir, vqa
 
 TASKS: dict[str, type[base.Task]] = {
     "category": category.Category,
     "tgir": tgir.Tgir,
     "retrieval": retrieval.Retrieval,
     "vqa": vqa.VQA,
+    "captioning": captioning.Captioning,
 }
 
 

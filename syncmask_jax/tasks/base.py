@@ -33,7 +33,7 @@ class Task:
   # Parameters the task adds to the pretrained model: allowed to be absent from the
   # pretraining checkpoint (they keep their fresh initialisation).
   new_params: ClassVar[tuple[str, ...]] = ()
-  eval_dir: str = ""
+  eval_dir: str = ""  # DIR/eval, set by finetune.py before `evaluate`
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -51,10 +51,13 @@ class Task:
     return train_state_lib.FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                                          opt_state=opt_state, rng=rng)
 
-  def init_new_params(self, params: dict) -> dict:
-    """`params` just restored from a pretraining checkpoint -> the parameters training
-    starts from: a task whose new parameters start as copies of pretrained ones (VQA's
-    answer decoder, ALBEF's) sets them here; the default keeps them as initialised."""
+  def init_new_params(self, params: dict, pretrained_dir: str) -> dict:
+    """`params` just restored from the pretraining checkpoint `pretrained_dir` (a run's
+    checkpoints/) -> the parameters training starts from: a task whose new parameters
+    start as copies of pretrained ones sets them here, from `params` (VQA's answer
+    decoder, ALBEF's) or, for pretrained parameters its model lacks, from
+    `pretrained_dir` (captioning's decoder); the default keeps them as initialised."""
+    del pretrained_dir
     return params
 
   def train_source(self) -> Any | None:

@@ -195,7 +195,8 @@ class VQA(base.Task):
   def build_model(self) -> VQAModel:
     return VQAModel(self.config.model, rngs=nnx.Rngs(params=self.config.seed))
 
-  def init_new_params(self, params: dict) -> dict:
+  def init_new_params(self, params: dict, pretrained_dir: str) -> dict:
+    del pretrained_dir  # the VQA model holds the fusion layers it copies
     decoder, copied = decoder_lib.init_from_vlp(params, params["answer_decoder"],
                                                 init_layers="fusion")
     logging.info("vqa: answer decoder from the pretrained model (%d tensors: fusion "
