@@ -142,7 +142,7 @@ def test_decoder_starts_from_the_pretrained_layers(pretrained, init_layers):
       ("fusion/layer_0", True)]
   assert len(dec["decoder"]) == len(layers)
   for i, (source, cross) in enumerate(layers):
-    mine, theirs = dec["decoder"][f"layer_{i}"], stored[source.split("/")[0]][f"layer_0"]
+    mine, theirs = dec["decoder"][f"layer_{i}"], stored[source.split("/")[0]]["layer_0"]
     for part in ("self_attn", "self_norm", "mlp", "mlp_norm"):
       same(mine[part], theirs[part])
     # The text layers have no cross-attention: the decoder's stays initialised.

@@ -32,7 +32,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from syncmask_jax import caption_eval, checkpointing, decoding, evaluate, paths
