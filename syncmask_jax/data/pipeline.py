@@ -32,7 +32,8 @@ SynthFashion adds gt_token_visible bool (b, T), gt_token_part int32 (b, T),
 gt_patch_visible bool (b, N), gt_patch_part int32 (b, N);
 `two_views` adds image_view2; FashionIQ queries add target_image and target_index;
 COCO texts carry image_index; VQA questions add question_id, answer_ids, answer_mask
-and answer_weight (transforms.py); eval adds valid.
+and answer_weight (transforms.py); caption records (parts captions, caption_images) add
+image_id; eval adds valid.
 """
 
 from __future__ import annotations
