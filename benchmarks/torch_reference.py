@@ -171,7 +171,7 @@ def token_counts(ratio: float, maskable: torch.Tensor) -> torch.Tensor:
 
 def syncmask(probs: torch.Tensor, maskable: torch.Tensor, ratio_img: float, ratio_txt: float,
              tau: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-  """METHOD.md 2.2: patches by the words' attention mass, then synchronized tokens."""
+  """docs/method.md 2.2: patches by the words' attention mass, then synchronized tokens."""
   a = probs.mean(1)[..., 1:] * maskable[..., None].float()
   s_img = a.sum(1)
   k_img = int(math.floor(ratio_img * s_img.shape[1] + 0.5))

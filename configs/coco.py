@@ -1,5 +1,5 @@
 """SemMIM pretraining on COCO (Karpathy split, ALBEF's JSON), base size (ViT-B/16 256 px
-+ BERT-base 6+6), evaluated by COCO retrieval (METHOD.md 4 and 7).
++ BERT-base 6+6), evaluated by COCO retrieval (docs/method.md 4 and 7).
 
   python -m syncmask_jax.main --config=configs/coco.py \
     --config.data.root=/data/coco --config.data.vocab_path=/ckpt/bert/vocab.txt \

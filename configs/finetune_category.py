@@ -1,4 +1,4 @@
-"""Category / subcategory recognition (CR / SCR, METHOD.md 7) from a pretraining run.
+"""Category / subcategory recognition (CR / SCR, docs/method.md 7) from a pretraining run.
 
   python -m syncmask_jax.main --config=configs/finetune_category.py:label=subcategory \
     --config.init_checkpoint=runs/fg/checkpoints --config.data.root=/data/fashiongen \

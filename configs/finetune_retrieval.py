@@ -1,5 +1,5 @@
 """Retrieval fine-tuning (ITC + ITM, product-aware targets, mined negatives) and the
-retrieval protocols of METHOD.md 7, from a pretraining run.
+retrieval protocols of docs/method.md 7, from a pretraining run.
 
   python -m syncmask_jax.main --config=configs/finetune_retrieval.py \
     --config.init_checkpoint=runs/fg/checkpoints --config.data.root=/data/fashiongen \

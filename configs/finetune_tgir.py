@@ -1,4 +1,4 @@
-"""FashionIQ text-guided image retrieval (TGIR, METHOD.md 7) from a pretraining run.
+"""FashionIQ text-guided image retrieval (TGIR, docs/method.md 7) from a pretraining run.
 
   python -m syncmask_jax.main --config=configs/finetune_tgir.py \
     --config.init_checkpoint=runs/fg/checkpoints --config.data.root=/data/fashioniq \

@@ -1,4 +1,4 @@
-"""Visual question answering (METHOD.md 7; tasks/vqa.py) from a pretraining run.
+"""Visual question answering (docs/method.md 7; tasks/vqa.py) from a pretraining run.
 
   python -m syncmask_jax.main --config=configs/finetune_vqa.py:data=synthfashion \
     --config.init_checkpoint=runs/synthfashion/checkpoints --workdir=runs/vqa

@@ -1,7 +1,7 @@
 """Initialise the model from Hugging Face BERT-family and ViT/DeiT, and timm ViT/DeiT
 checkpoints.
 
-METHOD.md section 1: the ALBEF split builds the text encoder from BERT layers
+docs/method.md section 1: the ALBEF split builds the text encoder from BERT layers
 0..L_t-1 and the fusion encoder from layers L_t..L_t+L_f-1 of one checkpoint; the
 fusion encoder's cross-attention (and its LayerNorm) has no counterpart in BERT and
 stays newly initialised, as in ALBEF. The image encoder comes from a ViT or DeiT.

@@ -1,4 +1,4 @@
-"""Where the masks come from: one module, three strategies (METHOD.md section 2).
+"""Where the masks come from: one module, three strategies (docs/method.md section 2).
 
 * `random_masks` — uniform patches and tokens (the ALBEF/MAE baseline).
 * `syncmask` — patches the words attend to most, then the words whose attention falls

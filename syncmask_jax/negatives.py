@@ -1,4 +1,4 @@
-"""The negative miner for ITM: semi-hard negatives without false negatives (METHOD.md 5).
+"""The negative miner for ITM: semi-hard negatives without false negatives (docs/method.md 5).
 
 Runs inside the train step on the in-batch ITC similarity matrix of the *global* batch
 (the caller all-gathers features; here it is just arrays). For each image a negative

@@ -1,6 +1,6 @@
 """One retrieval scorer for every protocol: scores, ranks of the best positive, R@k.
 
-Every protocol of METHOD.md section 7 is "queries meet candidates; a candidate is a
+Every protocol of docs/method.md section 7 is "queries meet candidates; a candidate is a
 positive of a query when their keys are equal":
 
 * `full_gallery` (FashionGen, SynthFashion): all eval views against one text per

@@ -1,6 +1,6 @@
 """SemMIM (Liu et al., LREC-COLING 2024): semantic MIM targets from a shared prototype space.
 
-METHOD.md section 4 as pure functions that the train step composes:
+docs/method.md section 4 as pure functions that the train step composes:
 
 * momentum model -> `global_targets` (agreement targets of the two augmented views)
   and `patch_targets` (MIM targets: momentum patch encodings that cross-attended to the
@@ -67,7 +67,7 @@ def patch_targets(teacher: VLP, image_tokens_m: Array, text_hidden_m: Array, tex
   The momentum model's *unmasked* image tokens pass through its MIM decoder, whose
   cross-attention reads the momentum text features, before the projection onto the
   prototypes: the same patch gets a different target under a different caption
-  (METHOD.md 4, "text injected into targets").
+  (docs/method.md 4, "text injected into targets").
   """
   logits = teacher.patch_prototype_logits(image_tokens_m, text_hidden_m, text_mask)
   probs = losses.sharpen_and_center(logits, center, cfg.teacher_temp)
@@ -127,7 +127,7 @@ def semantic_mim(model: VLP, masked_image_tokens: Array, text_hidden: Array, tex
   """CE between target and predicted prototype distributions, mean over masked patches.
 
   The student's masked image tokens cross-attend to the (online) text features before
-  the prototype head (METHOD.md 4, "text in masked modeling"). Returns the loss and the
+  the prototype head (docs/method.md 4, "text in masked modeling"). Returns the loss and the
   predicted cosines (B, N, K).
   """
   logits = model.patch_prototype_logits(masked_image_tokens, text_hidden, text_mask, rngs)

@@ -7,7 +7,7 @@ patch mask took the most of that map from), and the text with the masked words
 highlighted. Beside it `stepN_pairI_mask.png` holds the overlay alone at exact
 pixels (nearest-neighbour upscaled), so a test or a script can read the mask back.
 
-The map and the masks are the ones the train step uses (METHOD.md 2): the
+The map and the masks are the ones the train step uses (docs/method.md 2): the
 momentum model on the unmasked pair, `masking.masks_from_config` with the run's
 masking config. Matplotlib draws through the Agg canvas directly (no pyplot, no global
 backend switch).

@@ -1,6 +1,6 @@
 """FashionGen: the h5 files as a random-access source, and a TFDS builder to ArrayRecord.
 
-Files (METHOD.md section 6): `fashiongen_256_256_{train,validation}.h5`, with
+Files (docs/method.md section 6): `fashiongen_256_256_{train,validation}.h5`, with
 `input_image` (N, 256, 256, 3) uint8 and every other field (N, 1), read `[i][0]`;
 strings are latin-1 bytes that may hold HTML such as `<br>`.
 

@@ -1,6 +1,6 @@
 """FashionIQ text-guided image retrieval: triplet and gallery sources, and a TFDS builder.
 
-Files (METHOD.md section 6), per category c in dress | shirt | toptee:
+Files (docs/method.md section 6), per category c in dress | shirt | toptee:
   captions/cap.{c}.{train,val,test}.json   list of {candidate, target, captions[2]}
                                            (test has no target)
   image_splits/split.{c}.{train,val,test}.json   list of ASINs
@@ -12,7 +12,7 @@ with the same target are both positives), target_index (the target's position in
 gallery source, -1 for test or when the target is not in the gallery), index.
 
 Gallery record: image, product_id (ASIN id), index. Both gallery protocols of
-METHOD.md section 7 are here and both must be reported:
+docs/method.md section 7 are here and both must be reported:
   `split`     the category's full split list (image_splits/split.{c}.val.json);
   `val_union` the images appearing in the split's captions as candidate or target.
 ASIN ids are ranks in the sorted union of every ASIN a category mentions, the same

@@ -1,4 +1,4 @@
-"""Grouped batch sampling (METHOD.md section 5): which records share a global batch.
+"""Grouped batch sampling (docs/method.md section 5): which records share a global batch.
 
 The sampler owns the *global* order of one epoch, as an array (steps, global_batch) of
 record indices, computed identically on every host from (seed, epoch) and, for

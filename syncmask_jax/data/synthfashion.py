@@ -1,4 +1,4 @@
-"""SynthFashion: a procedural fashion set with ground-truth co-occurrence (METHOD.md 8).
+"""SynthFashion: a procedural fashion set with ground-truth co-occurrence (docs/method.md 8).
 
 Each *product* is a garment type (the category) for a gender (category x gender is the
 subcategory), a colour, a pattern, a fabric and 2-4 *details* (pocket, logo, zipper, ...),

@@ -1,4 +1,4 @@
-"""The vision-language model both recipes share (ALBEF layout, METHOD.md section 1).
+"""The vision-language model both recipes share (ALBEF layout, docs/method.md section 1).
 
 Image ViT + BERT text encoder + fusion encoder, ITC projections with a learnable
 clamped temperature, ITM head, MLM head tied to the word embeddings, and the MIM
@@ -79,7 +79,7 @@ class VLP(nnx.Module):
     self.num_prototypes = num_prototypes
     self.shared_prototype_head = False
     if num_prototypes:
-      # SemMIM: one codebook shared by global and local encodings (METHOD.md section 4).
+      # SemMIM: one codebook shared by global and local encodings (docs/method.md section 4).
       self.prototypes = layers.param(rngs, nnx.initializers.truncated_normal(1.0),
                                      (num_prototypes, cfg.embed_dim), ("prototypes", "proj"))
       # iBOT's shared head: the MIM output head also projects the global [CLS]. Without a

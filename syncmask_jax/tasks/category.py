@@ -1,4 +1,4 @@
-"""Category / subcategory recognition (CR / SCR, METHOD.md 7), `config.task='category'`.
+"""Category / subcategory recognition (CR / SCR, docs/method.md 7), `config.task='category'`.
 
 A new Dense head on the fused [CLS] of (image, text), trained with cross-entropy on
 `config.finetune.label`. Rows whose label is unknown (-1: a FashionGen validation label

@@ -1,4 +1,4 @@
-"""Image-text retrieval fine-tuning (METHOD.md 7), `config.task='retrieval'`.
+"""Image-text retrieval fine-tuning (docs/method.md 7), `config.task='retrieval'`.
 
 ITC (`losses.itc_loss`, product-aware targets) and ITM (`losses.itm_loss` on negatives
 from `negatives.mine_negatives`) over the global batch. [ours] Without a momentum model

@@ -1,4 +1,4 @@
-"""FashionIQ text-guided image retrieval (TGIR, METHOD.md 7), `config.task='tgir'`.
+"""FashionIQ text-guided image retrieval (TGIR, docs/method.md 7), `config.task='tgir'`.
 
 Query = text_proj of the fused [CLS] of (reference image, "caption1 and caption2"),
 L2-normalised; InfoNCE of each query against the in-batch target images' projected

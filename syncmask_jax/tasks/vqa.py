@@ -1,4 +1,4 @@
-"""Visual question answering (METHOD.md 7), `config.task='vqa'`: ALBEF's answer decoder.
+"""Visual question answering (docs/method.md 7), `config.task='vqa'`: ALBEF's answer decoder.
 
 Model (ALBEF's model_vqa.py): the question is encoded by the text encoder and fused
 with the image by the fusion layers; an answer decoder (`models.decoder.TextDecoder`,
