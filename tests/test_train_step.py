@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from conftest import assert_no_host_round_trip, toy_batch
 
-from syncmask_jax import config_lib, optim, sharding, tokenizer, train_state, train_step
+from flax import nnx
+
+from syncmask_jax import (config_lib, losses, masking, optim, sharding, tokenizer, train_state,
+                          train_step)
 
 TOKENS = tokenizer.TokenInfo(vocab_size=100, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
                              min_random_id=5)
@@ -146,3 +149,83 @@ def test_gradient_accumulation_updates_every_k_steps(tiny_config):
                         p0, s2_host.params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                s2_host.momentum_params, expect)
+
+
+# ------------------------------------------------------------------ the step's stages
+
+def test_plan_enables_the_recipes_loss_terms(tiny_config):
+  def terms(recipe, **loss):
+    c = config_lib.apply_recipe(config_lib.default_config(), recipe)
+    c.loss.update(loss)
+    return train_step.plan_step(c, TOKENS, 10).terms
+  assert terms("syncmask") == ("itm", "mlm", "pixel_mim")
+  assert terms("albef") == ("itm", "mlm")
+  assert terms("semmim") == ("itm", "mlm", "agreement", "prototype_mim")
+  assert terms("syncmask", itm=0.0, mim_target="momentum_features") == ("mlm", "feature_mim")
+  assert train_step.plan_step(config_lib.apply_recipe(tiny_config, "albef"), TOKENS,
+                              10).mask_source == "attention"
+
+
+def _stages(config):
+  """A plan, the models on the initial parameters, the teacher pass and the masks."""
+  state, setup, _ = _build(config, jax.devices()[:1])
+  plan = train_step.plan_step(config, TOKENS, 10)
+  teacher = nnx.merge(setup.graphdef, state.momentum_params)
+  batch = toy_batch()
+  t = train_step.teacher_pass(plan, teacher, batch, state.queue)
+  masks = train_step.make_masks(plan, jax.random.key(1), jax.random.key(2), t, batch,
+                                state.step)
+  return plan, state, setup, teacher, batch, t, masks
+
+
+def test_teacher_pass_and_masks(tiny_config):
+  plan, state, _, teacher, batch, t, masks = _stages(tiny_config)
+  feat = teacher.image_feature(teacher.encode_image(batch["image"]))
+  np.testing.assert_array_equal(t.image_feat, feat)
+  np.testing.assert_array_equal(t.bank_image[:8], feat)
+  np.testing.assert_array_equal(t.bank_valid, np.r_[np.ones(8, bool), state.queue["valid"]])
+  assert t.cross_probs.shape == (1, 8, 2, 12, 17) and t.cams is None
+  maskable = tokenizer.text_maskable(batch["text_ids"], batch["text_mask"], TOKENS)
+  np.testing.assert_array_equal(masks.maskable, maskable)
+  assert masks.patch.shape == (8, 16) and (masks.patch.sum(1) == 8).all()
+  assert not (masks.token & ~maskable).any() and masks.token.any()
+  np.testing.assert_array_equal(masks.mlm_labels >= 0, masks.token)
+
+
+def test_losses_stage_with_one_term_is_that_loss(tiny_config):
+  tiny_config.loss.update(itm=0.0, mim=0.0, mlm=2.0, mlm_distill=False)
+  plan, state, setup, _, batch, t, masks = _stages(tiny_config)
+  assert plan.terms == ("mlm",)
+  targets = train_step.teacher_targets(plan, None, batch, t, masks, state.centers)
+  assert targets.soft_labels is None and targets.center_means == {}
+  total, aux = train_step.online_losses(state.params, plan, setup.graphdef, batch, t, masks,
+                                        targets, jax.random.key(3), jax.random.key(4), 0.4)
+  model = nnx.merge(setup.graphdef, state.params)
+  tokens = model.encode_image(batch["image"])
+  text = model.encode_text(batch["text_ids"], batch["text_mask"])
+  itc, _ = losses.itc_loss(model.image_feature(tokens), model.text_feature(text),
+                           t.bank_image, t.bank_text, batch["product_id"], t.bank_pid,
+                           model.temperature(), 0.4, bank_valid=t.bank_valid)
+  fused, _ = model.fuse(model.encode_text(masks.mlm_ids, batch["text_mask"]),
+                        batch["text_mask"], tokens)
+  mlm = losses.mlm_loss(model.mlm_logits(fused), masks.mlm_labels, masks.mlm_weights)
+  assert sorted(aux) == ["loss_itc", "loss_mlm", "temp"]
+  np.testing.assert_allclose(aux["loss_itc"], itc, rtol=1e-6)
+  np.testing.assert_allclose(aux["loss_mlm"], mlm, rtol=1e-6)
+  np.testing.assert_allclose(total, itc + 2.0 * mlm, rtol=1e-6)
+
+
+def test_diagnostics_report_the_masks(tiny_config):
+  tiny_config.data.grouping = "embedding"
+  plan, state, _, _, batch, t, masks = _stages(tiny_config)
+  batch["index"] = np.arange(8)
+  targets = train_step.Targets(None, None, None, {})
+  m = train_step.diagnostics(plan, batch, t, masks, targets, None)
+  assert sorted(m) == ["example_embedding", "example_index", "mask/patch_attn_share",
+                       "mask/patch_precision", "mask/sync_attn_share",
+                       "mask/token_attn_share", "mask/token_precision"]
+  attn = masking.word_patch_map(tiny_config.masking, t.cross_probs, masks.maskable)
+  stats = masking.mask_stats(attn, masks.patch, masks.token, masks.maskable)
+  for k, v in stats.items():
+    np.testing.assert_array_equal(m[f"mask/{k}"], v)
+  np.testing.assert_array_equal(m["example_embedding"], t.image_feat + t.text_feat)
