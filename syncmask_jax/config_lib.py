@@ -2,7 +2,7 @@
 
 Experiment files under `configs/` build on `default_config()` and override what they
 need (big_vision style: `get_config(arg)` with `key=value,...` string args).
-Every [ours] choice of METHOD.md is a field here with the default METHOD.md gives.
+Every [ours] choice of docs/method.md is a field here with the default docs/method.md gives.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def model_config(preset: str = "tiny", vocab_size: int = 30522) -> ml_collection
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The full experiment config with METHOD.md defaults (SyncMask recipe, tiny model)."""
+  """The full experiment config with docs/method.md defaults (SyncMask recipe, tiny model)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.recipe = "syncmask"  # syncmask | albef | semmim
@@ -130,7 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.masking.ratio_txt = 0.15
   c.masking.selection = "gumbel"  # topk | gumbel
   c.masking.tau = 1.0
-  # What gumbel sampling sees: "mass" samples from softmax(s / tau) (METHOD.md 2.2);
+  # What gumbel sampling sees: "mass" samples from softmax(s / tau) (docs/method.md 2.2);
   # "log_mass" from softmax(log s / tau), i.e. proportional to s^(1/tau), which does not
   # flatten when the per-patch mass is small (raw mass at tau=1 is close to uniform).
   c.masking.score = "mass"
@@ -161,7 +161,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.mim_target = "pixels"  # pixels | momentum_features | prototypes (SemMIM)
   c.loss.mim_norm_pix = True
 
-  # SemMIM (METHOD.md section 4); read only when recipe == "semmim".
+  # SemMIM (docs/method.md section 4); read only when recipe == "semmim".
   c.semmim = ml_collections.ConfigDict()
   c.semmim.num_prototypes = 1024  # [paper] K of the shared prototype encoding space
   c.semmim.student_temp = 0.1  # [ours, DINO] softmax temperature of student assignments
@@ -235,7 +235,7 @@ RECIPES = ("syncmask", "albef", "semmim")
 
 
 def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> ml_collections.ConfigDict:
-  """A recipe is a small set of config choices over the shared step (METHOD.md 3-5)."""
+  """A recipe is a small set of config choices over the shared step (docs/method.md 3-5)."""
   if recipe not in RECIPES:
     raise ValueError(f"recipe={recipe!r}: expected one of {RECIPES}")
   c.recipe = recipe
@@ -253,7 +253,7 @@ def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> ml_collections.Co
     c.negatives.exclude = "self"
     c.loss.mim = 0.0
   elif recipe == "semmim":
-    # Text-guided patch masks (METHOD.md 2.3), MIM on prototype targets, agreement on two
+    # Text-guided patch masks (docs/method.md 2.3), MIM on prototype targets, agreement on two
     # views; ITC/ITM/MLM and the negatives stay the core's.
     c.masking.strategy = "text_guided"
     c.masking.ratio_img = 0.5

@@ -1,10 +1,10 @@
 """The pretraining step: one pure function (state, batch) -> (state, metrics).
 
-Read top to bottom it is METHOD.md section 3: momentum forward on the unmasked pair ->
+Read top to bottom it is docs/method.md section 3: momentum forward on the unmasked pair ->
 masks -> online losses (ITC, ITM with mined negatives, MLM, MIM) -> gradients ->
 optimizer -> EMA of the momentum parameters -> enqueue. The recipes (`syncmask`,
 `albef`, `semmim`, the ablations) differ only in config: masking strategy,
-negative-mining mode, loss weights, MIM target. SemMIM (METHOD.md section 4) adds, from
+negative-mining mode, loss weights, MIM target. SemMIM (docs/method.md section 4) adds, from
 `semmim.py`, the momentum model's prototype targets (second view, text-injected patch
 targets, running centres) and the online agreement and prototype-MIM losses.
 Everything runs inside one `jax.jit` over the mesh.
@@ -251,7 +251,7 @@ def make_masks(plan: StepPlan, key_mask: Array, key_mlm: Array, teacher: Teacher
   patch_mask, token_mask = masking.masks_from_config(
       key_mask, cfg, teacher.cross_probs, maskable, num_patches, teacher.cams, step)
   if cfg.strategy == "text_guided":
-    # Text-guided masking chooses patches only (METHOD.md 2.3); MLM keeps ALBEF's
+    # Text-guided masking chooses patches only (docs/method.md 2.3); MLM keeps ALBEF's
     # uniform token mask. A key folded from key_mask leaves the other recipes' draws as
     # they were.
     _, token_mask = masking.random_masks(jax.random.fold_in(key_mask, 1), num_patches,
@@ -264,7 +264,7 @@ def make_masks(plan: StepPlan, key_mask: Array, key_mlm: Array, teacher: Teacher
 def teacher_targets(plan: StepPlan, teacher, batch: dict, t: TeacherPass, masks: Masks,
                     centers: dict) -> Targets:
   """The momentum model's targets that read the masks: MLM's soft labels on the corrupted
-  caption, and SemMIM's (METHOD.md 4) prototype assignments of both views' [CLS]
+  caption, and SemMIM's (docs/method.md 4) prototype assignments of both views' [CLS]
   (agreement) and of the text-fused unmasked patches (MIM), sharpened and centred; the
   running centres move after use (DINO)."""
   cfg, tmask = plan.config, batch["text_mask"]
