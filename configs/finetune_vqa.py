@@ -65,6 +65,12 @@ def get_config(arg: str | None = None):
   # rank: add the first token's log-prob once more, as ALBEF's rank_answer does.
   c.vqa.count_first_token_twice = True
   c.vqa.beam_size = 1  # generate: 1 greedy, else beam search (best beam)
+  # ALBEF's momentum distillation (configs/VQA.yaml distill: True, alpha: 0.4; its model's
+  # momentum 0.995): each answer token's loss mixes in the momentum model's soft tokens.
+  c.vqa.distill = True
+  c.loss.alpha = 0.4
+  c.loss.alpha_ramp_steps = -1  # -1: one epoch (ALBEF: alpha * min(1, i / len(data_loader)))
+  c.momentum = 0.995  # EMA of the momentum model, after every optimizer update
   c.loss.mim = 0.0  # the VQA model has no MIM head; a checkpoint's is ignored
   c.queue_size = c.data.global_batch_size  # unused here; validated against the batch
   # ALBEF: 8 epochs; VQA v2 train+val hold 658,111 questions, 2,571 batches of 256 per

@@ -42,7 +42,8 @@ def create_state(task: base.Task, mesh: jax.sharding.Mesh
   config = task.config
   init, setup = train_state_lib.make_state_setup(
       config, mesh, task.build_model,
-      lambda p: optim.make_optimizer(config.optim, p, config.total_steps), task.new_state)
+      lambda p: optim.make_optimizer(config.optim, p, config.total_steps), task.new_state,
+      param_fields=task.param_fields())
   return (jax.jit(init, out_shardings=setup.state_shardings),
           train_state_lib.abstract_state(init, setup), setup)
 
@@ -63,11 +64,12 @@ def evaluate_params(task: base.Task, graphdef: Any, params: dict, mesh: jax.shar
 
 def init_from(task: base.Task, state: Any, directory: str) -> Any:
   """`state` with the pretrained parameters of `directory` (the new head's stay, or
-  start from pretrained ones: `task.init_new_params`)."""
+  start from pretrained ones: `task.init_new_params`); a momentum model starts as their
+  copy (`task.start_from`)."""
   params, step = checkpointing.load_pretrained(directory, state.params,
                                                allow_missing=task.new_params)
   logging.info("%s: parameters from %s (step %d)", task.name, directory, step)
-  return state.replace(params=task.init_new_params(params, directory))
+  return task.start_from(state, task.init_new_params(params, directory))
 
 
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

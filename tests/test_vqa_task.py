@@ -1,20 +1,23 @@
-"""The VQA task (tasks/vqa.py): ALBEF's weighted answer loss, its answer ranking on a
-decoder whose probabilities are known, the decoder's init from the fusion layers, and
-a few fine-tuning steps on SynthFashion-VQA from a pretraining checkpoint."""
+"""The VQA task (tasks/vqa.py): ALBEF's weighted answer loss and its momentum
+distillation, its answer ranking on a decoder whose probabilities are known, the
+decoder's init from the fusion layers, the momentum copy's start and EMA, and a few
+fine-tuning steps on SynthFashion-VQA from a pretraining checkpoint."""
 
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from syncmask_jax import config_lib, finetune, vqa_eval
+from syncmask_jax import config_lib, finetune, sharding, vqa_eval
 from syncmask_jax.data import pipeline, synthfashion_vqa, transforms
 from syncmask_jax.models import decoder as decoder_lib
 from syncmask_jax.tasks import vqa as vqa_task
 
+import conftest  # pylint: disable=g-bad-import-order
 import fakes  # pylint: disable=g-bad-import-order
 
 
@@ -25,11 +28,9 @@ def _model_config(vocab_size):
   return m
 
 
-def test_answer_loss_is_the_weighted_sum_of_teacher_forced_nll():
-  cfg = _model_config(20)
-  model = vqa_task.VQAModel(cfg, rngs=nnx.Rngs(params=0))
+def _loss_batch(b=2, a=3, length=5, t=6):
+  """Two questions of three answer slots: a short answer, a padding slot (weight 0)."""
   rs = np.random.RandomState(0)
-  b, a, length, t = 2, 3, 5, 6
   ids = rs.randint(5, 20, (b, a, length)).astype(np.int32)
   ids[..., 0] = 2
   mask = np.ones((b, a, length), np.int32)
@@ -40,6 +41,14 @@ def test_answer_loss_is_the_weighted_sum_of_teacher_forced_nll():
            "text_ids": rs.randint(5, 20, (b, t)).astype(np.int32),
            "text_mask": np.array([[1] * t, [1] * 4 + [0] * 2], np.int32),
            "answer_ids": ids, "answer_mask": mask, "answer_weight": weight}
+  return batch
+
+
+def test_answer_loss_is_the_weighted_sum_of_teacher_forced_nll():
+  model = vqa_task.VQAModel(_model_config(20), rngs=nnx.Rngs(params=0))
+  batch = _loss_batch()
+  ids, mask, weight = batch["answer_ids"], batch["answer_mask"], batch["answer_weight"]
+  b, a = weight.shape
   loss = vqa_task.answer_loss(model, batch)
   states = model.encode_question(batch)
   # Every (question, answer) row against its own question's states, by hand.
@@ -51,6 +60,39 @@ def test_answer_loss_is_the_weighted_sum_of_teacher_forced_nll():
   expected = sum(weight[i, j] * float(n) for (i, j), n in zip(rows, nll))
   np.testing.assert_allclose(float(loss), expected / b, rtol=1e-5)
   assert float(nll[rows.index((0, 1))]) != float(nll[rows.index((0, 0))])
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_distilled_answer_loss_mixes_hard_and_soft_token_cross_entropy():
+  cfg = _model_config(20)
+  model = vqa_task.VQAModel(cfg, rngs=nnx.Rngs(params=0))
+  momentum = vqa_task.VQAModel(cfg, rngs=nnx.Rngs(params=1))
+  batch = _loss_batch()
+  soft = vqa_task.answer_logits(momentum, batch)
+  # alpha 0: exactly the plain loss.
+  assert (float(vqa_task.answer_loss(model, batch, momentum_logits=soft, alpha=0.0))
+          == float(vqa_task.answer_loss(model, batch)))
+  # alpha 0.4 by hand: per answer token (1 - a) CE(target) + a CE(softmax(momentum)),
+  # summed over the answer's tokens (after [CLS]), weighted, summed, / questions.
+  lp = _log_softmax(np.asarray(vqa_task.answer_logits(model, batch), np.float64))
+  q = np.exp(_log_softmax(np.asarray(soft, np.float64)))
+  b, a = batch["answer_weight"].shape
+  ids = batch["answer_ids"].reshape(b * a, -1)
+  mask = batch["answer_mask"].reshape(b * a, -1)
+  expected = 0.0
+  for r in range(b * a):
+    for t in range(1, ids.shape[1]):
+      if mask[r, t]:
+        hard = -lp[r, t - 1, ids[r, t]]
+        distill = -np.sum(q[r, t - 1] * lp[r, t - 1])
+        expected += batch["answer_weight"].reshape(-1)[r] * (0.6 * hard + 0.4 * distill)
+  loss = vqa_task.answer_loss(model, batch, momentum_logits=soft, alpha=0.4)
+  np.testing.assert_allclose(float(loss), expected / b, rtol=1e-5)
+  assert abs(float(loss) - float(vqa_task.answer_loss(model, batch))) > 1e-3
 
 
 class BigramDecoder(decoder_lib.TextDecoder):
@@ -148,7 +190,7 @@ def _vqa_config(tmp):
   c.data.read_threads = 1
   c.vqa = config_lib.ml_collections.ConfigDict(dict(
       train_split="train", eval_splits=("val",), answer_list="", inference="rank",
-      k_test=4, count_first_token_twice=True, beam_size=1))
+      k_test=4, count_first_token_twice=True, beam_size=1, distill=True))
   c.queue_size = 8
   c.total_steps = 2
   c.log_every = 1
@@ -193,6 +235,10 @@ def test_finetune_on_synthfashion_vqa_writes_accuracy_and_results(finetune_files
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))
            if "train/loss" in l]
   assert steps == [1, 2]
+  # The momentum model is checkpointed with the parameters (a resume restores it).
+  saved = conftest.saved_state(workdir, 2)
+  assert (jax.tree.map(np.shape, saved["momentum_params"])
+          == jax.tree.map(np.shape, saved["params"]))
 
 
 def test_albef_files_reach_the_batch_as_weighted_answer_tokens(tmp_path):
@@ -220,3 +266,65 @@ def test_albef_files_reach_the_batch_as_weighted_answer_tokens(tmp_path):
   c.data.max_answer_len = 0
   with pytest.raises(ValueError, match="config.data.max_answer_len=0"):
     transforms.from_config(c, tokenizer, train=False)(source[0])
+
+
+def _one_step(c):
+  """(task, state after init_from, state after one jitted step, its metrics, setup); no
+  warm-up, so that first step moves the parameters."""
+  c.optim.warmup_steps = 0
+  task = vqa_task.VQA(c)
+  init, _, setup = finetune.create_state(task, sharding.make_mesh(c.mesh))
+  start = finetune.init_from(task, init(), c.init_checkpoint)
+  batch = next(pipeline.make_train_iterator(c, source=task.train_source()))
+  state, metrics = jax.jit(task.make_step(setup))(start, batch)
+  return task, jax.device_get(start), jax.device_get(state), metrics, setup
+
+
+def test_momentum_copy_starts_at_the_loaded_params_and_follows_by_ema(finetune_files):
+  tmp = finetune_files["tmp"]
+  c = _vqa_config(tmp)
+  c.momentum = 0.75  # a visible EMA step
+  _, start, state, metrics, setup = _one_step(c)
+  assert isinstance(start, vqa_task.DistillState)
+  assert setup.state_shardings.momentum_params == setup.state_shardings.params
+  # The copy is taken after the pretrained params and the decoder's init from them.
+  pre = finetune_files["state"]["params"]
+  jax.tree.map(np.testing.assert_array_equal, start.momentum_params, start.params)
+  np.testing.assert_array_equal(start.params["fusion"]["layer_0"]["cross_attn"]["query"]
+                                ["kernel"], pre["fusion"]["layer_0"]["cross_attn"]["query"]
+                                ["kernel"])
+  np.testing.assert_array_equal(start.momentum_params["answer_decoder"]["lm_head"]["bias"],
+                                pre["mlm_head"]["bias"])
+  assert int(state.step) == 1 and bool(metrics["finite"])
+  moved = jax.tree.map(lambda new, old: not np.array_equal(new, old), state.params,
+                       start.params)
+  assert any(jax.tree.leaves(moved))
+  jax.tree.map(lambda m, m0, p: np.testing.assert_allclose(
+      m, 0.75 * m0 + 0.25 * p, rtol=1e-6, atol=1e-7), state.momentum_params,
+               start.momentum_params, state.params)
+  # vqa.distill=False: the plain state, and at alpha 0 (the ramp's step 0) distillation
+  # takes the very same step.
+  assert float(metrics["alpha"]) == 0.0
+  off = _vqa_config(tmp)
+  off.vqa.distill = False
+  _, start_off, state_off, metrics_off, setup_off = _one_step(off)
+  assert type(start_off).__name__ == "FinetuneState"
+  assert not hasattr(state_off, "momentum_params") and "alpha" not in metrics_off
+  assert not hasattr(setup_off.state_shardings, "momentum_params")
+  np.testing.assert_allclose(float(metrics_off["loss"]), float(metrics["loss"]), rtol=1e-6)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+               state_off.params, state.params)
+
+
+def test_distill_config_checks_and_alpha_ramp(finetune_files):
+  c = _vqa_config(finetune_files["tmp"])
+  c.vqa = config_lib.ml_collections.ConfigDict(dict(c.vqa, distill="yes"))
+  with pytest.raises(ValueError, match="config.vqa.distill='yes'"):
+    vqa_task.VQA(c).validate()
+  c = _vqa_config(finetune_files["tmp"])
+  c.loss.alpha_ramp_steps = -2
+  with pytest.raises(ValueError, match="config.loss.alpha_ramp_steps=-2"):
+    vqa_task.VQA(c).validate()
+  # One epoch of SynthFashion-VQA's 2 train products at batch 8, the ramp's length.
+  task = vqa_task.VQA(_vqa_config(finetune_files["tmp"]))
+  assert task.steps_per_epoch() == len(task.train_source()) // 8 > 0

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import nnx
 
 from syncmask_jax import optim
@@ -51,6 +52,16 @@ class Task:
     return train_state_lib.FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                                          opt_state=opt_state, rng=rng)
 
+  def param_fields(self) -> tuple[str, ...]:
+    """The fields of `new_state`'s state that are parameter copies (a momentum model):
+    they take the parameters' sharding (`train_state.make_state_setup`)."""
+    return ("params",)
+
+  def start_from(self, state: Any, params: dict) -> Any:
+    """`state` starting from `params` (the pretrained ones after `init_new_params`,
+    finetune.init_from); a task with a momentum model starts it as their copy here."""
+    return state.replace(params=params)
+
   def init_new_params(self, params: dict, pretrained_dir: str) -> dict:
     """`params` just restored from the pretraining checkpoint `pretrained_dir` (a run's
     checkpoints/) -> the parameters training starts from: a task whose new parameters
@@ -76,14 +87,24 @@ class Task:
 
 
 def update(config: ml_collections.ConfigDict, setup: train_state_lib.Setup, state: Any,
-           loss_fn: Callable[[dict], tuple[jax.Array, dict]]) -> tuple[Any, dict]:
+           loss_fn: Callable[[dict], tuple[jax.Array, dict]],
+           momentum: float | None = None) -> tuple[Any, dict]:
   """Gradients of `loss_fn(params) -> (loss, aux)` -> the optimizer update (as the
-  pretraining step's: `optim.apply_gradients`, `optim.keep_finite`) -> metrics."""
+  pretraining step's: `optim.apply_gradients`, `optim.keep_finite`) -> metrics.
+
+  With `momentum`, the state's `momentum_params` then take the EMA step towards the new
+  parameters, as pretraining's (only on a step the optimizer moved them; a skipped
+  non-finite step keeps them too)."""
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   params, opt_state, grad_norm = optim.apply_gradients(config, setup.tx, state, grads)
-  new_state, finite = optim.keep_finite(
-      config, state.replace(step=state.step + 1, params=params, opt_state=opt_state), state,
-      loss, grad_norm)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if momentum is not None:
+    updated = optim.has_updated(setup.tx, opt_state)
+    new_state = new_state.replace(momentum_params=jax.tree.map(
+        lambda new, old: jnp.where(updated, new, old),
+        optax.incremental_update(params, state.momentum_params, step_size=1.0 - momentum),
+        state.momentum_params))
+  new_state, finite = optim.keep_finite(config, new_state, state, loss, grad_norm)
   lr = optim.learning_rate_schedule(config.optim, config.total_steps)(state.step)
   return new_state, dict(aux, loss=loss, grad_norm=grad_norm, finite=finite,
                          learning_rate=lr)

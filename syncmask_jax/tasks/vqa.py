@@ -12,6 +12,15 @@ human answers; data/vqa.py), summed over the question's answers and averaged ove
 batch. Static shapes: each question carries A = data.max_answers answer slots of
 data.max_answer_len tokens, padding slots with weight 0.
 
+Momentum distillation (ALBEF's `distill`, `vqa.distill`, default True as its VQA
+config): the state (`DistillState`) holds a momentum copy of the parameters, equal to
+them at the start (after the pretrained ones and `init_new_params`: `start_from`) and
+moved by EMA (`config.momentum`, 0.995) after every optimizer update. It answers every
+(question, answer) without dropout and each answer token's cross-entropy becomes
+(1 - alpha) x itself + alpha x the soft cross-entropy against the momentum model's
+softmax; alpha (`loss.alpha`, 0.4) ramps from 0 over the first epoch
+(`loss.alpha_ramp_steps` -1, ALBEF's alpha * min(1, i / len(data_loader))).
+
 Inference (`vqa.inference`):
   rank      ALBEF's `rank_answer` over the answer list (`rank_answers`): the log-prob
             of every answer's first token after [CLS]; the k = vqa.k_test answers with
@@ -21,10 +30,9 @@ Inference (`vqa.inference`):
   generate  free decoding from [CLS] (decoding.greedy, or beam_search with
             vqa.beam_size > 1) up to [SEP]; the answer is the decoded text.
 Differences from ALBEF [ours]: answers are "[CLS] a [SEP]" (ALBEF appends an eos
-"[SEP]" before BERT's tokenizer adds its own, so its answers end in two [SEP]); no
-momentum distillation (ALBEF's `distill`, alpha 0.4): the fine-tuned model has no
-momentum copy; the unused pretraining heads (ITC projections, ITM, MLM) stay in the
-parameters.
+"[SEP]" before BERT's tokenizer adds its own, so its answers end in two [SEP]); the
+unused pretraining heads (ITC projections, ITM, MLM) stay in the parameters (and in the
+momentum copy). Evaluation answers with the online parameters, as ALBEF's.
 
 Evaluation on each of `vqa.eval_splits`: every question's answer goes to
 DIR/eval/vqa_<split>_results.json in the evaluation server's format
@@ -39,6 +47,7 @@ import functools
 import os
 from typing import Any, Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,7 +55,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import decoding, evaluate, paths, vqa_eval
+from syncmask_jax import decoding, evaluate, paths, train_step, vqa_eval
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.data import pipeline, synthfashion_vqa
 from syncmask_jax.data import vqa as vqa_data
@@ -56,6 +65,17 @@ from syncmask_jax.tasks import base
 
 INFERENCE = ("rank", "generate")  # config.vqa.inference
 DATASETS = ("vqa", "synthfashion_vqa")
+
+
+@flax.struct.dataclass
+class DistillState:
+  """The VQA state with ALBEF's momentum model (`vqa.distill`): FinetuneState's fields
+  and the momentum parameters, an EMA of the parameters (checkpointed with them)."""
+  step: jax.Array
+  params: dict
+  momentum_params: dict
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key data, as FinetuneState's
 
 
 class VQAModel(VLP):
@@ -74,17 +94,39 @@ class VQAModel(VLP):
     return fused
 
 
-def answer_loss(model: VQAModel, batch: dict, rngs: nnx.Rngs | None = None) -> jax.Array:
-  """ALBEF's VQA loss: sum over a question's answers of weight x the answer's summed
-  token cross-entropy, averaged over the questions of the batch."""
+def answer_logits(model: VQAModel, batch: dict, rngs: nnx.Rngs | None = None) -> jax.Array:
+  """(B * A, L, V) float32 decoder logits of every answer slot, "[CLS] a [SEP]"
+  teacher-forced on its question's fused states: row i * A + j is slot j of question i
+  (position t predicts token t + 1)."""
   states = model.encode_question(batch, rngs)
   b, a, length = batch["answer_ids"].shape
-  ids = batch["answer_ids"].reshape(b * a, length)
-  mask = batch["answer_mask"].reshape(b * a, length)
   # Answer slot j of question i is row i * a + j: the question's states repeated.
-  nll = model.answer_decoder.teacher_forced_nll(
-      ids, mask, mask, decoding.repeat_for_beams(states, a),
-      decoding.repeat_for_beams(batch["text_mask"], a), rngs=rngs)
+  return model.answer_decoder(
+      batch["answer_ids"].reshape(b * a, length), batch["answer_mask"].reshape(b * a, length),
+      decoding.repeat_for_beams(states, a), decoding.repeat_for_beams(batch["text_mask"], a),
+      rngs)
+
+
+def answer_loss(model: VQAModel, batch: dict, rngs: nnx.Rngs | None = None, *,
+                momentum_logits: jax.Array | None = None, alpha: jax.Array | float = 0.0
+                ) -> jax.Array:
+  """ALBEF's VQA loss: sum over a question's answers of weight x the answer's summed
+  token cross-entropy, averaged over the questions of the batch.
+
+  With `momentum_logits` (the momentum model's `answer_logits`, ALBEF's `distill`), each
+  answer token costs (1 - alpha) x its cross-entropy + alpha x the soft cross-entropy
+  against softmax(momentum logits) (ALBEF's BertLMHeadModel with soft_labels); alpha 0
+  is the plain loss.
+  """
+  b, a, length = batch["answer_ids"].shape
+  ids = batch["answer_ids"].reshape(b * a, length)
+  mask = batch["answer_mask"].reshape(b * a, length)[:, 1:].astype(bool)
+  logits = answer_logits(model, batch, rngs)[:, :-1]
+  nll = decoder_lib.sequence_nll(logits, ids[:, 1:], mask)
+  if momentum_logits is not None:
+    soft = jax.nn.softmax(jax.lax.stop_gradient(momentum_logits[:, :-1]).astype(jnp.float32))
+    soft_ce = -jnp.sum(soft * jax.nn.log_softmax(logits.astype(jnp.float32)), -1)
+    nll = (1.0 - alpha) * nll + alpha * jnp.sum(jnp.where(mask, soft_ce, 0.0), -1)
   return jnp.sum(batch["answer_weight"] * nll.reshape(b, a)) / b
 
 
@@ -191,9 +233,31 @@ class VQA(base.Task):
                        "for [CLS], one answer token and [SEP]")
     if not v.eval_splits:
       raise ValueError("config.vqa.eval_splits is empty: which splits to answer?")
+    if not isinstance(v.distill, bool):
+      raise ValueError(f"config.vqa.distill={v.distill!r}: expected True | False")
+    if v.distill and c.loss.alpha_ramp_steps < -1:
+      raise ValueError(f"config.loss.alpha_ramp_steps={c.loss.alpha_ramp_steps}: expected "
+                       ">= 0 steps, or -1 (one epoch)")
 
   def build_model(self) -> VQAModel:
     return VQAModel(self.config.model, rngs=nnx.Rngs(params=self.config.seed))
+
+  def new_state(self, params: dict, opt_state: Any, rng: jax.Array) -> Any:
+    if not self.config.vqa.distill:
+      return super().new_state(params, opt_state, rng)
+    # The momentum model starts as an exact copy, as in ALBEF (again after the
+    # pretrained parameters: `start_from`).
+    return DistillState(step=jnp.zeros((), jnp.int32), params=params, momentum_params=params,
+                        opt_state=opt_state, rng=rng)
+
+  def param_fields(self) -> tuple[str, ...]:
+    return ("params", "momentum_params") if self.config.vqa.distill else ("params",)
+
+  def start_from(self, state: Any, params: dict) -> Any:
+    state = state.replace(params=params)
+    if self.config.vqa.distill:
+      state = state.replace(momentum_params=jax.tree.map(jnp.copy, params))
+    return state
 
   def init_new_params(self, params: dict, pretrained_dir: str) -> dict:
     del pretrained_dir  # the VQA model holds the fusion layers it copies
@@ -206,17 +270,35 @@ class VQA(base.Task):
   def train_source(self) -> Any:
     return pipeline.make_source(self.config, self.config.vqa.train_split)
 
+  def steps_per_epoch(self) -> int:
+    """Full global batches in one pass over the training split (the sampler's)."""
+    return len(self.train_source()) // self.config.data.global_batch_size
+
   def make_step(self, setup: train_state_lib.Setup) -> base.Step:
     config = self.config
+    distill = config.vqa.distill
+    # ALBEF's alpha * min(1, i / len(data_loader)) in the first epoch: the pretraining
+    # ramp (loss.alpha, loss.alpha_ramp_steps; -1 is one epoch, read from the data).
+    epoch = (self.steps_per_epoch() if distill and config.loss.alpha_ramp_steps < 0 else 0)
 
     def step(state, batch):
       rng = base.step_rng(state)
+      kw = {}
+      if distill:
+        # The momentum model without dropout, never differentiated.
+        momentum = nnx.merge(setup.graphdef, state.momentum_params)
+        kw = dict(momentum_logits=jax.lax.stop_gradient(answer_logits(momentum, batch)),
+                  alpha=train_step.alpha_at(config, state.step, epoch))
 
       def loss_fn(params):
         model = nnx.merge(setup.graphdef, params)
-        return answer_loss(model, batch, nnx.Rngs(dropout=rng)), {}
+        return answer_loss(model, batch, nnx.Rngs(dropout=rng), **kw), {}
 
-      return base.update(config, setup, state, loss_fn)
+      state, metrics = base.update(config, setup, state, loss_fn,
+                                   momentum=config.momentum if distill else None)
+      if distill:
+        metrics["alpha"] = kw["alpha"]
+      return state, metrics
 
     return step
 
