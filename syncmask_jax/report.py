@@ -197,7 +197,8 @@ def read_run(directory: str) -> dict[str, Any]:
   out: dict[str, Any] = {"step": pretrain["step"]}
   for block in pretrain["results"]:
     if block.get("scoring") == "itc":
-      for k in RECALLS:
+      # The twins protocol reports R@1 only, overall and per attribute.
+      for k in [k for k in block if k in RECALLS or k.startswith(("i2t_r1_", "t2i_r1_"))]:
         out[f"{block['protocol']}/{k}"] = float(block[k])
   for kind in ("patch", "token"):
     out[f"{kind}_precision"] = float(pretrain[f"mask_precision_{kind}_method"])
