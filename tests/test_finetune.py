@@ -11,32 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from syncmask_jax import checkpointing, config_lib, finetune, optim, sharding, train
+from syncmask_jax import checkpointing, finetune, optim, sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.data import pipeline
 from syncmask_jax.tasks import category as category_task
 
 import fakes  # pylint: disable=g-bad-import-order
-
-
-def _config(task, tmp):
-  c = config_lib.default_config()
-  c.task = task
-  c.model.vision_depth = 1
-  c.model.text_dropout = 0.0
-  c.data.vocab_path = str(tmp / "vocab.txt")
-  c.data.global_batch_size = 8
-  c.data.eval_batch_size = 8
-  c.data.max_text_len = 16
-  c.data.read_threads = 1
-  c.queue_size = 16
-  c.total_steps = 2
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.optim.warmup_steps = 1
-  c.loss.mim = 0.0
-  c.init_checkpoint = str(tmp / "pretrain" / "checkpoints")
-  return c
 
 
 def _json(path):
@@ -46,7 +26,7 @@ def _json(path):
 
 def test_category_recognition_few_steps_and_metrics_json(finetune_files):
   tmp = finetune_files["tmp"]
-  c = _config("category", tmp)
+  c = fakes.finetune_config("category", tmp)
   c.data.name = "fashiongen"
   c.data.root = str(tmp / "fashiongen")
   c.finetune = ml_collections.ConfigDict(dict(label="category", num_classes=0))
@@ -78,7 +58,7 @@ def test_category_recognition_few_steps_and_metrics_json(finetune_files):
 
 def test_init_from_pretraining_checkpoint_loads_params_only(finetune_files):
   tmp = finetune_files["tmp"]
-  c = _config("category", tmp)
+  c = fakes.finetune_config("category", tmp)
   c.data.name = "fashiongen"
   c.data.root = str(tmp / "fashiongen")
   c.finetune = ml_collections.ConfigDict(dict(label="subcategory", num_classes=0))
@@ -112,7 +92,7 @@ def test_init_from_pretraining_checkpoint_loads_params_only(finetune_files):
 
 
 def test_pretraining_from_a_checkpoint_takes_params_and_momentum_model_only(finetune_files):
-  c = _config("pretrain", finetune_files["tmp"])
+  c = fakes.finetune_config("pretrain", finetune_files["tmp"])
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
   mesh = sharding.make_mesh(c.mesh)
   state, setup = train_state_lib.create_train_state(
@@ -148,7 +128,7 @@ def test_load_pretrained_mismatch_names_the_likely_cause(tmp_path):
 def test_load_pretrained_from_a_relative_path(finetune_files, monkeypatch):
   """Orbax has no metadata for a relative path; the README's init_checkpoint is one."""
   tmp = finetune_files["tmp"]
-  c = _config("category", tmp)
+  c = fakes.finetune_config("category", tmp)
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
   params = fakes.numpy_params(lambda: train_state_lib.build_model(c, 0))
   monkeypatch.chdir(tmp)
@@ -159,7 +139,7 @@ def test_load_pretrained_from_a_relative_path(finetune_files, monkeypatch):
 
 def test_tgir_few_steps_both_gallery_protocols(finetune_files):
   tmp = finetune_files["tmp"]
-  c = _config("tgir", tmp)
+  c = fakes.finetune_config("tgir", tmp)
   c.data.name = "fashioniq"
   c.data.root = str(tmp / "fashioniq")
   c.tgir = ml_collections.ConfigDict(dict(categories=("dress", "shirt"),
@@ -189,7 +169,7 @@ def test_tgir_few_steps_both_gallery_protocols(finetune_files):
 
 def test_validate_names_the_task_fields(finetune_files):
   tmp = finetune_files["tmp"]
-  c = _config("retrieval", tmp)
+  c = fakes.finetune_config("retrieval", tmp)
   c.data.name = "fashioniq"
   with pytest.raises(ValueError, match="use the tgir task"):
     finetune.validate(c)

@@ -173,31 +173,17 @@ def test_decoder_starts_from_the_pretrained_fusion_layer(finetune_files):
 
 
 def _vqa_config(tmp):
-  c = config_lib.default_config()
-  c.task = "vqa"
-  c.model.vision_depth = 1
-  c.model.text_dropout = 0.0
+  c = fakes.finetune_config("vqa", tmp)
   c.data.name = "synthfashion_vqa"
-  c.data.vocab_path = str(tmp / "vocab.txt")
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
-  c.data.global_batch_size = 8
-  c.data.eval_batch_size = 8
-  c.data.max_text_len = 16
   c.data.max_answer_len = 6
   c.data.max_answers = 1
   c.data.synth_train_products = 2
   c.data.synth_val_products = 2
-  c.data.read_threads = 1
   c.vqa = config_lib.ml_collections.ConfigDict(dict(
       train_split="train", eval_splits=("val",), answer_list="", inference="rank",
       k_test=4, count_first_token_twice=True, beam_size=1, distill=True))
   c.queue_size = 8
-  c.total_steps = 2
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.optim.warmup_steps = 1
-  c.loss.mim = 0.0
-  c.init_checkpoint = str(tmp / "pretrain" / "checkpoints")
   return c
 
 
