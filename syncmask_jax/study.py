@@ -32,6 +32,9 @@ VARIANTS = {
                          "full_subcategory with random negatives"),
     "negatives_hard": ("syncmask", {"data.grouping": "subcategory", "negatives.mode": "hard"},
                        "full_subcategory with hard (ALBEF multinomial) negatives"),
+    # With syncmask and negatives_hard, a 2x2 of grouping x miner.
+    "ungrouped_hard": ("syncmask", {"negatives.mode": "hard"},
+                       "SyncMask masks, ungrouped batches, hard (ALBEF multinomial) negatives"),
     "semmim": ("semmim", {}, "SemMIM: text-guided masks, prototype targets, agreement"),
 }
 
@@ -47,6 +50,13 @@ def recipe(variant: str) -> str:
   if variant not in VARIANTS:
     raise ValueError(f"variant={variant!r}: expected one of {sorted(VARIANTS)}")
   return VARIANTS[variant][0]
+
+
+def grouping(variant: str) -> str:
+  """The batch grouping of `variant` (its data order; one seed's runs of two variants
+  see the same batches exactly when their groupings agree)."""
+  recipe(variant)
+  return VARIANTS[variant][1].get("data.grouping", "none")
 
 
 def apply(c: ml_collections.ConfigDict, variant: str, seed: int) -> None:

@@ -8,22 +8,48 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from syncmask_jax import report
 
 
 def test_judge_against_hand_computation():
-  # means 2.0 and 0.5, stds 1.0 and 0.5: d = 1.5, s = sqrt((1 + 0.25) / 2) = 0.7906.
-  j = report.judge([1.0, 2.0, 3.0], [0.0, 0.5, 1.0])
+  better, worse = [1.0, 2.0, 3.0], [0.0, 0.5, 1.0]
+  # Unpaired (Welch): means 2.0 and 0.5, stds 1.0 and 0.5: d = 1.5,
+  # s = sqrt((1 + 0.25) / 2), SE = sqrt(1/3 + 0.25/3), df = SE^4 / ((1/3)^2/2 + (0.25/3)^2/2).
+  j = report.judge(better, worse)
+  se = np.sqrt(1 / 3 + 0.25 / 3)
+  df = se**4 / ((1 / 3)**2 / 2 + (0.25 / 3)**2 / 2)
   assert j["difference"] == pytest.approx(1.5)
   assert j["spread"] == pytest.approx(np.sqrt(0.625))
-  assert j["verdict"] == "within the seed spread"
+  assert j["se"] == pytest.approx(se) and j["ratio"] == pytest.approx(1.5 / se)
+  assert j["threshold"] == pytest.approx(stats.t.ppf(0.975, df))
+  assert j["verdict"] == "within the seed spread"  # 2.32 < t(0.975, 2.94) = 3.2
+  # Paired over the same seeds: differences 1, 1.5, 2 (s = 0.5, SE = 0.5 / sqrt(3)), t = 5.2
+  # beats t(0.975, 2) = 4.30: the same numbers settle the claim once paired.
+  j = report.judge(better, worse, paired=True)
+  assert j["spread"] == pytest.approx(0.5) and j["se"] == pytest.approx(0.5 / np.sqrt(3))
+  assert j["threshold"] == pytest.approx(4.302653) and j["verdict"] == "held"
+  assert j["detectable"] == pytest.approx((4.302653 + 1.060660) * 0.5 / np.sqrt(3))
+  # Seeds to detect d = 1.5 at s = 0.5, paired: 3 gives (4.30 + 1.06) * 0.289 = 1.55 > 1.5,
+  # 4 gives (3.18 + 0.98) * 0.25 = 1.04.
+  assert j["seeds_needed"] == 4
   assert report.judge([5.0, 5.2, 5.4], [1.0, 1.1, 1.2])["verdict"] == "held"
   assert report.judge([1.0, 1.1, 1.2], [5.0, 5.2, 5.4])["verdict"] == "the other way"
   assert report.judge([5.0], [1.0, 1.1])["verdict"] == "no verdict (one seed)"
   # Lower is better: 0.0 against 0.3 rates held.
   j = report.judge([0.0, 0.0, 0.0], [0.3, 0.31, 0.29], lower=True)
   assert j["difference"] == pytest.approx(0.3) and j["verdict"] == "held"
+  with pytest.raises(ValueError, match="paired"):
+    report.judge([1.0, 2.0], [1.0, 2.0, 3.0], paired=True)
+
+
+def test_claims_pair_only_variants_that_share_their_batches():
+  claims = {(c.better, c.worse): c for c in report.CLAIMS}
+  assert claims[("syncmask", "random_masks")].paired()  # both ungrouped: same data order
+  assert claims[("full_subcategory", "negatives_hard")].paired()  # both subcategory-grouped
+  assert not claims[("full_subcategory", "syncmask")].paired()  # grouped vs not
+  assert all(c.paired() for c in report.CLAIMS if c.worse is None)  # inside one run
 
 
 def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds):
@@ -34,7 +60,12 @@ def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seco
   blocks = [dict(protocol=p, scoring="itc", **{k: r_mean + i for i, k in
                                                 enumerate(report.RECALLS)})
             for p, _ in report.PROTOCOLS]
+  blocks.append(dict(protocol="twins", scoring="itc", attributes=["colour", "side"],
+                     i2t_r1=r_mean, t2i_r1=r_mean + 2, i2t_r1_colour=90.0, t2i_r1_colour=80.0,
+                     i2t_r1_side=r_mean, t2i_r1_side=r_mean, i2t_r1_invisible=25.0,
+                     t2i_r1_invisible=27.0))
   pretrain = dict(step=10, results=blocks, mask_precision_patch_method=patch,
+                  mask_token_share_invisible_method=0.3, mask_token_share_invisible_random=0.4,
                   mask_precision_patch_random=patch_random,
                   mask_precision_token_method=patch / 2,
                   mask_precision_token_random=patch_random / 2, pictures=[])
@@ -72,17 +103,30 @@ def test_report_from_run_files(tmp_path):
   # False-negative rate: mean over the logged windows (0.01 and 0.02) in %.
   assert "1.50 ± 0.00" in text
   assert "3.1 min summed over 4 runs" in text
-  # SyncMask vs random retrieval: d = 6.5, s = sqrt((2 + 0.5) / 2) -> held.
+  # SyncMask vs random retrieval, paired (both ungrouped): differences 6 and 7, so
+  # d = 6.5, s = 0.707, SE = 0.5, d/SE = 13 > t(0.975, 1) = 12.7: held.
   claim = [l for l in text.splitlines() if l.startswith("| SyncMask masks give better "
                                                         "retrieval than random MLM+MIM "
                                                         "masks (full gallery)")][0]
-  assert "+6.500" in claim and "**held**" in claim
-  # The four claims on these two variants: paired patch and token precision, both recalls.
-  assert "Of 4 claims, 4 held, 0 went the other way and 0 are within the seed spread" in text
-  # Paired mask precision inside the syncmask runs: 0.45 vs 0.25.
+  assert "| +6.5 | 0.7 | paired, 2 | +13.0 (±12.7) |" in claim and "**held**" in claim
+  # Twins R@1 is the mean of i2t and t2i: (10 + 12) / 2 and (12 + 14) / 2 for syncmask,
+  # 5 and 6 for random_masks.
+  assert "| syncmask | 11.0 ± 1.4 | 13.0 ± 1.4 | 12.0 ± 1.4 | 85.0 ± 0.0 | 11.0 ± 1.4 " \
+         "| 26.0 ± 0.0 |" in text
+  claim = [l for l in text.splitlines() if l.startswith("| SyncMask masks give better "
+                                                        "fine-grained retrieval")][0]
+  assert "| +6.5 |" in claim and "**held**" in claim
+  # Unshowable words (lower is better): 0.3 vs 0.4 in every run, no spread: held.
+  claim = [l for l in text.splitlines() if l.startswith("| SyncMask's token masks pick "
+                                                        "fewer words no view")][0]
+  assert "| +0.100 | 0.000 | paired, 2 | +inf (±12.7) |" in claim and "**held**" in claim
+  # Mask precision, paired in the syncmask runs: 0.4, 0.5 vs 0.25: d = 0.2, s = 0.071,
+  # d/SE = 4 < 12.7 with two seeds; likewise tokens, and subcategory accuracy (d/SE = 6).
   claim = [l for l in text.splitlines() if l.startswith("| SyncMask's patch masks")][0]
-  assert "+0.200" in claim
-  for png in ("mask_precision.png", "recall.png"):
+  assert "+0.200" in claim and "within the seed spread" in claim
+  assert ("Of 7 claims, 4 held, 0 went the other way and 3 are within the seed spread"
+          in text)
+  for png in ("mask_precision.png", "recall.png", "twins.png"):
     assert os.path.getsize(docs / "results" / png) > 1000
   # The README block between the markers is replaced, the rest kept.
   block = readme.read_text()
