@@ -588,6 +588,10 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
       "on SynthFashion (2000 train products, at most two views of a product per batch), "
       "is evaluated at the end on the 200 held-out products (601 views), then fine-tuned "
       "for subcategory recognition (16 classes) from its last checkpoint.",
+      *(["* Not every variant ran every seed: "
+         + "; ".join(f"{v} seeds {', '.join(map(str, sorted(sr)))}"
+                     for v, sr in runs.items() if set(sr) != set(seeds)) + "."]
+        if any(set(sr) != set(seeds) for sr in runs.values()) else []),
       f"* Machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}; Python {m['python']}, "
       f"JAX {m['jax']} on {', '.join(m['devices'])}.",
       f"* Wall time: {elapsed / 60:.0f} min from the first run's start to the last "
@@ -606,10 +610,12 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
       "All the others:", "", *claims]
   columns = twins_columns(runs)
   lines += ["", "## Fine-grained retrieval: 1+K twins (ITC)", "",
-            "R@1 (%), mean of i2t and t2i, by what the twin changes. *invisible*: twins "
-            "whose change the query's view cannot show (a back detail seen from the "
-            "front); chance there is the best a model can do, so it is reported apart "
-            "and left out of *all visible*.", "",
+            "R@1 (%), mean of i2t and t2i, by what the twin changes. *all visible*: the "
+            "product ranked against all its twins whose change its view shows, at once; "
+            "an attribute: against that attribute's K twins only (chance 1 / (1 + K)). "
+            "*invisible*: twins whose change the query's view cannot show (a back detail "
+            "seen from the front): they tie with the product at best, so they are "
+            "reported apart and left out of the other columns.", "",
             "| variant | i2t R@1 | t2i R@1 | " + " | ".join(l for _, l in columns) + " |",
             "|---|---|---|" + "---|" * len(columns)]
   for v, seeds_runs in runs.items():
