@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The study (docs/results.md): every variant of configs/study.py x 3 seeds on
+# The study (docs/results.md): every variant of syncmask_jax/study.py x 5 seeds on
 # SynthFashion, each pretrained, evaluated and fine-tuned, then the report.
 #   ./launch/study.sh --publish                         # the sweep behind docs/results.md
 #   ./launch/study.sh --variants=syncmask,random_masks --seeds=0 --steps=300

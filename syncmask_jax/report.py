@@ -1,6 +1,6 @@
 """The study: runs the sweep of `syncmask_jax/study.py` and writes its report.
 
-  python -m syncmask_jax.report --workdir=runs/study [--seeds=0,1,2] [--steps=1000]
+  python -m syncmask_jax.report --workdir=runs/study [--seeds=0,1,2,3,4] [--steps=1000]
       [--finetune_steps=300] [--variants=albef,syncmask,...] [--jobs=2] [--docs=DIR]
       [--no_run]   (report from the runs already in --workdir)
       [--publish]  (into the repository: docs/results.md, docs/results/, README's block)
@@ -725,7 +725,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="README whose report markers receive the overview (default: none; "
                  "with --publish: the repository's README.md)")
   p.add_argument("--variants", default=",".join(variants))
-  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--seeds", default="0,1,2,3,4")
   p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--finetune_steps", type=int, default=300)
   p.add_argument("--jobs", type=int, default=1, help="runs at a time")
