@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (sets sys.path for syncmask_jax)
 import jax  # noqa: E402
 
-from syncmask_jax import masking  # noqa: E402
+from syncmask_jax import config_lib, masking  # noqa: E402
 
 TARGETS = {"attention": 0.05, "gradcam": 0.25, "gradcam_centered": 0.25}
 
@@ -34,7 +34,7 @@ def variants(config) -> dict:
   c = config.copy_and_resolve_references()
   c.masking.strategy = "random"
   out["random"] = c
-  for source in masking.SOURCES:
+  for source in config_lib.MASK_SOURCES:
     c = config.copy_and_resolve_references()
     c.masking.strategy, c.masking.source, c.masking.warmup_steps = "syncmask", source, 0
     if source.startswith("gradcam"):

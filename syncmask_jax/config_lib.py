@@ -20,6 +20,26 @@ ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 # extra copy: with cuDNN attention, -15% base step time on an H100, RESULTS.md A4).
 DENSE_VJPS = ("custom", "autodiff")
 
+# Allowed values of config fields, each written here once; the modules that implement
+# them import these tuples and `validate` checks them before anything compiles.
+RECIPES = ("syncmask", "albef", "semmim")
+GROUPINGS = ("none", "subcategory", "embedding")  # config.data.grouping (data/grouping.py)
+MASK_STRATEGIES = ("random", "syncmask", "text_guided")  # config.masking.strategy
+# config.masking.source: where the word->patch map comes from (masking.word_patch_map).
+MASK_SOURCES = ("attention", "attention_centered", "gradcam", "gradcam_centered")
+MASK_SELECTIONS = ("topk", "gumbel")
+MASK_HEAD_REDUCES = ("mean", "max")
+MASK_SCORES = ("mass", "log_mass")
+NEGATIVE_MODES = ("semi_hard", "hard", "random")  # config.negatives.mode (negatives.py)
+NEGATIVE_EXCLUDES = ("false_negatives", "self")  # config.negatives.exclude
+MIM_TARGETS = ("pixels", "momentum_features", "prototypes")  # config.loss.mim_target
+EVAL_SCORINGS = ("itc", "itc+itm")  # config.eval.scoring (retrieval.Scorer)
+EVAL_PROTOCOLS = ("full_gallery", "one_plus_100", "twins", "karpathy", "tgir")
+# What `config.eval.protocols=()` runs on each dataset (evaluate.eval_settings).
+DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100", "twins"),
+                     "fashiongen": ("full_gallery", "one_plus_100"),
+                     "coco": ("karpathy",), "fashioniq": ("tgir",)}
+
 # Logical axis names carried by parameters -> mesh axes. One table (MaxText style):
 # data parallel, FSDP and tensor parallel are edits of this table, not of code.
 # `fsdp` shards the large "embed" dimension of every weight; `tensor` shards heads/MLP.
@@ -88,14 +108,14 @@ def default_config() -> ml_collections.ConfigDict:
   """The full experiment config with docs/method.md defaults (SyncMask recipe, tiny model)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.recipe = "syncmask"  # syncmask | albef | semmim
+  c.recipe = "syncmask"  # RECIPES
   c.model = model_config("tiny")
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthfashion"
   c.data.global_batch_size = 32
   c.data.max_text_len = 40
-  c.data.grouping = "none"  # none | subcategory | embedding
+  c.data.grouping = "none"  # GROUPINGS
   c.data.subcategories_per_batch = 4
   c.data.views_per_batch = 1
   c.data.skip_bad_records = False
@@ -125,10 +145,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.flip = True
 
   c.masking = ml_collections.ConfigDict()
-  c.masking.strategy = "syncmask"  # random | syncmask | text_guided
+  c.masking.strategy = "syncmask"  # MASK_STRATEGIES
   c.masking.ratio_img = 0.5
   c.masking.ratio_txt = 0.15
-  c.masking.selection = "gumbel"  # topk | gumbel
+  c.masking.selection = "gumbel"  # MASK_SELECTIONS
   c.masking.tau = 1.0
   # What gumbel sampling sees: "mass" samples from softmax(s / tau) (docs/method.md 2.2);
   # "log_mass" from softmax(log s / tau), i.e. proportional to s^(1/tau), which does not
@@ -136,14 +156,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.masking.score = "mass"
   c.masking.random_fraction = 0.0
   c.masking.layers = (-1,)  # fusion layers whose cross-attention is averaged
-  c.masking.head_reduce = "mean"  # mean | max
-  # The word->patch map: attention | attention_centered | gradcam (masking.word_patch_map).
+  c.masking.head_reduce = "mean"  # MASK_HEAD_REDUCES
+  # The word->patch map: one of MASK_SOURCES (masking.word_patch_map).
   c.masking.source = "attention"
   # [ours] random masks before this step: a teacher trained from scratch is not grounded.
   c.masking.warmup_steps = 0
 
   c.negatives = ml_collections.ConfigDict()
-  c.negatives.mode = "semi_hard"  # semi_hard | hard | random
+  c.negatives.mode = "semi_hard"  # NEGATIVE_MODES
   c.negatives.margin = 0.0
   # Who may not be a negative: "false_negatives" (same product or identical caption:
   # SyncMask) or "self" (only the pair itself: ALBEF's pretraining rule).
@@ -158,7 +178,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.alpha = 0.4
   c.loss.alpha_ramp_steps = -1  # -1: one epoch
   c.loss.mlm_distill = True
-  c.loss.mim_target = "pixels"  # pixels | momentum_features | prototypes (SemMIM)
+  c.loss.mim_target = "pixels"  # MIM_TARGETS (prototypes: SemMIM)
   c.loss.mim_norm_pix = True
 
   # SemMIM (docs/method.md section 4); read only when recipe == "semmim".
@@ -201,13 +221,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_every = 0
   c.eval_every = 0
   c.eval_at_end = True
-  c.task = "pretrain"  # pretrain | category | tgir | retrieval
+  c.task = "pretrain"  # pretrain, or a fine-tuning task of tasks.TASKS
   # A run's checkpoints/ dir (latest step). Fine-tuning starts from its parameters;
   # pretraining from its parameters and momentum model (the optimizer, queue, data order
   # and step start afresh; `train.init_from_checkpoint`). "": from scratch.
   c.init_checkpoint = ""
   c.eval = ml_collections.ConfigDict()
-  c.eval.scoring = ("itc",)  # each listed scoring is reported: itc | itc+itm
+  c.eval.scoring = ("itc",)  # each listed scoring (EVAL_SCORINGS) is reported
   c.eval.itm_k = 256  # ALBEF's k for itc+itm re-ranking
   c.eval.itm_batch_size = 64  # (query, candidate) pairs per fused ITM batch
   c.eval.query_chunk = 1024
@@ -229,9 +249,6 @@ def default_config() -> ml_collections.ConfigDict:
   # then logged in config_history.jsonl (resume.py; what may change freely is listed there).
   c.allow_config_change = False
   return c
-
-
-RECIPES = ("syncmask", "albef", "semmim")
 
 
 def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> ml_collections.ConfigDict:
@@ -274,35 +291,37 @@ def _check(cond: bool, field: str, value, expected: str) -> None:
     raise ValueError(f"config.{field}={value!r}: {expected}")
 
 
+def _check_in(field: str, value, allowed: tuple[str, ...]) -> None:
+  _check(value in allowed, field, value, "expected " + " | ".join(allowed))
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Fails before anything compiles, naming the offending field."""
-  _check(c.recipe in RECIPES, "recipe", c.recipe, f"expected one of {RECIPES}")
+  _check_in("recipe", c.recipe, RECIPES)
   _check(c.total_steps > 0, "total_steps", c.total_steps, "must be > 0")
   _check(c.log_every > 0, "log_every", c.log_every, "must be > 0")
   _check(c.checkpoint_every > 0, "checkpoint_every", c.checkpoint_every, "must be > 0")
   _check(c.data.global_batch_size >= 2, "data.global_batch_size", c.data.global_batch_size,
          "must be >= 2 (in-batch negatives)")
-  _check(c.data.grouping in ("none", "subcategory", "embedding"), "data.grouping",
-         c.data.grouping, "expected none | subcategory | embedding")
-  _check(0.0 <= c.masking.ratio_img < 1.0, "masking.ratio_img", c.masking.ratio_img,
-         "must be in [0, 1)")
-  _check(0.0 <= c.masking.ratio_txt < 1.0, "masking.ratio_txt", c.masking.ratio_txt,
-         "must be in [0, 1)")
-  _check(c.masking.tau > 0, "masking.tau", c.masking.tau, "must be > 0")
-  _check(c.negatives.mode in ("semi_hard", "hard", "random"), "negatives.mode",
-         c.negatives.mode, "expected semi_hard | hard | random")
-  _check(c.negatives.exclude in ("false_negatives", "self"), "negatives.exclude",
-         c.negatives.exclude, "expected false_negatives | self")
+  _check_in("data.grouping", c.data.grouping, GROUPINGS)
+  validate_masking(c.masking)
+  _check_in("negatives.mode", c.negatives.mode, NEGATIVE_MODES)
+  _check_in("negatives.exclude", c.negatives.exclude, NEGATIVE_EXCLUDES)
   _check(0.0 <= c.momentum < 1.0, "momentum", c.momentum, "must be in [0, 1)")
   _check(0.0 <= c.loss.alpha <= 1.0, "loss.alpha", c.loss.alpha, "must be in [0, 1]")
-  _check(c.loss.mim_target in ("pixels", "momentum_features", "prototypes"), "loss.mim_target",
-         c.loss.mim_target, "expected pixels | momentum_features | prototypes")
+  _check_in("loss.mim_target", c.loss.mim_target, MIM_TARGETS)
   for name in ("itc", "itm", "mlm", "mim", "agreement"):
     _check(c.loss[name] >= 0, f"loss.{name}", c.loss[name], "must be >= 0")
-  _check(c.nonfinite in ("stop", "skip"), "nonfinite", c.nonfinite, "expected stop | skip")
+  _check_in("nonfinite", c.nonfinite, ("stop", "skip"))
   _check(c.optim.grad_accum_steps >= 1, "optim.grad_accum_steps", c.optim.grad_accum_steps,
          "must be >= 1")
   _check(c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0")
+  for s in c.eval.scoring:
+    _check(s in EVAL_SCORINGS, "eval.scoring", tuple(c.eval.scoring),
+           f"expected entries of {EVAL_SCORINGS}")
+  for p in c.eval.protocols:
+    _check(p in EVAL_PROTOCOLS, "eval.protocols", tuple(c.eval.protocols),
+           f"expected entries of {EVAL_PROTOCOLS}")
   if c.recipe == "semmim":
     _validate_semmim(c)
   else:
@@ -315,19 +334,35 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"must be a multiple of model.patch_size={m.patch_size}")
   _check(c.data.max_text_len <= m.max_positions, "data.max_text_len", c.data.max_text_len,
          f"must be <= model.max_positions={m.max_positions}")
-  _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
-         "expected float32 | bfloat16")
-  attention = m.get("attention", "einsum")
-  _check(attention in ATTENTION_IMPLEMENTATIONS, "model.attention", attention,
-         "expected " + " | ".join(ATTENTION_IMPLEMENTATIONS))
-  _check(attention != "cudnn" or m.dtype == "bfloat16", "model.attention", attention,
+  _check_in("model.dtype", m.dtype, ("float32", "bfloat16"))
+  _check_in("model.attention", m.attention, ATTENTION_IMPLEMENTATIONS)
+  _check(m.attention != "cudnn" or m.dtype == "bfloat16", "model.attention", m.attention,
          "cuDNN attention needs model.dtype='bfloat16'")
-  _check(m.get("dense_vjp", "custom") in DENSE_VJPS, "model.dense_vjp",
-         m.get("dense_vjp"), "expected " + " | ".join(DENSE_VJPS))
+  _check_in("model.dense_vjp", m.dense_vjp, DENSE_VJPS)
   n = jax_process_count()
   _check(c.data.global_batch_size % n == 0, "data.global_batch_size", c.data.global_batch_size,
          f"must be divisible by the {n} processes")
   check_queue_size(c.queue_size, c.data.global_batch_size)
+
+
+def validate_masking(m: ml_collections.ConfigDict) -> None:
+  """The checks of a masking block: `config.masking`, or the variants evaluation draws."""
+  _check_in("masking.strategy", m.strategy, MASK_STRATEGIES)
+  _check_in("masking.selection", m.selection, MASK_SELECTIONS)
+  _check_in("masking.head_reduce", m.head_reduce, MASK_HEAD_REDUCES)
+  _check_in("masking.score", m.score, MASK_SCORES)
+  _check_in("masking.source", m.source, MASK_SOURCES)
+  # Shares of the patches and of the maskable tokens: something of each stays visible.
+  _check(0.0 <= m.ratio_img < 1.0, "masking.ratio_img", m.ratio_img, "must be in [0, 1)")
+  _check(0.0 <= m.ratio_txt < 1.0, "masking.ratio_txt", m.ratio_txt, "must be in [0, 1)")
+  _check(0.0 <= m.random_fraction <= 1.0, "masking.random_fraction", m.random_fraction,
+         "must be in [0, 1]")
+  _check(m.tau > 0, "masking.tau", m.tau, "must be > 0")
+  layers = (m.layers,) if isinstance(m.layers, int) else m.layers
+  _check(bool(layers) and all(isinstance(l, int) for l in layers), "masking.layers",
+         m.layers, "expected a non-empty tuple of ints")
+  _check(isinstance(m.warmup_steps, int) and m.warmup_steps >= 0, "masking.warmup_steps",
+         m.warmup_steps, "expected an int >= 0")
 
 
 def check_queue_size(queue_size: int, global_batch: int) -> None:
@@ -372,3 +407,4 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise ValueError(f"config argument {k!r}: expected one of {sorted(defaults)}")
     out[k] = type(defaults[k])(v)
   return out
+

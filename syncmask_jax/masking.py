@@ -31,14 +31,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-Array = jax.Array
+from syncmask_jax.config_lib import (MASK_HEAD_REDUCES, MASK_SCORES, MASK_SELECTIONS,
+                                     MASK_SOURCES, validate_masking)
 
-STRATEGIES = ("random", "syncmask", "text_guided")
-# Where the word->patch map comes from (`word_patch_map`).
-SOURCES = ("attention", "attention_centered", "gradcam", "gradcam_centered")
-SELECTIONS = ("topk", "gumbel")
-HEAD_REDUCES = ("mean", "max")
-SCORES = ("mass", "log_mass")
+Array = jax.Array
 
 # Floor for log attention mass: an all-zero row (no maskable token) still ranks finitely.
 _LOG_EPS = 1e-9
@@ -89,7 +85,7 @@ def aggregate_cross_attention(cross_probs: Array, layers: Sequence[int] = (-1,),
     a = jnp.max(a, axis=1)
   else:
     raise ValueError(f"config.masking.head_reduce={head_reduce!r}: expected one of "
-                     f"{HEAD_REDUCES}")
+                     f"{MASK_HEAD_REDUCES}")
   return a[..., 1:]
 
 
@@ -122,9 +118,9 @@ def word_patch_map(cfg: ml_collections.ConfigDict, cross_probs: Array, text_mask
     (maskable words), positive part: a patch every word attends to (an attention sink,
     or the garment as a whole) stops outvoting the patches one word singles out.
   """
-  source = source or cfg.get("source", "attention")
-  if source not in SOURCES:
-    raise ValueError(f"config.masking.source={source!r}: expected one of {SOURCES}")
+  source = source or cfg.source
+  if source not in MASK_SOURCES:
+    raise ValueError(f"config.masking.source={source!r}: expected one of {MASK_SOURCES}")
   base = source.removesuffix("_centered")
   layers = (cfg.layers,) if isinstance(cfg.layers, int) else tuple(cfg.layers)
   if base == "gradcam":
@@ -178,10 +174,9 @@ def select(key: Array, scores: Array, valid: Array, count: int, selection: str =
   gets all its valid entries and nothing else. `row_count` (B,) int, each <= `count`,
   lowers the count per row (data-dependent counts, static shapes).
   """
-  if selection not in SELECTIONS:
-    raise ValueError(f"config.masking.selection={selection!r}: expected one of {SELECTIONS}")
-  if not 0.0 <= random_fraction <= 1.0:
-    raise ValueError(f"config.masking.random_fraction={random_fraction}: expected in [0, 1]")
+  if selection not in MASK_SELECTIONS:
+    raise ValueError(f"config.masking.selection={selection!r}: expected one of "
+                     f"{MASK_SELECTIONS}")
   count = int(count)
   if count < 0 or count > scores.shape[-1]:
     raise ValueError(f"count={count} outside [0, {scores.shape[-1]}]")
@@ -206,14 +201,7 @@ def select(key: Array, scores: Array, valid: Array, count: int, selection: str =
 
 
 def _patch_count(ratio_img: float, num_patches: int) -> int:
-  if not 0.0 <= ratio_img <= 1.0:
-    raise ValueError(f"config.masking.ratio_img={ratio_img}: expected in [0, 1]")
   return _round_half_up(ratio_img * num_patches)
-
-
-def _check_ratio_txt(ratio_txt: float) -> None:
-  if not 0.0 <= ratio_txt <= 1.0:
-    raise ValueError(f"config.masking.ratio_txt={ratio_txt}: expected in [0, 1]")
 
 
 def random_masks(key: Array, patch_valid_or_n: Array | int, text_valid: Array,
@@ -223,7 +211,6 @@ def random_masks(key: Array, patch_valid_or_n: Array | int, text_valid: Array,
   `patch_valid_or_n`: the number of patches N (all valid) or a bool (B, N) array.
   `text_valid`: bool (B, T), the maskable tokens.
   """
-  _check_ratio_txt(ratio_txt)
   batch, seq_len = text_valid.shape
   if jnp.ndim(patch_valid_or_n) == 0:
     patch_valid = jnp.ones((batch, int(patch_valid_or_n)), bool)
@@ -246,7 +233,7 @@ def _scores(mass: Array, score: str) -> Array:
     # softmax(log s / tau) samples proportionally to s^(1/tau): invariant to the scale of
     # the attention mass, which grows with caption length and shrinks with N.
     return jnp.log(mass + _LOG_EPS)
-  raise ValueError(f"config.masking.score={score!r}: expected one of {SCORES}")
+  raise ValueError(f"config.masking.score={score!r}: expected one of {MASK_SCORES}")
 
 
 def patch_score(attn: Array, text_maskable: Array) -> Array:
@@ -280,7 +267,6 @@ def syncmask(key: Array, attn: Array, text_maskable: Array, ratio_img: float = 0
   words are those whose visual evidence is masked too. `score="log_mass"` ranks by
   log of the mass instead (see `_scores`); identical under `topk`.
   """
-  _check_ratio_txt(ratio_txt)
   key_img, key_txt = jax.random.split(key)
   patch_mask = _text_guided_patches(key_img, attn, text_maskable, ratio_img, selection, tau,
                                     random_fraction, score)
@@ -300,38 +286,6 @@ def text_guided(key: Array, attn: Array, text_maskable: Array, ratio_img: float 
   return patch_mask, jnp.zeros(text_maskable.shape, bool)
 
 
-def validate_config(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming `config.masking.<field>` on a bad value."""
-  if cfg.strategy not in STRATEGIES:
-    raise ValueError(f"config.masking.strategy={cfg.strategy!r}: expected one of {STRATEGIES}")
-  if cfg.selection not in SELECTIONS:
-    raise ValueError(f"config.masking.selection={cfg.selection!r}: expected one of "
-                     f"{SELECTIONS}")
-  if cfg.head_reduce not in HEAD_REDUCES:
-    raise ValueError(f"config.masking.head_reduce={cfg.head_reduce!r}: expected one of "
-                     f"{HEAD_REDUCES}")
-  for field in ("ratio_img", "ratio_txt", "random_fraction"):
-    value = cfg[field]
-    if not 0.0 <= value <= 1.0:
-      raise ValueError(f"config.masking.{field}={value}: expected in [0, 1]")
-  if not cfg.tau > 0.0:
-    raise ValueError(f"config.masking.tau={cfg.tau}: expected > 0")
-  layers = cfg.layers
-  if isinstance(layers, int):
-    layers = (layers,)
-  if not layers or not all(isinstance(l, int) for l in layers):
-    raise ValueError(f"config.masking.layers={cfg.layers!r}: expected a non-empty tuple of ints")
-  score = cfg.get("score", "mass")
-  if score not in SCORES:
-    raise ValueError(f"config.masking.score={score!r}: expected one of {SCORES}")
-  source = cfg.get("source", "attention")
-  if source not in SOURCES:
-    raise ValueError(f"config.masking.source={source!r}: expected one of {SOURCES}")
-  warmup = cfg.get("warmup_steps", 0)
-  if not isinstance(warmup, int) or warmup < 0:
-    raise ValueError(f"config.masking.warmup_steps={warmup!r}: expected an int >= 0")
-
-
 def masks_from_config(key: Array, cfg: ml_collections.ConfigDict, cross_probs: Array | None,
                       text_maskable: Array, num_patches: int, cams: Array | None = None,
                       step: Array | None = None) -> tuple[Array, Array]:
@@ -341,15 +295,16 @@ def masks_from_config(key: Array, cfg: ml_collections.ConfigDict, cross_probs: A
   (and `cams`, its Grad-CAM, for `source="gradcam"`: `teacher_cross_attention`);
   unused (may be None) for `random`. `text_maskable` (B, T) bool excludes
   [CLS]/[SEP]/[PAD]. With `step` (the train step), steps before `cfg.warmup_steps` get
-  random masks: a teacher trained from scratch is not grounded yet [ours].
+  random masks: a teacher trained from scratch is not grounded yet [ours]. `cfg` is
+  checked here (config_lib.validate_masking); the functions above take its values as given.
   """
-  validate_config(cfg)
+  validate_masking(cfg)
   if cfg.strategy == "random":
     return random_masks(key, num_patches, text_maskable, cfg.ratio_img, cfg.ratio_txt)
   if cross_probs is None:
     raise ValueError(f"config.masking.strategy={cfg.strategy!r} needs cross-attention")
   masks = _method_masks(key, cfg, cross_probs, text_maskable, num_patches, cams)
-  warmup = cfg.get("warmup_steps", 0)
+  warmup = cfg.warmup_steps
   if step is None or not warmup:
     return masks
   # The random draw is the one `strategy="random"` would make with this key.
@@ -367,12 +322,11 @@ def _method_masks(key: Array, cfg: ml_collections.ConfigDict, cross_probs: Array
   if attn.shape[-1] != num_patches:
     raise ValueError(f"cross-attention has {attn.shape[-1]} patch columns, model has "
                      f"{num_patches} patches")
-  score = cfg.get("score", "mass")
   if cfg.strategy == "syncmask":
     return syncmask(key, attn, text_maskable, cfg.ratio_img, cfg.ratio_txt, cfg.selection,
-                    cfg.tau, cfg.random_fraction, score)
+                    cfg.tau, cfg.random_fraction, cfg.score)
   return text_guided(key, attn, text_maskable, cfg.ratio_img, cfg.selection, cfg.tau,
-                     cfg.random_fraction, score)
+                     cfg.random_fraction, cfg.score)
 
 
 def mlm_corrupt(key: Array, ids: Array, token_mask: Array, vocab_size: int, mask_id: int,

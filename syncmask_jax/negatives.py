@@ -18,16 +18,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from syncmask_jax.config_lib import NEGATIVE_EXCLUDES, NEGATIVE_MODES
 
-MODES = ("semi_hard", "hard", "random")
+Array = jax.Array
 
 # Finite "excluded" logit, far below any sim/temp: categorical is argmax(logits + Gumbel),
 # and a finite fill keeps even an all-excluded row a valid distribution (no -inf - -inf).
 _EXCLUDED = -1e30
-
-
-EXCLUDE = ("false_negatives", "self")
 
 
 def false_negative_mask(product_ids: Array, text_ids: Array,
@@ -39,8 +36,9 @@ def false_negative_mask(product_ids: Array, text_ids: Array,
   XLA, so it is not materialised. `self`: only j == i, ALBEF's pretraining rule
   (`weights.fill_diagonal_(0)`), which lets a product's other view be its negative.
   """
-  if exclude not in EXCLUDE:
-    raise ValueError(f"config.negatives.exclude={exclude!r}: expected one of {EXCLUDE}")
+  if exclude not in NEGATIVE_EXCLUDES:
+    raise ValueError(f"config.negatives.exclude={exclude!r}: expected one of "
+                     f"{NEGATIVE_EXCLUDES}")
   batch = product_ids.shape[0]
   if exclude == "self":
     return jnp.eye(batch, dtype=bool)
@@ -100,8 +98,8 @@ def mine_negatives(key: Array, sim_i2t: Array, product_ids: Array, text_ids: Arr
   0 unless forced or `exclude="self"`), `semi_hard_rate` (chosen negatives that are
   semi-hard).
   """
-  if mode not in MODES:
-    raise ValueError(f"config.negatives.mode={mode!r}: expected one of {MODES}")
+  if mode not in NEGATIVE_MODES:
+    raise ValueError(f"config.negatives.mode={mode!r}: expected one of {NEGATIVE_MODES}")
   batch = sim_i2t.shape[0]
   if sim_i2t.shape != (batch, batch) or batch < 2:
     raise ValueError(f"sim_i2t must be square (B, B) with B >= 2, got {sim_i2t.shape}")

@@ -45,9 +45,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from syncmask_jax import config_lib
 from syncmask_jax.data import pipeline
 
-SCORINGS = ("itc", "itc+itm")
 NO_POSITIVE = np.iinfo(np.int64).max  # rank of a query without positives: never a hit
 # (image_index (P,), text_index (P,)) -> (P,) ITM positive logits.
 PairScores = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -114,8 +114,9 @@ class Scorer:
   itm: PairScores | None = None
 
   def __post_init__(self):
-    if self.scoring not in SCORINGS:
-      raise ValueError(f"config.eval.scoring: {self.scoring!r}, expected one of {SCORINGS}")
+    if self.scoring not in config_lib.EVAL_SCORINGS:
+      raise ValueError(f"config.eval.scoring: {self.scoring!r}, expected one of "
+                       f"{config_lib.EVAL_SCORINGS}")
     if self.scoring == "itc+itm" and (self.itm is None or self.k < 1):
       raise ValueError("itc+itm scoring needs an ITM pair scorer and k >= 1")
 

@@ -28,7 +28,7 @@ import flax
 import optax
 from flax import nnx
 
-from syncmask_jax import grounding, losses, masking, negatives, optim, semmim
+from syncmask_jax import config_lib, grounding, losses, masking, negatives, optim, semmim
 from syncmask_jax import queue as queue_lib
 from syncmask_jax import sharding
 from syncmask_jax.tokenizer import TokenInfo, text_maskable
@@ -80,7 +80,7 @@ class StepPlan:
   steps_per_epoch: int
   # The online loss terms after ITC, in summation order (names of `LOSS_TERMS`).
   terms: tuple[str, ...]
-  # Where the teacher's word->patch map comes from (`masking.SOURCES`).
+  # Where the teacher's word->patch map comes from (`config_lib.MASK_SOURCES`).
   mask_source: str
   lr_schedule: optax.Schedule
 
@@ -212,7 +212,7 @@ def plan_step(config: ml_collections.ConfigDict, tokens: TokenInfo,
   semmim_recipe = config.recipe == "semmim"
   if w.mim > 0 and w.mim_target == "prototypes" and not semmim_recipe:
     raise ValueError("config.loss.mim_target='prototypes' needs config.recipe='semmim'")
-  masking.validate_config(config.masking)
+  config_lib.validate_masking(config.masking)
   enabled = {"itm": w.itm > 0, "mlm": w.mlm > 0,
              "agreement": semmim_recipe and w.agreement > 0,
              _MIM_TERMS[w.mim_target]: w.mim > 0}

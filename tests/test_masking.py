@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from syncmask_jax import masking
+from syncmask_jax import config_lib, masking
 
 # Token layout of the constructed example: [CLS] a b c d [SEP] [PAD] [PAD].
 MASKABLE = np.array([0, 1, 1, 1, 1, 0, 0, 0], bool)
@@ -32,9 +32,8 @@ def _constructed_attn() -> np.ndarray:
 
 
 def _cfg(**kw) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(dict(strategy="syncmask", ratio_img=0.5, ratio_txt=0.15,
-                                     selection="gumbel", tau=1.0, random_fraction=0.0,
-                                     layers=(-1,), head_reduce="mean"))
+  """The default masking block (SyncMask, ratios 0.5 / 0.15, gumbel at tau 1) with `kw`."""
+  c = config_lib.default_config().masking
   c.update(kw)
   return c
 
@@ -315,7 +314,6 @@ def test_gradcam_masks_the_patch_the_itm_logit_reads():
   zero (their init), so the ITM logit depends on no other patch's attention: Grad-CAM is
   zero elsewhere and SyncMask with source=gradcam masks exactly that patch."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from syncmask_jax import config_lib  # pylint: disable=g-import-not-at-top
   from syncmask_jax.models.vlp import VLP  # pylint: disable=g-import-not-at-top
   cfg = config_lib.model_config("tiny", vocab_size=50)
   cfg.update(fusion_layers=2, text_heads=4, text_dropout=0.0)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from syncmask_jax import negatives
+from syncmask_jax import config_lib, negatives
 
 
 def _texts(b: int, duplicates=()) -> jnp.ndarray:
@@ -92,7 +92,7 @@ def test_all_one_product_is_forced_and_finite():
   b = 4
   sim = jnp.full((b, b), jnp.nan).at[0].set(1e4)  # even garbage sims give valid indices
   pids = jnp.zeros((b,), jnp.int32)
-  for mode in negatives.MODES:
+  for mode in config_lib.NEGATIVE_MODES:
     neg_t, neg_i, stats = jax.jit(functools.partial(negatives.mine_negatives, mode=mode))(
         jax.random.key(0), sim, pids, _texts(b))
     for idx in (np.asarray(neg_t), np.asarray(neg_i)):
@@ -101,7 +101,7 @@ def test_all_one_product_is_forced_and_finite():
     assert float(stats["forced_rate"]) == 1.0 and float(stats["false_negative_rate"]) == 1.0
 
 
-@pytest.mark.parametrize("mode", negatives.MODES)
+@pytest.mark.parametrize("mode", config_lib.NEGATIVE_MODES)
 def test_never_false_negative_on_random_batches(mode):
   rng = np.random.default_rng(0)
   fn_jit = jax.jit(functools.partial(negatives.mine_negatives, mode=mode))

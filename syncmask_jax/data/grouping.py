@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-GROUPINGS = ("none", "subcategory", "embedding")
+from syncmask_jax.config_lib import GROUPINGS
 
 # Tags fold a purpose into the RNG seed so two draws of one epoch never correlate.
 _TAG_SHUFFLE, _TAG_SUBCATEGORY, _TAG_EMBEDDING = 1, 2, 3

@@ -42,17 +42,18 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import caption_eval, grounding, masking, paths, retrieval, sharding, tokenizer
+from syncmask_jax import caption_eval, config_lib, grounding, masking, paths, retrieval
+from syncmask_jax import sharding, tokenizer
 from syncmask_jax import visualize
 from syncmask_jax.data import pipeline, synthfashion
 
 # config.eval fields and their defaults (used where a config has no `eval` block).
 EVAL_DEFAULTS = dict(
-    scoring=("itc",),  # any of retrieval.SCORINGS; each is reported
+    scoring=("itc",),  # any of config_lib.EVAL_SCORINGS; each is reported
     itm_k=256,  # itc+itm: ITC candidates re-ranked by ITM per query (ALBEF's k)
     itm_batch_size=64,  # (image, text) pairs per jitted ITM batch; multiple of #devices
     query_chunk=1024,  # queries scored at once on the host
-    protocols=(),  # empty: the dataset's protocols (DEFAULT_PROTOCOLS)
+    protocols=(),  # empty: the dataset's protocols (config_lib.DEFAULT_PROTOCOLS)
     one_plus_100=dict(num_queries=1000, num_negatives=100, rounds=5, seed=0),
     # SynthFashion's 1+K twins: the first num_products held-out products, each against up
     # to num_twins one-attribute twins per attribute (`retrieval.twins_recall`).
@@ -60,10 +61,6 @@ EVAL_DEFAULTS = dict(
     pictures=4,  # SynthFashion pretraining: pairs drawn into eval/pictures (0: none)
     picture_words=2,  # words whose cross-attention each picture shows
 )
-DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100", "twins"),
-                     "fashiongen": ("full_gallery", "one_plus_100"),
-                     "coco": ("karpathy",), "fashioniq": ("tgir",)}
-PROTOCOLS = ("full_gallery", "one_plus_100", "twins", "karpathy", "tgir")
 TGIR_DEFAULTS = dict(categories=("dress", "shirt", "toptee"),
                      gallery_protocols=("split", "val_union"), ks=(10, 50))
 _ID_FIELDS = ("product_id", "category", "subcategory", "index", "image_index",
@@ -80,13 +77,14 @@ def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     merged["scoring"] = tuple(s.strip() for s in merged["scoring"].split(","))
   ev = ml_collections.ConfigDict(merged)
   for s in ev.scoring:
-    if s not in retrieval.SCORINGS:
+    if s not in config_lib.EVAL_SCORINGS:
       raise ValueError(f"config.eval.scoring={tuple(ev.scoring)!r}: expected entries of "
-                       f"{retrieval.SCORINGS}")
-  protocols = tuple(ev.protocols) or DEFAULT_PROTOCOLS.get(config.data.name, ())
+                       f"{config_lib.EVAL_SCORINGS}")
+  protocols = tuple(ev.protocols) or config_lib.DEFAULT_PROTOCOLS.get(config.data.name, ())
   for p in protocols:
-    if p not in PROTOCOLS:
-      raise ValueError(f"config.eval.protocols={protocols!r}: expected entries of {PROTOCOLS}")
+    if p not in config_lib.EVAL_PROTOCOLS:
+      raise ValueError(f"config.eval.protocols={protocols!r}: expected entries of "
+                       f"{config_lib.EVAL_PROTOCOLS}")
   ev.protocols = protocols
   devices = data_parallel_size(config)
   for field, size in (("eval.itm_batch_size", ev.itm_batch_size),
@@ -230,7 +228,7 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
   token_part, patch_part = batch["gt_token_part"], batch["gt_patch_part"]
   num_layers = probs.shape[0]
   out = {}
-  for source in masking.SOURCES:
+  for source in config_lib.MASK_SOURCES:
     sync_cfg = ml_collections.ConfigDict(dict(cfg.to_dict(), strategy="syncmask",
                                               source=source, warmup_steps=0))
     if source.startswith("gradcam") and not cfg.source.startswith("gradcam"):
@@ -539,7 +537,7 @@ def _grounding_results(counts: dict[str, np.ndarray]) -> dict[str, Any]:
   out."""
   out: dict[str, Any] = {"heads": {}}
   for prefix in ("grounding", "heads"):
-    for source in masking.SOURCES:
+    for source in config_lib.MASK_SOURCES:
       sums = {k[len(f"{prefix}/{source}/"):]: v for k, v in counts.items()
               if k.startswith(f"{prefix}/{source}/")}
       if not sums:
