@@ -12,8 +12,6 @@ SyncMask reports (val, R@10/R@50): dress 33.76/61.23, shirt 35.82/62.12,
 toptee 44.82/72.06, mean 38.13/65.14.
 """
 
-import ml_collections
-
 from syncmask_jax import config_lib
 
 
@@ -28,10 +26,6 @@ def get_config(arg: str | None = None):
   c.data.global_batch_size = 128
   c.data.eval_batch_size = 128
   c.data.max_text_len = 64
-  c.tgir = ml_collections.ConfigDict()
-  c.tgir.categories = ("dress", "shirt", "toptee")  # trained together, reported each
-  c.tgir.gallery_protocols = ("split", "val_union")  # both are reported
-  c.tgir.ks = (10, 50)
   c.loss.mim = 0.0
   c.queue_size = c.data.global_batch_size  # unused here; validated against the batch
   c.total_steps = args.steps

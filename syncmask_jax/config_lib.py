@@ -7,6 +7,8 @@ Every [ours] choice of docs/method.md is a field here with the default docs/meth
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 # config.model.attention: how attention is computed where no probabilities are asked
@@ -228,14 +230,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.init_checkpoint = ""
   c.eval = ml_collections.ConfigDict()
   c.eval.scoring = ("itc",)  # each listed scoring (EVAL_SCORINGS) is reported
-  c.eval.itm_k = 256  # ALBEF's k for itc+itm re-ranking
-  c.eval.itm_batch_size = 64  # (query, candidate) pairs per fused ITM batch
-  c.eval.query_chunk = 1024
-  c.eval.protocols = ()  # empty: the dataset's own (full_gallery + one_plus_100, karpathy, tgir)
+  # itc+itm: ITC candidates re-ranked by ITM per query (ALBEF's k: COCO 256, Flickr30K 128).
+  c.eval.itm_k = 256
+  c.eval.itm_batch_size = 64  # (image, text) pairs per jitted ITM batch; multiple of #devices
+  c.eval.query_chunk = 1024  # queries scored at once on the host
+  c.eval.protocols = ()  # empty: the dataset's own (DEFAULT_PROTOCOLS)
   c.eval.one_plus_100 = ml_collections.ConfigDict(
       dict(num_queries=1000, num_negatives=100, rounds=5, seed=0))
-  c.eval.pictures = 4  # SynthFashion mask/attention overlays written at evaluation
-  c.eval.picture_words = 2
+  # SynthFashion's 1+K twins: the first num_products held-out products, each against up
+  # to num_twins one-attribute twins per attribute (`retrieval.twins_recall`).
+  c.eval.twins = ml_collections.ConfigDict(dict(num_products=200, num_twins=3))
+  c.eval.pictures = 4  # SynthFashion pretraining: pairs drawn into eval/pictures (0: none)
+  c.eval.picture_words = 2  # words whose cross-attention each picture shows
+  # FashionIQ TGIR (data.name='fashioniq': the tgir task; evaluate.tgir_blocks).
+  c.tgir = ml_collections.ConfigDict()
+  c.tgir.categories = ("dress", "shirt", "toptee")  # trained together, reported each
+  c.tgir.gallery_protocols = ("split", "val_union")  # both are reported
+  c.tgir.ks = (10, 50)
   # TensorBoard event files beside metrics.jsonl. TensorFlow writes them through its own
   # gfile, outside the path layer (loop.make_writer): off where that cannot reach the
   # workdir's store (a GCS emulator).
@@ -408,3 +419,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     out[k] = type(defaults[k])(v)
   return out
 
+
+def with_defaults(stored: dict) -> dict:
+  """A config as a run's config.json stores it, with the fields that file lacks (written
+  before they were added) at their defaults: the values that run read."""
+  return _fill(stored, json.loads(default_config().to_json_best_effort()))
+
+
+def _fill(stored: dict, defaults: dict) -> dict:
+  out = dict(stored)
+  for k, v in defaults.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict):
+      out[k] = _fill(out[k], v)
+  return out

@@ -3,11 +3,12 @@
 * One run per workdir: `run.lock` names the process, host and start time of the run
   holding it. A second run refuses; a lock left by a dead process of this host (kill -9,
   a crash) is taken over with a warning.
-* A resume continues the stored config: `config.json` (as the run wrote it) is compared
-  with the new config. Fields that fix the checkpointed state's shapes never change on
-  resume; any other difference needs `--config.allow_config_change=True` and is then
-  logged and appended to `config_history.jsonl`. `FREE_ON_RESUME` lists what may change
-  without a word.
+* A resume continues the stored config: `config.json` (as the run wrote it; a field
+  added since reads as its default, `config_lib.with_defaults`) is compared with the new
+  config. Fields that fix the checkpointed state's shapes never change on resume; any
+  other difference needs `--config.allow_config_change=True` and is then logged and
+  appended to `config_history.jsonl`. `FREE_ON_RESUME` lists what may change without a
+  word.
 * `metrics.jsonl` is cut back to the restored step, so the steps a killed run logged
   after its last checkpoint are not logged twice.
 """
@@ -210,7 +211,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> 
   path = os.path.join(workdir, "config.json")
   if not paths.path(path).exists():
     return
-  changes = config_changes(paths.read_json(path), config)
+  changes = config_changes(config_lib.with_defaults(paths.read_json(path)), config)
   if not changes:
     return
   shape = {k: v for k, v in changes.items() if _matches(k, STATE_FIELDS)}

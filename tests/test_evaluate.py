@@ -89,7 +89,7 @@ def _synth_config():
 
 def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   c = _synth_config()
-  c.eval = ml_collections.ConfigDict(dict(
+  c.eval.update(dict(
       scoring=("itc", "itc+itm"), itm_k=4, itm_batch_size=8,
       one_plus_100=dict(num_queries=6, num_negatives=4, rounds=2, seed=0),
       twins=dict(num_products=4, num_twins=1)))
@@ -151,18 +151,18 @@ def test_nan_features_are_an_error_naming_the_array_and_the_step(monkeypatch, tm
 
 
 def test_eval_settings_name_the_field():
+  for field, value in (("scoring", ("itm",)), ("protocols", ("one_plus_1000",))):
+    c = _synth_config()
+    c.eval[field] = value
+    with pytest.raises(ValueError, match=f"config.eval.{field}"):
+      config_lib.validate(c)
   c = _synth_config()
-  c.eval = ml_collections.ConfigDict(dict(scoring=("itm",)))
-  with pytest.raises(ValueError, match="config.eval.scoring"):
-    evaluate.eval_settings(c)
-  c.eval = ml_collections.ConfigDict(dict(itm_batch_size=12))  # 8 devices
+  c.eval.itm_batch_size = 12  # 8 devices
   with pytest.raises(ValueError, match="config.eval.itm_batch_size=12"):
     evaluate.eval_settings(c)
-  c.eval = ml_collections.ConfigDict(dict(protocols=("one_plus_1000",)))
-  with pytest.raises(ValueError, match="config.eval.protocols"):
-    evaluate.eval_settings(c)
-  c.eval = ml_collections.ConfigDict(dict(scoring="itc,itc+itm"))
-  assert evaluate.eval_settings(c).scoring == ("itc", "itc+itm")
+  c.eval.itm_batch_size = 8
+  assert evaluate.eval_settings(c).protocols == config_lib.DEFAULT_PROTOCOLS["synthfashion"]
+  assert c.eval.protocols == ()  # resolved on a copy
 
 
 @pytest.mark.parametrize("recipe,token_count,kinds", [
@@ -260,8 +260,7 @@ def test_karpathy_pass_images_against_all_captions(tmp_path, caplog):
   c.data.name = "coco"
   c.data.root = str(tmp_path)
   c.data.skip_bad_records = True
-  c.eval = ml_collections.ConfigDict(dict(scoring=("itc", "itc+itm"), itm_k=4,
-                                          itm_batch_size=8))
+  c.eval.update(dict(scoring=("itc", "itc+itm"), itm_k=4, itm_batch_size=8))
   c.data.vocab_path = synthfashion.vocab_file()
   c.model.vocab_size = pipeline.make_tokenizer(c).vocab_size
   build = lambda: train_state_lib.build_model(c, 0)

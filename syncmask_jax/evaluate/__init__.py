@@ -47,45 +47,16 @@ from syncmask_jax import sharding, tokenizer
 from syncmask_jax import visualize
 from syncmask_jax.data import pipeline, synthfashion
 
-# config.eval fields and their defaults (used where a config has no `eval` block).
-EVAL_DEFAULTS = dict(
-    scoring=("itc",),  # any of config_lib.EVAL_SCORINGS; each is reported
-    itm_k=256,  # itc+itm: ITC candidates re-ranked by ITM per query (ALBEF's k)
-    itm_batch_size=64,  # (image, text) pairs per jitted ITM batch; multiple of #devices
-    query_chunk=1024,  # queries scored at once on the host
-    protocols=(),  # empty: the dataset's protocols (config_lib.DEFAULT_PROTOCOLS)
-    one_plus_100=dict(num_queries=1000, num_negatives=100, rounds=5, seed=0),
-    # SynthFashion's 1+K twins: the first num_products held-out products, each against up
-    # to num_twins one-attribute twins per attribute (`retrieval.twins_recall`).
-    twins=dict(num_products=200, num_twins=3),
-    pictures=4,  # SynthFashion pretraining: pairs drawn into eval/pictures (0: none)
-    picture_words=2,  # words whose cross-attention each picture shows
-)
-TGIR_DEFAULTS = dict(categories=("dress", "shirt", "toptee"),
-                     gallery_protocols=("split", "val_union"), ks=(10, 50))
 _ID_FIELDS = ("product_id", "category", "subcategory", "index", "image_index",
               "target_index")
 
 
 def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config.eval` over EVAL_DEFAULTS, validated."""
-  merged = copy.deepcopy(EVAL_DEFAULTS)
-  given = config.get("eval", None)
-  for k, v in (given.to_dict() if given is not None else {}).items():
-    merged[k] = {**merged[k], **v} if isinstance(merged.get(k), dict) else v
-  if isinstance(merged["scoring"], str):  # --config.eval.scoring=itc,itc+itm
-    merged["scoring"] = tuple(s.strip() for s in merged["scoring"].split(","))
-  ev = ml_collections.ConfigDict(merged)
-  for s in ev.scoring:
-    if s not in config_lib.EVAL_SCORINGS:
-      raise ValueError(f"config.eval.scoring={tuple(ev.scoring)!r}: expected entries of "
-                       f"{config_lib.EVAL_SCORINGS}")
-  protocols = tuple(ev.protocols) or config_lib.DEFAULT_PROTOCOLS.get(config.data.name, ())
-  for p in protocols:
-    if p not in config_lib.EVAL_PROTOCOLS:
-      raise ValueError(f"config.eval.protocols={protocols!r}: expected entries of "
-                       f"{config_lib.EVAL_PROTOCOLS}")
-  ev.protocols = protocols
+  """`config.eval` with its protocols resolved (empty: the dataset's, DEFAULT_PROTOCOLS),
+  its batch sizes checked against the devices."""
+  ev = ml_collections.ConfigDict(config.eval.to_dict())
+  ev.protocols = (tuple(ev.protocols)
+                  or config_lib.DEFAULT_PROTOCOLS.get(config.data.name, ()))
   devices = data_parallel_size(config)
   for field, size in (("eval.itm_batch_size", ev.itm_batch_size),
                       ("data.eval_batch_size", config.data.eval_batch_size)):
@@ -93,13 +64,6 @@ def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
       raise ValueError(f"config.{field}={size}: must be a multiple of the {devices} "
                        "devices the batch is split over")
   return ev
-
-
-def tgir_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config.tgir` over TGIR_DEFAULTS."""
-  given = config.get("tgir", None)
-  return ml_collections.ConfigDict({**TGIR_DEFAULTS,
-                                    **(given.to_dict() if given is not None else {})})
 
 
 def data_parallel_size(config: ml_collections.ConfigDict) -> int:
@@ -421,7 +385,7 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
                 mesh: jax.sharding.Mesh) -> list[dict]:
   """R@10/R@50 per category and their mean, per gallery protocol (scoring `itc`: the
   cosine of the projected fused query and the projected gallery image)."""
-  t = tgir_settings(config)
+  t = config.tgir
   ks = tuple(int(k) for k in t.ks)
   chunk = eval_settings(config).query_chunk
   scorer = retrieval.Scorer("itc")

@@ -73,7 +73,7 @@ class Tgir(base.Task):
     return TripletsUnion([
         pipeline.make_source(evaluate.with_data(config, fashioniq_category=c), "train",
                              "queries")
-        for c in evaluate.tgir_settings(config).categories])
+        for c in config.tgir.categories])
 
   def make_step(self, setup: train_state_lib.Setup) -> base.Step:
     config = self.config
