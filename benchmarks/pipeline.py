@@ -97,7 +97,7 @@ def main() -> None:
     c = config_lib.default_config()
     c.data.name = name
     c.data.global_batch_size = args.batch_size
-    c.data.image_size = image_size
+    c.model.image_size = image_size  # the size the pipeline renders and resizes to
     c.data.read_threads = args.threads
     c.data.num_workers = args.workers
     c.data.synth_train_products = 2000

@@ -32,8 +32,6 @@ def get_config(arg: str | None = None):
   # BLIP truncates "a picture of " + caption to 40 tokens; here the caption alone
   # (the prompt's tokens are added after truncation).
   c.data.max_text_len = 40
-  c.data.caption_max_words = 30  # BLIP's pre_caption max_words for the train captions
-  c.data.captions_per_view = 5  # SynthFashion references (and train captions) per view
   # BLIP: 32 per GPU x 8 GPUs; eval batches only bound memory (beams x images).
   c.data.global_batch_size = 256 if coco else 32
   c.data.eval_batch_size = 64 if coco else 32

@@ -46,11 +46,8 @@ def get_config(arg: str | None = None):
   # SynthFashion-VQA's answers take at most 5, VQA's answer list fits 10 but a few
   # (counted in the eval block's answer_list_truncated).
   c.data.max_answer_len = 10 if big else 6
-  # Distinct answers kept per question: all of VQA's ten humans; SynthFashion-VQA has one.
-  c.data.max_answers = 10 if big else 1
-  c.data.single_answer_weight = 0.5  # ALBEF's weight of a Visual Genome answer
-  c.data.minival_size = 0  # vqa_val.json questions held out as "minival" (0: none)
-  c.data.vg_image_root = ""  # Visual Genome images (vg_qa.json's `image` is relative)
+  if not big:
+    c.data.max_answers = 1  # SynthFashion-VQA has one answer per question
   c.data.synth_train_products = 2000
   c.data.synth_val_products = 200
   # ALBEF: 32 per GPU on 8 GPUs in training, 16 per GPU at test.

@@ -82,8 +82,8 @@ def resolved_config(flag: flags.Flag, checkpoints: str = "") -> ml_collections.C
   overrides = config_flags.get_override_values(flag)
   filename, _, arg = flag.config_filename.partition(":")
   stated = dict(item.split("=", 1) for item in filter(None, arg.split(",")) if "=" in item)
-  if not checkpoints and config.get("task", "pretrain") != "pretrain":
-    checkpoints = config.get("init_checkpoint", "")
+  if not checkpoints and config.task != "pretrain":
+    checkpoints = config.init_checkpoint
   run_json = (os.path.join(os.path.dirname(paths.resolve(checkpoints).rstrip("/")),
                            "config.json") if checkpoints else "")
   run = None

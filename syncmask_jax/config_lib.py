@@ -145,6 +145,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.geometric_aug = False  # crop/flip; never with patch ground truth (SynthFashion)
   c.data.crop_scale = (0.5, 1.0)
   c.data.flip = True
+  # Captioning (data/captions.py): BLIP's pre_caption max_words for the train captions;
+  # SynthFashion's references (and train captions) per view, as COCO has about 5.
+  c.data.caption_max_words = 30
+  c.data.captions_per_view = 5
+  # VQA (data/vqa.py). Answer tokens with [CLS] and [SEP] (0: the data has no answers).
+  c.data.max_answer_len = 0
+  c.data.max_answers = 10  # distinct answers kept per question: all of VQA's ten humans
+  c.data.single_answer_weight = 0.5  # ALBEF's weight of a Visual Genome answer
+  c.data.minival_size = 0  # vqa_val.json questions held out as "minival" (0: none)
+  c.data.vg_image_root = ""  # Visual Genome images (vg_qa.json's `image` is relative)
 
   c.masking = ml_collections.ConfigDict()
   c.masking.strategy = "syncmask"  # MASK_STRATEGIES

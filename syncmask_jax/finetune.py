@@ -57,7 +57,7 @@ def evaluate_params(task: base.Task, graphdef: Any, params: dict, mesh: jax.shar
     blocks = task.evaluate(graphdef, params, mesh)
   results = {"task": task.name, "step": int(step), "dataset": c.data.name,
              "split": pipeline.EVAL_SPLIT[c.data.name],
-             "init_checkpoint": c.get("init_checkpoint", ""), "results": blocks}
+             "init_checkpoint": c.init_checkpoint, "results": blocks}
   evaluate.write_results(workdir, task.name, results, writer, step)
   return results
 
@@ -88,7 +88,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     train_iter.set_state(data_state)
   else:
     state = init()
-    if config.get("init_checkpoint", ""):
+    if config.init_checkpoint:
       state = init_from(task, state, config.init_checkpoint)
     else:
       logging.warning("config.init_checkpoint is empty: fine-tuning from random weights")

@@ -101,7 +101,7 @@ def make_writer(workdir: str, config: ml_collections.ConfigDict) -> metric_write
   if jax.process_index() != 0:
     return metric_writers.LoggingWriter()
   writers = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
-  if config.get("tensorboard", True):
+  if config.tensorboard:
     writers.insert(0, metric_writers.create_default_writer(workdir, asynchronous=False))
   return metric_writers.MultiWriter(writers)
 
@@ -110,7 +110,7 @@ def use_compilation_cache(config: ml_collections.ConfigDict) -> None:
   """JAX's persistent compilation cache in `config.compilation_cache_dir` ('' = off): a
   restart (preemption, a fine-tuning or evaluation run of the same model) reuses the
   compiled executables; on a GPU the state's initialiser alone compiles for minutes."""
-  directory = config.get("compilation_cache_dir", "")
+  directory = config.compilation_cache_dir
   if directory:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
 
@@ -216,7 +216,7 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, *, state, step_fn:
   start = int(jax.device_get(state.step))
   progress = Progress(config.total_steps, config.log_every, writer)
   hooks = []
-  if jax.process_index() == 0 and config.get("profile_steps", 0):
+  if jax.process_index() == 0 and config.profile_steps:
     hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
                                           logdir=workdir))
   preemption = Preemption()

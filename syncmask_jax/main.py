@@ -55,7 +55,7 @@ def main(argv):
   if jax.default_backend() == "gpu":
     cluster.check_devices(os.environ, jax.local_devices(), jax.process_index())
   config = cli.resolved_config(flags.FLAGS["config"])
-  task = config.get("task", "pretrain")
+  task = config.task
   if task == "pretrain":
     results = train.train_and_evaluate(config, _WORKDIR.value)
   else:  # a fine-tuning task, from a pretraining checkpoint

@@ -220,7 +220,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> 
         f"{workdir} holds a checkpoint of step {step} whose state has other shapes than "
         f"this config's: {_describe(shape)} (vs {path}). Use another --workdir, or the "
         "stored values to resume.")
-  if not config.get("allow_config_change", False):
+  if not config.allow_config_change:
     raise ConfigChangeError(
         f"resuming {workdir} from step {step} with a config that differs from {path}: "
         f"{_describe(changes)}. Rerun with the stored values, or pass "

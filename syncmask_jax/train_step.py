@@ -62,7 +62,7 @@ def itm_with_mined_negatives(model, key: Array, sim_i2t: Array, pid: Array, ids:
   """
   neg_text, neg_image, stats = negatives.mine_negatives(
       key, sim_i2t, pid, ids, negatives_cfg.mode, negatives_cfg.margin,
-      negatives_cfg.get("exclude", "false_negatives"))
+      negatives_cfg.exclude)
   fused_pos, _ = model.fuse(text_hidden, tmask, image_tokens, rngs=rngs)
   fused_neg, _ = model.fuse(
       jnp.concatenate([text_hidden[neg_text], text_hidden]),

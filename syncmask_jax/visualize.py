@@ -126,7 +126,7 @@ def _picture_fn(graphdef: Any, masking_json: str, seed: int, tokens: tokenizer_l
   periodic evaluations compile it once."""
   cfg = ml_collections.ConfigDict(json.loads(masking_json))
   key = jax.random.key(seed + 2)
-  source = "attention" if cfg.strategy == "random" else cfg.get("source", "attention")
+  source = "attention" if cfg.strategy == "random" else cfg.source
 
   def fn(params, batch):
     teacher = nnx.merge(graphdef, params)
@@ -185,6 +185,6 @@ def pretraining_pictures(config: ml_collections.ConfigDict, graphdef: Any,
               title=f"step {step}, {config.masking.strategy} masks (momentum model), "
                     f"product {int(host_batch['product_id'][i])}",
               map_name=("attention" if config.masking.strategy == "random"
-                        else config.masking.get("source", "attention")))
+                        else config.masking.source))
     written.append(path)
   return written

@@ -1,12 +1,52 @@
-"""config_lib as the one place of defaults and allowed values: the masking shares take
-their one range, and a config.json written before a field existed reads as that field's
-default."""
+"""config_lib as the one place of defaults and allowed values: no config field is read
+with a default of its own, the masking shares take their one range, and a config.json
+written before a field existed reads as that field's default."""
 
+import ast
 import json
+import pathlib
+import re
 
 import pytest
 
 from syncmask_jax import config_lib, resume
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "syncmask_jax"
+# The names configs go by (`config`, `c`, `cfg`, `d = config.data`, `m = config.model`,
+# `self.config`, `negatives_cfg` ...).
+CONFIG_NAME = re.compile(r"(c|d|m|cfg|config|data|ev|\w+_cfg|\w+_config)")
+# `.get` on dicts named like a config: a Hugging Face checkpoint's config.json.
+NOT_CONFIG = {("checkpoint_import.py", "config"), ("checkpoint_import.py", "hf_config")}
+
+
+def _root(node: ast.AST) -> str:
+  """The name an attribute chain starts from (`self._x.y` -> `x`)."""
+  while isinstance(node, (ast.Attribute, ast.Subscript)):
+    if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "self":
+      return node.attr.lstrip("_")
+    node = node.value
+  return node.id if isinstance(node, ast.Name) else ""
+
+
+def config_gets(path: pathlib.Path, name: str) -> list[str]:
+  found = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get" and CONFIG_NAME.fullmatch(_root(node.func.value))
+        and (name, _root(node.func.value)) not in NOT_CONFIG):
+      found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+  return found
+
+
+def test_no_config_field_is_read_with_a_hidden_default(tmp_path):
+  found = [f for p in sorted(PACKAGE.rglob("*.py"))
+           for f in config_gets(p, str(p.relative_to(PACKAGE)))]
+  assert not found, "read these as attributes, their defaults in config_lib:\n" + "\n".join(
+      found)
+  source = tmp_path / "m.py"
+  source.write_text("x = config.data.get('a', 1)\ny = self.config.get('b')\n"
+                    "z = results.get('c')\nw = masking_cfg.get('d')\nv = self._data.get('e')\n")
+  assert [f.split(":")[1] for f in config_gets(source, "m.py")] == ["1", "2", "4", "5"]
 
 
 @pytest.mark.parametrize("field,value,ok", [
@@ -26,9 +66,9 @@ def test_masking_shares_take_one_range(field, value, ok):
 def test_a_config_json_without_a_newer_field_reads_as_its_default():
   config = config_lib.default_config()
   stored = json.loads(config.to_json_best_effort())
-  del stored["tgir"]
+  del stored["tgir"], stored["data"]["max_answers"]
   filled = config_lib.with_defaults(stored)
-  assert filled["tgir"]["ks"] == [10, 50]
+  assert filled["tgir"]["ks"] == [10, 50] and filled["data"]["max_answers"] == 10
   assert resume.config_changes(filled, config) == {}
   stored["data"]["max_text_len"] = 12  # what a run stored stays
   assert config_lib.with_defaults(stored)["data"]["max_text_len"] == 12

@@ -97,7 +97,8 @@ def test_token_parts_name_what_each_word_shows():
 
   t = transforms.ExampleTransform(Words(), transforms.TransformConfig(
       image_size=64, max_text_len=64, mean=(0, 0, 0), std=(1, 1, 1), train=False,
-      geometric_aug=False))
+      geometric_aug=False, two_views=False, crop_scale=(0.5, 1.0), flip=False,
+      max_answer_len=0))
   seen_detail = seen_hidden_detail = False
   for i in range(len(ds)):
     r = ds[i]

@@ -180,7 +180,7 @@ def _real_config(tmp_path, name, **data):
   c.data.name = name
   c.data.root = str(tmp_path)
   c.data.vocab_path = synthfashion.vocab_file()
-  c.data.image_size = 32
+  c.model.image_size = 32
   return c
 
 

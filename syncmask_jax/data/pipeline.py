@@ -138,17 +138,16 @@ def _caption_source(config: ml_collections.ConfigDict, split: str, part: str, sk
   """data/captions.py's sources: SynthFashion views or BLIP's COCO Karpathy files."""
   from syncmask_jax.data import captions  # pylint: disable=g-import-not-at-top
   d = config.data
-  max_words = int(d.get("caption_max_words", captions.MAX_WORDS))
+  max_words = int(d.caption_max_words)
   if d.name == "synthfashion":
-    kw = dict(num_products=d.get(f"synth_{split}_products", None),
-              seed=int(d.get("synth_seed", 0)),
-              image_size=int(d.get("image_size", config.model.image_size)),
-              captions_per_view=int(d.get("captions_per_view", captions.CAPTIONS_PER_VIEW)))
+    kw = dict(num_products=d[f"synth_{split}_products"], seed=int(d.synth_seed),
+              image_size=int(config.model.image_size),
+              captions_per_view=int(d.captions_per_view))
     if part == "captions":
       return captions.SynthFashionCaptionPairs(split, max_words=max_words, **kw)
     return captions.SynthFashionCaptionImages(split, **kw)
-  return _karpathy_captions(d.root, split, part, d.get("image_root", ""), max_words, skip,
-                            verify, tfds_dir)
+  return _karpathy_captions(d.root, split, part, d.image_root, max_words, skip, verify,
+                            tfds_dir)
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,33 +173,28 @@ def make_source(config: ml_collections.ConfigDict, split: str,
   part = part or PARTS[name][0]
   if part not in PARTS[name]:
     raise ValueError(f"{name} has no part {part!r}: expected one of {PARTS[name]}")
-  use_tfds = d.get("source_format", "raw") == "tfds"
-  tfds_dir = d.get("tfds_data_dir", "") if use_tfds else ""
+  use_tfds = d.source_format == "tfds"
+  tfds_dir = d.tfds_data_dir if use_tfds else ""
   if use_tfds and not tfds_dir:
     raise ValueError("config.data.source_format='tfds' needs config.data.tfds_data_dir")
   if name in ("fashiongen", "fashioniq", "coco", "vqa") and not (d.root or tfds_dir):
     raise ValueError(f"config.data.root is empty: where are the {name} files?")
   skip = bool(d.skip_bad_records)
-  verify = bool(d.get("verify_images", True))
+  verify = bool(d.verify_images)
   if part in ("captions", "caption_images"):
     return _caption_source(config, split, part, skip, verify, tfds_dir)
   if name == "synthfashion":
-    products = d.get(f"synth_{split}_products", None)
     return synthfashion.SynthFashion(
-        split, num_products=products, seed=int(d.get("synth_seed", 0)),
-        image_size=int(d.get("image_size", config.model.image_size)),
-        patch_size=int(config.model.patch_size))
+        split, num_products=d[f"synth_{split}_products"], seed=int(d.synth_seed),
+        image_size=int(config.model.image_size), patch_size=int(config.model.patch_size))
   if name in ("vqa", "synthfashion_vqa"):  # split: "+"-joined parts (vqa.load)
-    answers = dict(max_answers=int(d.get("max_answers", vqa.MAX_ANSWERS)))
+    answers = dict(max_answers=int(d.max_answers))
     if name == "synthfashion_vqa":
-      return synthfashion_vqa.source(
-          split, d.get(f"synth_{split}_products", None), int(d.get("synth_seed", 0)),
-          int(d.get("image_size", config.model.image_size)), **answers)
-    return _vqa(d.root, split, image_root=d.get("image_root", ""),
-                vg_image_root=d.get("vg_image_root", ""),
-                single_answer_weight=float(d.get("single_answer_weight",
-                                                 vqa.SINGLE_ANSWER_WEIGHT)),
-                minival_size=int(d.get("minival_size", 0)), skip_bad_records=skip,
+      return synthfashion_vqa.source(split, d[f"synth_{split}_products"], int(d.synth_seed),
+                                     int(config.model.image_size), **answers)
+    return _vqa(d.root, split, image_root=d.image_root, vg_image_root=d.vg_image_root,
+                single_answer_weight=float(d.single_answer_weight),
+                minival_size=int(d.minival_size), skip_bad_records=skip,
                 verify_images=verify, **answers)
   if name == "fashiongen":
     from syncmask_jax.data import fashiongen  # pylint: disable=g-import-not-at-top
@@ -208,14 +202,13 @@ def make_source(config: ml_collections.ConfigDict, split: str,
       return fashiongen.FashionGenTfds(tfds_dir, split)
     return fashiongen.source(d.root, split, skip_bad_records=skip)
   if name == "fashioniq":
-    triplets, gallery = _fashioniq(d.root, d.get("fashioniq_category", "dress"), split,
-                                   d.get("fashioniq_gallery", "split"), skip, verify,
-                                   tfds_dir)
+    triplets, gallery = _fashioniq(d.root, d.fashioniq_category, split,
+                                   d.fashioniq_gallery, skip, verify, tfds_dir)
     if part == "gallery" and gallery is None:
       raise ValueError(f"FashionIQ {split}: no gallery (no split list)")
     return triplets if part == "queries" else gallery
-  return _karpathy(d.root, d.get("karpathy_name", "coco"), split, part,
-                   d.get("image_root", ""), skip, verify, tfds_dir)
+  return _karpathy(d.root, d.karpathy_name, split, part, d.image_root, skip, verify,
+                   tfds_dir)
 
 
 def source_metadata(source: Any) -> dict[str, np.ndarray]:
@@ -263,7 +256,7 @@ def make_sampler(config: ml_collections.ConfigDict, source: Any,
       subcategory=meta.get("subcategory"),
       subcategories_per_batch=int(d.subcategories_per_batch),
       views_per_batch=int(d.views_per_batch),
-      search_size=int(d.get("embedding_search_size", 4096)))
+      search_size=int(d.embedding_search_size))
 
 
 # -- per-example work ---------------------------------------------------------------------
@@ -343,9 +336,9 @@ def _batches(indices: np.ndarray, load: Callable, host_batch: int,
              data: ml_collections.ConfigDict) -> grain.DatasetIterator:
   """A Grain iterator over host batches of `load(i)` for i in `indices` (in order)."""
   ds = grain.MapDataset.source(indices).map(load).batch(host_batch, drop_remainder=True)
-  threads = int(data.get("read_threads", 4))
+  threads = int(data.read_threads)
   it = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=threads, prefetch_buffer_size=int(data.get("prefetch_batches", 4))))
+      num_threads=threads, prefetch_buffer_size=int(data.prefetch_batches)))
   if data.num_workers > 0:
     # Grain reads absl flags when it starts workers; outside `app.run` (tests,
     # notebooks) they are unparsed and reading them raises.
@@ -401,7 +394,7 @@ class TrainIterator(grain.DatasetIterator):
     s = self.sampler
     order = s.epoch_order()[s.position:, self._columns]
     load = _LoadTrain(self.source, self.transform, self._seed, s.epoch,
-                      skip=bool(self._data.get("skip_bad_records", False)))
+                      skip=bool(self._data.skip_bad_records))
     return _batches(order.reshape(-1), load, self.host_batch_size, self._data)
 
   def _close_inner(self) -> None:
@@ -542,8 +535,7 @@ def make_eval_iterator(config: ml_collections.ConfigDict, split: str | None = No
   source = source if source is not None else make_eval_source(config, split, part)
   tokenizer = tokenizer or make_tokenizer(config)
   transform = transforms.from_config(config, tokenizer, train=False)
-  batch = global_batch_size or int(config.data.get("eval_batch_size",
-                                                   config.data.global_batch_size))
+  batch = global_batch_size or int(config.data.eval_batch_size)
   return EvalIterator(source, transform, tokenizer, config.data, global_batch_size=batch,
                       process_index=process_index, process_count=process_count)
 

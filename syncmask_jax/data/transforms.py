@@ -160,17 +160,18 @@ def token_parts(offsets: np.ndarray, special: np.ndarray, mask: np.ndarray,
 
 @dataclasses.dataclass(frozen=True)
 class TransformConfig:
-  """What `ExampleTransform` does; `from_config` fills it from `config.data`."""
+  """What `ExampleTransform` does; `from_config` fills it from the config (config_lib
+  holds the defaults)."""
   image_size: int
   max_text_len: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  train: bool = False
-  geometric_aug: bool = True  # random resized crop + flip on the first view
-  two_views: bool = False
-  crop_scale: tuple[float, float] = (0.5, 1.0)
-  flip: bool = True
-  max_answer_len: int = 0  # VQA answers' tokens, [CLS] and [SEP] included
+  train: bool
+  geometric_aug: bool  # random resized crop + flip on the first view
+  two_views: bool
+  crop_scale: tuple[float, float]
+  flip: bool
+  max_answer_len: int  # VQA answers' tokens, [CLS] and [SEP] included
 
 
 class ExampleTransform:
@@ -257,21 +258,15 @@ class ExampleTransform:
     return out
 
 
-def from_config(config: Any, tokenizer: Any, *, train: bool,
-                geometric_aug: bool | None = None) -> ExampleTransform:
-  """The transform for `config.data` (SynthFashion: no geometric augmentation)."""
+def from_config(config: Any, tokenizer: Any, *, train: bool) -> ExampleTransform:
+  """The transform for `config.data`, images at `config.model.image_size`."""
   d = config.data
-  if geometric_aug is None:
-    geometric_aug = d.name != "synthfashion"
   return ExampleTransform(tokenizer, TransformConfig(
-      image_size=int(d.get("image_size", config.model.image_size)),
-      max_text_len=int(d.max_text_len),
+      image_size=int(config.model.image_size), max_text_len=int(d.max_text_len),
       mean=tuple(d.mean), std=tuple(d.std), train=train,
-      geometric_aug=bool(d.get("geometric_aug", geometric_aug)),
-      two_views=bool(d.two_views) and train,
-      crop_scale=tuple(d.get("crop_scale", (0.5, 1.0))),
-      flip=bool(d.get("flip", True)),
-      max_answer_len=int(d.get("max_answer_len", 0))))
+      geometric_aug=bool(d.geometric_aug), two_views=bool(d.two_views) and train,
+      crop_scale=tuple(d.crop_scale), flip=bool(d.flip),
+      max_answer_len=int(d.max_answer_len)))
 
 
 # -- Image stores: encoded images by key, from files or from a TFDS split --------------

@@ -352,7 +352,7 @@ def karpathy_retrieval(config: ml_collections.ConfigDict, graphdef: Any, params:
                                       texts["text_feat"], texts["image_index"], scorer,
                                       ev.query_chunk)
     blocks.append({"protocol": "karpathy", "scoring": scoring,
-                   "dataset": config.data.get("karpathy_name", "coco"),
+                   "dataset": config.data.karpathy_name,
                    "split": pipeline.EVAL_SPLIT["coco"],
                    **({"itm_k": int(ev.itm_k)} if scoring != "itc" else {}),
                    "skipped_records": skipped, **metrics})

@@ -32,7 +32,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   loop.use_compilation_cache(config)
   writer = loop.make_writer(workdir, config)
   try:
-    if config.get("task", "pretrain") == "pretrain":
+    if config.task == "pretrain":
       return train.evaluate_checkpoint(config, workdir, step, writer)
     return finetune.evaluate_checkpoint(config, workdir, step, writer)
   finally:
@@ -51,7 +51,7 @@ def main() -> None:
                                  checkpoints=os.path.join(workdir_flag.value, "checkpoints"))
     results = evaluate_checkpoint(config, workdir_flag.value, step_flag.value)
     if jax.process_index() == 0:
-      task = config.get("task", "pretrain")
+      task = config.task
       print("\n".join([f"evaluation:   {os.path.join(workdir_flag.value, 'eval', task)}.json"]
                       + evaluate.summary_lines(results)), flush=True)
 

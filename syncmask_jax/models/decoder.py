@@ -55,8 +55,7 @@ class TextDecoder(nnx.Module):
         causal=True, remat=cfg.remat, rngs=rngs, dtype=dtype)
     self.lm_head = bert.MLMHead(cfg.text_width, cfg.vocab_size, cfg.text_ln_eps, rngs=rngs,
                                 dtype=dtype)
-    layers.set_implementations(self, cfg.get("attention", "einsum"),
-                               cfg.get("dense_vjp", "custom"))
+    layers.set_implementations(self, cfg.attention, cfg.dense_vjp)
 
   def __call__(self, ids: Array, mask: Array, encoder_states: Array,
                encoder_mask: Array | None = None, rngs: nnx.Rngs | None = None) -> Array:

@@ -88,8 +88,7 @@ class VLP(nnx.Module):
       if not self.shared_prototype_head:
         self.prototype_proj = layers.Dense(cfg.vision_width, cfg.embed_dim, ("embed", "proj"),
                                            rngs=rngs, dtype=dtype)
-    layers.set_implementations(self, cfg.get("attention", "einsum"),
-                               cfg.get("dense_vjp", "custom"))
+    layers.set_implementations(self, cfg.attention, cfg.dense_vjp)
 
   @property
   def num_patches(self) -> int:

@@ -21,7 +21,7 @@ TASKS: dict[str, type[base.Task]] = {
 
 def get(config: ml_collections.ConfigDict) -> base.Task:
   """The task `config.task` names, for `config`."""
-  name = config.get("task", "pretrain")
+  name = config.task
   if name not in TASKS:
     raise ValueError(f"config.task={name!r}: fine-tuning tasks are {tuple(TASKS)}")
   return TASKS[name](config)

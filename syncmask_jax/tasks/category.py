@@ -50,7 +50,7 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
             "subcategory": getattr(source, "num_subcategories", 0)}[field])
   if not known:
     known = int(pipeline.source_metadata(source)[field].max()) + 1
-  n = int(config.finetune.get("num_classes", 0)) or known
+  n = int(config.finetune.num_classes) or known
   if n < known:
     raise ValueError(f"config.finetune.num_classes={n}: the {field} labels have {known} "
                      "classes")
