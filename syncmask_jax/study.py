@@ -15,6 +15,8 @@ import os
 
 import ml_collections
 
+from syncmask_jax import config_lib
+
 # name -> (recipe, field edits over the recipe, what it is). The negatives ablation is
 # negatives_random / negatives_hard / full_subcategory (semi_hard), all grouped.
 VARIANTS = {
@@ -56,7 +58,7 @@ def grouping(variant: str) -> str:
   """The batch grouping of `variant` (its data order; one seed's runs of two variants
   see the same batches exactly when their groupings agree)."""
   recipe(variant)
-  return VARIANTS[variant][1].get("data.grouping", "none")
+  return VARIANTS[variant][1].get("data.grouping", config_lib.default_config().data.grouping)
 
 
 def apply(c: ml_collections.ConfigDict, variant: str, seed: int) -> None:

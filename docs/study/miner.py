@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from syncmask_jax import checkpointing, negatives, paths, sharding
+from syncmask_jax import checkpointing, config_lib, negatives, paths, sharding
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.data import pipeline, synthfashion
 
@@ -91,7 +91,8 @@ def alike_matrix(products: list, views: list, seed: int, size: int
 
 def load_run(run: str):
   """(config, graphdef, online params, momentum params, step) of a run's directory."""
-  config = ml_collections.ConfigDict(paths.read_json(os.path.join(run, "config.json")))
+  config = ml_collections.ConfigDict(
+      config_lib.with_defaults(paths.read_json(os.path.join(run, "config.json"))))
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract = train_state_lib.abstract_params(
       lambda: train_state_lib.build_model(config, config.seed), config, mesh)
@@ -117,7 +118,7 @@ def batch_rows(config, products, alike, same, batch, cos, temp, key, mode
   """Per-anchor measures of one batch and mode (image anchors, then text anchors)."""
   pid, ids = batch["product_id"], batch["text_ids"]
   margin = config.negatives.margin
-  exclude = config.negatives.get("exclude", "false_negatives")
+  exclude = config.negatives.exclude
   neg_text, neg_image, stats = negatives.mine_negatives(key, cos / temp, pid, ids, mode,
                                                         margin, exclude)
   allowed = ~np.asarray(negatives.false_negative_mask(pid, ids, exclude))
@@ -140,7 +141,7 @@ def batch_rows(config, products, alike, same, batch, cos, temp, key, mode
   return rows
 
 
-def measure(run: str, num_batches: int, modes=negatives.MODES) -> dict:
+def measure(run: str, num_batches: int, modes=config_lib.NEGATIVE_MODES) -> dict:
   config, graphdef, params, momentum, step = load_run(run)
   source = pipeline.make_source(config, "train")
   out = {"run": run, "step": step, "grouping": config.data.grouping,
