@@ -33,12 +33,6 @@ def get_config(arg: str | None = None):
   c.data.eval_batch_size = c.data.global_batch_size
   c.data.synth_train_products = 2000
   c.data.synth_val_products = 200
-  c.loss.mim = 0.0  # the classifier model has no MIM head; a checkpoint's is ignored
-  c.queue_size = c.data.global_batch_size  # unused here; validated against the batch
-  c.total_steps = args.steps
-  # [ours] fine-tuning schedule (ALBEF's fine-tuning learning rates are 1e-5 .. 2e-5).
-  c.optim.lr = 2e-5 if args.size == "base" else 1e-4
-  c.optim.warmup_steps = max(args.steps // 20, 1)
-  c.log_every = 50
-  c.checkpoint_every = 1000
+  # [ours] ALBEF's fine-tuning learning rates are 1e-5 .. 2e-5.
+  config_lib.finetune_schedule(c, args.steps, 2e-5 if args.size == "base" else 1e-4)
   return c

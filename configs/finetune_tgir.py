@@ -26,12 +26,5 @@ def get_config(arg: str | None = None):
   c.data.global_batch_size = 128
   c.data.eval_batch_size = 128
   c.data.max_text_len = 64
-  c.loss.mim = 0.0
-  c.queue_size = c.data.global_batch_size  # unused here; validated against the batch
-  c.total_steps = args.steps
-  # [ours] fine-tuning schedule.
-  c.optim.lr = 2e-5 if args.size == "base" else 1e-4
-  c.optim.warmup_steps = max(args.steps // 20, 1)
-  c.log_every = 50
-  c.checkpoint_every = 1000
+  config_lib.finetune_schedule(c, args.steps, 2e-5 if args.size == "base" else 1e-4)
   return c

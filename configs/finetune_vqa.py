@@ -68,18 +68,15 @@ def get_config(arg: str | None = None):
   c.loss.alpha = 0.4
   c.loss.alpha_ramp_steps = -1  # -1: one epoch (ALBEF: alpha * min(1, i / len(data_loader)))
   c.momentum = 0.995  # EMA of the momentum model, after every optimizer update
-  c.loss.mim = 0.0  # the VQA model has no MIM head; a checkpoint's is ignored
-  c.queue_size = c.data.global_batch_size  # unused here; validated against the batch
   # ALBEF: 8 epochs; VQA v2 train+val hold 658,111 questions, 2,571 batches of 256 per
   # epoch (vg_qa.json adds its questions / 256 per epoch: pass steps=).
-  c.total_steps = args.steps or (8 * 2571 if big else 2000)
+  steps = args.steps or (8 * 2571 if big else 2000)
   # ALBEF: AdamW lr 2e-5, weight decay 0.02, cosine to 1e-6 (ours: to lr / 100), warm-up over
   # its first 400 iterations. [ours] the tiny and small models take 1e-4, and 1e-3 on
   # SynthFashion-VQA from the laptop's 1000-step model (2000 steps, seed 0: val accuracy
   # 50.7 against 37.8 at 1e-4, which answered only "no" to yes/no questions).
-  c.optim.lr = 2e-5 if args.size == "base" else (1e-3 if args.data == "synthfashion" else 1e-4)
+  config_lib.finetune_schedule(
+      c, steps, 2e-5 if args.size == "base" else (1e-3 if args.data == "synthfashion" else 1e-4),
+      warmup_steps=400 if big else None)
   c.optim.weight_decay = 0.02
-  c.optim.warmup_steps = 400 if big else max(c.total_steps // 20, 1)
-  c.log_every = 50
-  c.checkpoint_every = 1000
   return c

@@ -77,6 +77,20 @@ MODEL_PRESETS = {
 }
 
 
+def finetune_schedule(c: ml_collections.ConfigDict, steps: int, lr: float,
+                      warmup_steps: int | None = None) -> None:
+  """The fine-tuning tasks' common settings, in place [ours]: `steps` steps at `lr`,
+  warm-up over a twentieth of them unless given; no MIM loss (no task model has a MIM
+  head; a checkpoint's is ignored); a queue of one batch (unused, validated against it)."""
+  c.loss.mim = 0.0
+  c.queue_size = c.data.global_batch_size
+  c.total_steps = steps
+  c.optim.lr = lr
+  c.optim.warmup_steps = max(steps // 20, 1) if warmup_steps is None else warmup_steps
+  c.log_every = 50
+  c.checkpoint_every = 1000
+
+
 def model_config(preset: str = "tiny", vocab_size: int = 30522) -> ml_collections.ConfigDict:
   if preset not in MODEL_PRESETS:
     raise ValueError(f"config.model.preset={preset!r}: expected one of {sorted(MODEL_PRESETS)}")
