@@ -161,7 +161,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.flip = True
   # Captioning (data/captions.py): BLIP's pre_caption max_words for the train captions;
   # SynthFashion's references (and train captions) per view, as COCO has about 5.
-  c.data.caption_max_words = 30
+  c.data.caption_max_words = 30  # BLIP's coco_karpathy_train default
   c.data.captions_per_view = 5
   # VQA (data/vqa.py). Answer tokens with [CLS] and [SEP] (0: the data has no answers).
   c.data.max_answer_len = 0

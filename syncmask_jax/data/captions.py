@@ -43,14 +43,15 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from syncmask_jax import paths
+from syncmask_jax import config_lib, paths
 from syncmask_jax.data import coco
 from syncmask_jax.data import synthfashion
 from syncmask_jax.data.image_folder import BadRecords, ImageChecks
 from syncmask_jax.data.transforms import ImageFiles
 
-CAPTIONS_PER_VIEW = 5  # SynthFashion references per view, as COCO has about 5 per image
-MAX_WORDS = 30  # BLIP's coco_karpathy_train default
+# The library's keyword defaults are the config's (config_lib.default_config).
+CAPTIONS_PER_VIEW = config_lib.default_config().data.captions_per_view
+MAX_WORDS = config_lib.default_config().data.caption_max_words
 _CAPTION_TAG = 0xCA  # folds "caption" into a SynthFashion caption's seed
 
 

@@ -57,7 +57,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from syncmask_jax import paths
+from syncmask_jax import config_lib, paths
 from syncmask_jax import vqa_eval
 from syncmask_jax.data.image_folder import BadRecords, ImageChecks
 from syncmask_jax.data.transforms import ImageFiles
@@ -68,8 +68,9 @@ ANSWER_LIST_FILE = "answer_list.json"
 PARTS = ("train", "val", "minival", "vg", "test")
 MAX_QUESTION_WORDS = 30  # ALBEF's max_ques_words in training
 TEST_MAX_QUESTION_WORDS = 50  # ALBEF at test time
-MAX_ANSWERS = 10  # distinct answers kept per question: all of VQA's ten humans
-SINGLE_ANSWER_WEIGHT = 0.5  # ALBEF's Visual Genome answer weight
+# The library's keyword defaults are the config's (config_lib.default_config).
+MAX_ANSWERS = config_lib.default_config().data.max_answers
+SINGLE_ANSWER_WEIGHT = config_lib.default_config().data.single_answer_weight
 SINGLE_ANSWER_DATASETS = ("vg",)
 _STRIPPED = re.compile(r"""[,.'!?"()*#:;~]""")
 
