@@ -359,9 +359,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"expected entries of {EVAL_PROTOCOLS}")
   if c.recipe == "semmim":
     _validate_semmim(c)
-  else:
-    _check(c.loss.mim_target != "prototypes", "loss.mim_target", c.loss.mim_target,
-           "prototypes is SemMIM's target: needs recipe='semmim'")
+  validate_mim_target(c)
   m = c.model
   _check(m.preset in MODEL_PRESETS, "model.preset", m.preset,
          f"expected one of {sorted(MODEL_PRESETS)}")
@@ -378,6 +376,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.data.global_batch_size % n == 0, "data.global_batch_size", c.data.global_batch_size,
          f"must be divisible by the {n} processes")
   check_queue_size(c.queue_size, c.data.global_batch_size)
+
+
+def validate_mim_target(c: ml_collections.ConfigDict) -> None:
+  """Prototype targets are SemMIM's: any other recipe predicts pixels or features."""
+  if c.recipe != "semmim":
+    _check(c.loss.mim_target != "prototypes", "loss.mim_target", c.loss.mim_target,
+           "prototypes is SemMIM's target: needs recipe='semmim'")
 
 
 def validate_masking(m: ml_collections.ConfigDict) -> None:

@@ -210,8 +210,7 @@ def plan_step(config: ml_collections.ConfigDict, tokens: TokenInfo,
   come from."""
   w = config.loss
   semmim_recipe = config.recipe == "semmim"
-  if w.mim > 0 and w.mim_target == "prototypes" and not semmim_recipe:
-    raise ValueError("config.loss.mim_target='prototypes' needs config.recipe='semmim'")
+  config_lib.validate_mim_target(config)
   config_lib.validate_masking(config.masking)
   enabled = {"itm": w.itm > 0, "mlm": w.mlm > 0,
              "agreement": semmim_recipe and w.agreement > 0,
