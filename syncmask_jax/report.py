@@ -267,8 +267,9 @@ def read_run(directory: str) -> dict[str, Any]:
     out["pointing"] = float(pretrain["grounding"][source]["visible/pointing"])
   if pretrain.get("mask_strategy") == "text_guided":
     # Text-guided masking picks patches only (its MLM mask is uniform random: the
-    # random column), so it has no token precision of its own.
-    out["token_precision"] = np.nan
+    # random column), so it has no token figures of its own.
+    for key in ("token_precision", "token_share_invisible", "token_share_function"):
+      out[key] = np.nan
   curves: dict[str, list[tuple[int, float]]] = {name: [] for name, _ in CURVES}
   training: dict[str, list[float]] = {name: [] for _, name in TRAINING}
   metrics = paths.path(os.path.join(directory, "metrics.jsonl")).read_text(encoding="utf-8")
