@@ -288,23 +288,29 @@ def finetune_files(tmp):
           "unseen_rows": sum(c == "HATS" for c in val["input_category"])}
 
 
-def finetune_config(task, tmp):
-  """A tiny fine-tuning config of `task` over the files of conftest's `finetune_files`
-  (its vocab and pretraining checkpoint under `tmp`): 2 steps, batch 8."""
-  c = config_lib.default_config()
-  c.task = task
+def shrink(c):
+  """`c`, in place, at test size: one vision layer, batch 8, a log line every step, a
+  checkpoint every 2."""
   c.model.vision_depth = 1
   c.model.text_dropout = 0.0
-  c.data.vocab_path = str(tmp / "vocab.txt")
   c.data.global_batch_size = 8
   c.data.eval_batch_size = 8
-  c.data.max_text_len = 16
   c.data.read_threads = 1
-  c.queue_size = 16
-  c.total_steps = 2
   c.log_every = 1
   c.checkpoint_every = 2
   c.optim.warmup_steps = 1
+  return c
+
+
+def finetune_config(task, tmp):
+  """A tiny fine-tuning config of `task` over the files of conftest's `finetune_files`
+  (its vocab and pretraining checkpoint under `tmp`): 2 steps, batch 8."""
+  c = shrink(config_lib.default_config())
+  c.task = task
+  c.data.vocab_path = str(tmp / "vocab.txt")
+  c.data.max_text_len = 16
+  c.queue_size = 16
+  c.total_steps = 2
   c.loss.mim = 0.0
   c.init_checkpoint = str(tmp / "pretrain" / "checkpoints")
   return c

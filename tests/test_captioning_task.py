@@ -19,18 +19,10 @@ import fakes  # pylint: disable=g-bad-import-order
 
 
 def _config(tmp=None, **captioning_fields):
-  c = finetune_captioning.get_config("data=synthfashion,size=tiny,steps=2")
-  c.model.vision_depth = 1
-  c.model.text_dropout = 0.0
+  c = fakes.shrink(finetune_captioning.get_config("data=synthfashion,size=tiny,steps=2"))
   c.data.synth_train_products = 4
   c.data.synth_val_products = 2
-  c.data.global_batch_size = 8
-  c.data.eval_batch_size = 8
-  c.data.read_threads = 1
   c.queue_size = 8
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.optim.warmup_steps = 1
   c.captioning.beam_size = 2
   c.captioning.max_length = 6
   c.captioning.update(captioning_fields)
