@@ -325,6 +325,11 @@ def _t(q: float, df: float) -> float:
   return float(stats.t.ppf(q, df))
 
 
+def _detectable(se: float, df: float) -> float:
+  """The difference the test finds with POWER at standard error `se`, `df` degrees."""
+  return (_t(1 - ALPHA / 2, df) + _t(POWER, df)) * se
+
+
 def seeds_needed(d: float, spread: float, paired: bool, most: int = 100) -> int | None:
   """The fewest seeds a side at which `d` is detected with POWER at the seed `spread`
   (None: more than `most`, or no difference)."""
@@ -333,7 +338,7 @@ def seeds_needed(d: float, spread: float, paired: bool, most: int = 100) -> int 
   for n in range(2, most + 1):
     se = spread / np.sqrt(n) if paired else spread * np.sqrt(2 / n)
     df = n - 1 if paired else 2 * n - 2
-    if (_t(1 - ALPHA / 2, df) + _t(POWER, df)) * se <= abs(d):
+    if _detectable(se, df) <= abs(d):
       return n
   return None
 
@@ -367,7 +372,7 @@ def judge(better: Sequence[float], worse: Sequence[float], lower: bool = False,
   verdict = ("held" if ratio > threshold else "the other way" if ratio < -threshold
              else "within the seed spread")
   return dict(out, verdict=verdict, ratio=ratio, threshold=threshold,
-              detectable=(threshold + _t(POWER, df)) * se,
+              detectable=_detectable(se, df),
               seeds_needed=seeds_needed(d, spread, paired))
 
 

@@ -50,8 +50,9 @@ from syncmask_jax.data.image_folder import BadRecords, ImageChecks
 from syncmask_jax.data.transforms import ImageFiles
 
 # The library's keyword defaults are the config's (config_lib.default_config).
-CAPTIONS_PER_VIEW = config_lib.default_config().data.captions_per_view
-MAX_WORDS = config_lib.default_config().data.caption_max_words
+_DEFAULTS = config_lib.default_config().data
+CAPTIONS_PER_VIEW = _DEFAULTS.captions_per_view
+MAX_WORDS = _DEFAULTS.caption_max_words
 _CAPTION_TAG = 0xCA  # folds "caption" into a SynthFashion caption's seed
 
 

@@ -69,8 +69,9 @@ PARTS = ("train", "val", "minival", "vg", "test")
 MAX_QUESTION_WORDS = 30  # ALBEF's max_ques_words in training
 TEST_MAX_QUESTION_WORDS = 50  # ALBEF at test time
 # The library's keyword defaults are the config's (config_lib.default_config).
-MAX_ANSWERS = config_lib.default_config().data.max_answers
-SINGLE_ANSWER_WEIGHT = config_lib.default_config().data.single_answer_weight
+_DEFAULTS = config_lib.default_config().data
+MAX_ANSWERS = _DEFAULTS.max_answers
+SINGLE_ANSWER_WEIGHT = _DEFAULTS.single_answer_weight
 SINGLE_ANSWER_DATASETS = ("vg",)
 _STRIPPED = re.compile(r"""[,.'!?"()*#:;~]""")
 
