@@ -261,8 +261,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.protocols = ()  # empty: the dataset's own (DEFAULT_PROTOCOLS)
   c.eval.one_plus_100 = ml_collections.ConfigDict(
       dict(num_queries=1000, num_negatives=100, rounds=5, seed=0))
-  # SynthFashion's 1+K twins: the first num_products held-out products, each against up
-  # to num_twins one-attribute twins per attribute (`retrieval.twins_recall`).
+  # SynthFashion's 1+K twins: the eval split's first num_products products (any number:
+  # the retrieval gallery's size does not bound it), each against up to num_twins
+  # one-attribute twins per attribute (`retrieval.twins_recall`).
   c.eval.twins = ml_collections.ConfigDict(dict(num_products=200, num_twins=3))
   c.eval.pictures = 4  # SynthFashion pretraining: pairs drawn into eval/pictures (0: none)
   c.eval.picture_words = 2  # words whose cross-attention each picture shows
@@ -357,6 +358,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for p in c.eval.protocols:
     _check(p in EVAL_PROTOCOLS, "eval.protocols", tuple(c.eval.protocols),
            f"expected entries of {EVAL_PROTOCOLS}")
+  for name in ("num_products", "num_twins"):
+    _check(1 <= c.eval.twins[name] <= 1_000_000_000, f"eval.twins.{name}",
+           c.eval.twins[name], "must be in [1, 1e9]")
   if c.recipe == "semmim":
     _validate_semmim(c)
   validate_mim_target(c)

@@ -251,6 +251,8 @@ def read_run(directory: str) -> dict[str, Any]:
         out[f"{block['protocol']}/{k}"] = float(block[k])
     if block.get("protocol") == "twins" and block.get("scoring") == "itc":
       out["twins_attributes"] = list(block["attributes"])
+      if "num_products" in block:
+        out["twins_size"] = (int(block["num_products"]), int(block["num_queries"]))
       for tail in ["", "_invisible"] + [f"_{a}" for a in block["attributes"]]:
         if f"i2t_r1{tail}" in block and f"t2i_r1{tail}" in block:
           out[f"{TWINS}{tail}"] = (float(block[f"i2t_r1{tail}"])
@@ -312,6 +314,16 @@ def collect(root: str, variants: Sequence[str], seeds: Sequence[int]
       d = run_dir(root, v, s)
       if paths.path(os.path.join(d, "eval", "pretrain.json")).exists():
         runs.setdefault(v, {})[s] = read_run(d)
+  sizes: dict[Any, list[str]] = {}
+  for v, by_seed in runs.items():
+    for s, r in by_seed.items():
+      sizes.setdefault(r.get("twins_size"), []).append(f"{v} seed {s}")
+  if len(sizes) > 1:
+    raise ValueError(
+        f"{root}: runs evaluated on different twins sets, (products, queries): "
+        + "; ".join(f"{size}: {', '.join(names)}" for size, names in sizes.items())
+        + ". Re-evaluate them alike (python -m syncmask_jax.evaluate "
+        "--config=configs/study.py:variant=V,seed=S,steps=N --workdir=RUN) to compare them")
   return runs
 
 
@@ -552,6 +564,8 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
   every = [r for v in runs.values() for r in v.values()]
   elapsed = max(r["finished"] for r in every) - min(r["started"] for r in every)
   m = machine()
+  # One twins set for all (`collect` checks).
+  twins_size = next(iter(next(iter(runs.values())).values())).get("twins_size")
   budget = (f"{args.steps} steps of the tiny model per run, seeds "
             f"{', '.join(map(str, seeds))}, then {args.finetune_steps} fine-tuning steps")
   overview = [
@@ -592,8 +606,11 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
       "",
       f"* Variants (`syncmask_jax/study.py`), {budget}. Each run pretrains with batch 32 "
       "on SynthFashion (2000 train products, at most two views of a product per batch), "
-      "is evaluated at the end on the 200 held-out products (601 views), then fine-tuned "
-      "for subcategory recognition (16 classes) from its last checkpoint.",
+      "is evaluated at the end on the 200 held-out products (601 views)"
+      + (f", the 1+K twins on the first {twins_size[0]} ({twins_size[1]} views)"
+         if twins_size else "")
+      + ", then fine-tuned for subcategory recognition (16 classes) from its last "
+      "checkpoint.",
       *(["* Not every variant ran every seed: "
          + "; ".join(f"{v} seeds {', '.join(map(str, sorted(sr)))}"
                      for v, sr in runs.items() if set(sr) != set(seeds)) + "."]

@@ -92,7 +92,7 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   c.eval.update(dict(
       scoring=("itc", "itc+itm"), itm_k=4, itm_batch_size=8,
       one_plus_100=dict(num_queries=6, num_negatives=4, rounds=2, seed=0),
-      twins=dict(num_products=4, num_twins=1)))
+      twins=dict(num_products=12, num_twins=1)))  # more products than the gallery's 10
   tokens = tokenizer_lib.token_info(pipeline.make_tokenizer(c))
   c.model.vocab_size = tokens.vocab_size
   build = lambda: train_state_lib.build_model(c, 0)
@@ -116,12 +116,16 @@ def test_retrieval_pass_with_an_itm_copying_itc_ranks_like_itc(monkeypatch):
   by = {(b["protocol"], b["scoring"]): b for b in blocks}
   assert set(by) == {(p, s) for p in ("full_gallery", "one_plus_100", "twins")
                      for s in ("itc", "itc+itm")}
-  # The twins: every view of the first 4 products against one twin per attribute.
+  # The twins: every view of the split's first 12 products (past the gallery's 10)
+  # against one twin per attribute.
   twins = by[("twins", "itc")]
-  assert twins["num_products"] == 4 and twins["twin_slots"] == 5
-  views = pipeline.source_metadata(pipeline.make_eval_source(c))["product_id"]
-  first4 = np.unique(views)[:4]
-  assert twins["num_queries"] == np.isin(views, first4).sum()
+  assert twins["num_products"] == 12 and twins["twin_slots"] == 5
+  gallery = pipeline.make_eval_source(c)
+  assert len(np.unique(pipeline.source_metadata(gallery)["product_id"])) == 10
+  split12 = synthfashion.SynthFashion(gallery.split, 12, gallery.seed, gallery.image_size,
+                                      gallery.patch_size)
+  np.testing.assert_array_equal(split12.product_ids[:10], gallery.product_ids)
+  assert twins["num_queries"] == len(split12)  # every view of the 12 products
   assert 0.0 <= twins["i2t_r1"] <= 100.0
   for protocol in ("full_gallery", "one_plus_100", "twins"):
     itc, rerank = dict(by[(protocol, "itc")]), dict(by[(protocol, "itc+itm")])
@@ -151,9 +155,11 @@ def test_nan_features_are_an_error_naming_the_array_and_the_step(monkeypatch, tm
 
 
 def test_eval_settings_name_the_field():
-  for field, value in (("scoring", ("itm",)), ("protocols", ("one_plus_1000",))):
+  for field, value in (("scoring", ("itm",)), ("protocols", ("one_plus_1000",)),
+                       ("twins.num_products", 0), ("twins.num_twins", 0)):
     c = _synth_config()
-    c.eval[field] = value
+    *parent, name = field.split(".")
+    (c.eval[parent[0]] if parent else c.eval)[name] = value
     with pytest.raises(ValueError, match=f"config.eval.{field}"):
       config_lib.validate(c)
   c = _synth_config()

@@ -52,7 +52,8 @@ def test_claims_pair_only_variants_that_share_their_batches():
   assert all(c.paired() for c in report.CLAIMS if c.worse is None)  # inside one run
 
 
-def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds):
+def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds,
+              twins_products=200):
   os.makedirs(os.path.join(directory, "eval"))
   os.makedirs(os.path.join(directory, "finetune", "eval"))
   with open(os.path.join(directory, "config.json"), "w") as f:
@@ -61,6 +62,7 @@ def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seco
                                                 enumerate(report.RECALLS)})
             for p, _ in report.PROTOCOLS]
   blocks.append(dict(protocol="twins", scoring="itc", attributes=["colour", "side"],
+                     num_products=twins_products, num_queries=3 * twins_products,
                      i2t_r1=r_mean, t2i_r1=r_mean + 2, i2t_r1_colour=90.0, t2i_r1_colour=80.0,
                      i2t_r1_side=r_mean, t2i_r1_side=r_mean, i2t_r1_invisible=25.0,
                      t2i_r1_invisible=27.0))
@@ -103,6 +105,7 @@ def test_report_from_run_files(tmp_path):
   # False-negative rate: mean over the logged windows (0.01 and 0.02) in %.
   assert "1.50 ± 0.00" in text
   assert "3.1 min summed over 4 runs" in text
+  assert "the 1+K twins on the first 200 (600 views)" in text
   # SyncMask vs random retrieval, paired (both ungrouped): differences 6 and 7, so
   # d = 6.5, s = 0.707, SE = 0.5, d/SE = 13 > t(0.975, 1) = 12.7: held.
   claim = [l for l in text.splitlines() if l.startswith("| SyncMask masks give better "
@@ -136,6 +139,17 @@ def test_report_from_run_files(tmp_path):
   summary = json.load(open(docs / "results" / "summary.json"))
   assert summary["syncmask"]["1"]["full_gallery/r_mean"] == 18.0
   assert summary["random_masks"]["0"]["false_negative_rate"] == pytest.approx(0.015)
+
+
+def test_runs_on_different_twins_sets_are_not_compared(tmp_path):
+  root = tmp_path / "runs"
+  for seed, products in enumerate([200, 1000]):
+    _fake_run(report.run_dir(str(root), "syncmask", seed), r_mean=10.0, patch=0.4,
+              patch_random=0.25, fn_rate=0.0, accuracy=50.0, seconds=60.0,
+              twins_products=products)
+  with pytest.raises(ValueError, match=r"\(200, 600\): syncmask seed 0; "
+                     r"\(1000, 3000\): syncmask seed 1"):
+    report.collect(str(root), ["syncmask"], [0, 1])
 
 
 def test_report_goes_to_the_workdir_unless_published(tmp_path):

@@ -350,6 +350,12 @@ def _view_sets() -> np.ndarray:
 _VIEW_SETS = _view_sets()
 
 
+def split_product_ids(split: str, num_products: int) -> np.ndarray:
+  """The ids of a split's first `num_products` products (int64): each split numbers its
+  products from its own base, so a larger split only appends to a smaller one."""
+  return SPLIT_ID_BASE[split] + np.arange(num_products, dtype=np.int64)
+
+
 def product_table(seed: int, product_ids: Any) -> dict[str, Any]:
   """category, gender, num_views and views (-1 padded to 4) of one product or many.
 
@@ -869,7 +875,7 @@ class SynthFashion:
       raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
     self.split, self.num_products, self.seed = split, num_products, seed
     self.image_size, self.patch_size = image_size, patch_size
-    self.product_ids = SPLIT_ID_BASE[split] + np.arange(num_products, dtype=np.int64)
+    self.product_ids = split_product_ids(split, num_products)
     table = product_table(seed, self.product_ids)
     self._views = table["views"]
     self._starts = np.concatenate([[0], np.cumsum(table["num_views"], dtype=np.int64)])

@@ -309,10 +309,12 @@ class _Records(list):
 def _twins_features(config: ml_collections.ConfigDict, ev: ml_collections.ConfigDict,
                     graphdef: Any, params: Any, mesh: jax.sharding.Mesh, source: Any,
                     with_tokens: bool) -> tuple[dict, dict, dict]:
-  """(image rows, text rows, groups) of the 1+K twins protocol on SynthFashion's eval
-  products: the twins are drawn by the generator (`synthfashion.twin_records`) and
-  encoded like any eval split."""
-  product_ids = source.product_ids[:int(ev.twins.num_products)]
+  """(image rows, text rows, groups) of the 1+K twins protocol on the first
+  `eval.twins.num_products` products of SynthFashion's eval split, as many as asked
+  (more than the retrieval gallery holds is allowed: a tighter twins protocol need not
+  change the other protocols' galleries): the twins are drawn by the generator
+  (`synthfashion.twin_records`) and encoded like any eval split."""
+  product_ids = synthfashion.split_product_ids(source.split, int(ev.twins.num_products))
   groups = synthfashion.twin_records(source.seed, product_ids, int(ev.twins.num_twins),
                                      image_size=source.image_size)
   encode = _encode_fn(graphdef, tokens=with_tokens)
