@@ -196,7 +196,8 @@ def test_real_sweep_end_to_end(tmp_path):
   """One tiny real run: the report reads what main.py and the fine-tuning write."""
   small = ["--override=--config.data.synth_train_products=64",
            "--override=--config.data.synth_val_products=24",
-           "--override=--config.eval.pictures=1"]
+           "--override=--config.eval.pictures=1",
+           "--override=--config.eval.twins.num_products=4"]  # the study's 1000: minutes
   path = report.main([f"--workdir={tmp_path / 'runs'}", f"--docs={tmp_path / 'docs'}",
                       "--variants=syncmask", "--seeds=0", "--steps=3",
                       "--finetune_steps=2", "--finetune_override=--config.log_every=1",
