@@ -327,6 +327,17 @@ def collect(root: str, variants: Sequence[str], seeds: Sequence[int]
   return runs
 
 
+def busy_seconds(intervals: Sequence[tuple[float, float]]) -> float:
+  """The time covered by the union of (start, end) intervals: a sweep's wall time without
+  the pauses between its invocations."""
+  total, reach = 0.0, -np.inf
+  for start, end in sorted(intervals):
+    if end > reach:
+      total += end - max(start, reach)
+      reach = end
+  return total
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   """Mean and sample (ddof=1) standard deviation; std 0 for a single value."""
   a = np.asarray(values, np.float64)
@@ -562,7 +573,8 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
   judged = [(c, j) for c in CLAIMS if (j := judge_claim(c, runs)) is not None]
   seconds = [r["seconds"] for v in runs.values() for r in v.values() if "seconds" in r]
   every = [r for v in runs.values() for r in v.values()]
-  elapsed = max(r["finished"] for r in every) - min(r["started"] for r in every)
+  span = max(r["finished"] for r in every) - min(r["started"] for r in every)
+  elapsed = busy_seconds([(r["started"], r["finished"]) for r in every])
   m = machine()
   # One twins set for all (`collect` checks).
   twins_size = next(iter(next(iter(runs.values())).values())).get("twins_size")
@@ -617,8 +629,9 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
         if any(set(sr) != set(seeds) for sr in runs.values()) else []),
       f"* Machine: {m['cpu']}, {m['cpus']} CPUs, {m['platform']}; Python {m['python']}, "
       f"JAX {m['jax']} on {', '.join(m['devices'])}.",
-      f"* Wall time: {elapsed / 60:.0f} min from the first run's start to the last "
-      f"result, {args.jobs} runs at a time; {sum(seconds) / 60:.1f} min summed over "
+      f"* Wall time: {elapsed / 60:.0f} min with runs in flight ({span / 60:.0f} min from "
+      f"the first run's start to the last result), {args.jobs} runs at a time; "
+      f"{sum(seconds) / 60:.1f} min summed over "
       f"{len(seconds)} runs (pretraining + fine-tuning), median "
       f"{np.median(seconds) if seconds else float('nan'):.0f} s per run.",
       "* Figures: mean ± sample standard deviation over seeds. Recall in %; mask precision "
