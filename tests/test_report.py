@@ -53,8 +53,9 @@ def test_claims_pair_only_variants_that_share_their_batches():
 
 
 def test_wall_time_leaves_out_the_pauses_between_invocations():
-  # Two runs at once from 0 s, one inside another, then a pause and one run more.
-  assert report.busy_seconds([(30.0, 40.0), (0.0, 10.0), (5.0, 20.0), (6.0, 8.0)]) == 30.0  # [0, 20] and [30, 40]
+  # Two runs at once from 0 s, one inside another, then a pause and one run more: the
+  # union is [0, 20] and [30, 40].
+  assert report.busy_seconds([(30.0, 40.0), (0.0, 10.0), (5.0, 20.0), (6.0, 8.0)]) == 30.0
   assert report.busy_seconds([(0.0, 10.0), (10.0, 12.0)]) == 12.0
 
 
