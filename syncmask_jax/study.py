@@ -68,7 +68,8 @@ def apply(c: ml_collections.ConfigDict, variant: str, seed: int) -> None:
   # multi-view listings: the miners meet real false negatives and their rate is measured.
   c.data.views_per_batch = 2
   # The 1+K twins on the eval split's first 1000 products (the retrieval gallery keeps
-  # its 200): five times the default's queries, less sampling noise in a twins claim.
+  # its 200): on 200, the eval set's sampling was most of a paired twins claim's seed
+  # spread (docs/study/twins_size.md).
   c.eval.twins.num_products = 1000
   for field, value in VARIANTS[variant][1].items():
     *path, name = field.split(".")
