@@ -3,14 +3,14 @@
 The study's main twins claims (docs/results.md) judge R@1 over all visible twins at
 once. This script splits a claim's difference by the attribute the twins change (colour,
 pattern, a detail's presence, colour or side), with the report's own verdict rule
-(`report.judge`), from a published report's summary.json. Five attributes per claim are
-five tests: a "held" row found here is a hypothesis, to be checked on seeds that did not
+(`report.judge`), from a published report's summary.json. Six rows per pair are six
+tests: a "held" row found here is a hypothesis, to be checked on seeds that did not
 choose it (--seeds picks them).
 
 Run from the repository root (no training; reads summary.json only):
 
   python docs/study/attributes.py --summary=docs/results/summary.json --seeds=0,1,2,3,4 \\
-    --pair=syncmask:random_masks --pair=semmim:albef --out=docs/study/attributes.json
+    --pair=syncmask:random_masks --pair=semmim:albef --out=docs/study/attributes_seeds0-4.json
 """
 import argparse
 import json
