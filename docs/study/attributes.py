@@ -3,7 +3,8 @@
 The study's main twins claims (docs/results.md) judge R@1 over all visible twins at
 once. This script splits a claim's difference by the attribute the twins change (colour,
 pattern, a detail's presence, colour or side), with the report's own verdict rule
-(`report.judge`), from a published report's summary.json. Six rows per pair are six
+(`report.judge`, paired over seeds exactly when the two variants share their batches,
+as in the report), from a published report's summary.json. Six rows per pair are six
 tests: a "held" row found here is a hypothesis, to be checked on seeds that did not
 choose it (--seeds picks them).
 
@@ -18,13 +19,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from syncmask_jax import report  # noqa: E402
+from syncmask_jax import report, study  # noqa: E402
 
 
 def attribute_claims(summary: dict, better: str, worse: str, seeds: list[int]
                      ) -> list[dict]:
-  """One paired verdict per twins measure (all visible, then per attribute) of
-  `better` against `worse` over `seeds`; a missing seed or measure is an error naming it."""
+  """One verdict per twins measure (all visible, then per attribute) of `better`
+  against `worse` over `seeds`, paired when the two share their batch grouping (the
+  report's rule, `report.Claim.paired`); a missing seed or measure is an error naming it."""
+  paired = study.grouping(better) == study.grouping(worse)
   for v in (better, worse):
     if v not in summary:
       raise ValueError(f"summary has no variant {v!r} (it has {sorted(summary)})")
@@ -42,7 +45,7 @@ def attribute_claims(summary: dict, better: str, worse: str, seeds: list[int]
         if key not in summary[v][str(s)]:
           raise ValueError(f"{v} seed {s}: no {key!r} in the summary")
         values[v].append(summary[v][str(s)][key])
-    j = report.judge(values[better], values[worse], paired=True)
+    j = report.judge(values[better], values[worse], paired=paired)
     # judge's "better" and "worse" are the two sides' means.
     rows.append(dict(j, a=better, b=worse, attribute=attribute, measure=key,
                      seeds=list(seeds),
@@ -55,7 +58,8 @@ def main() -> None:
   parser.add_argument("--summary", required=True, help="a report's results/summary.json")
   parser.add_argument("--seeds", required=True, help="comma-separated, e.g. 0,1,2,3,4")
   parser.add_argument("--pair", action="append", required=True,
-                      help="BETTER:WORSE, two variants that share their batches")
+                      help="BETTER:WORSE, two study variants (paired when they share "
+                      "their batch grouping)")
   parser.add_argument("--out", default="", help="write the rows as JSON here")
   args = parser.parse_args()
   with open(args.summary) as f:
@@ -65,12 +69,14 @@ def main() -> None:
   for pair in args.pair:
     better, _, worse = pair.partition(":")
     rows += attribute_claims(summary, better, worse, seeds)
-  print(f"paired over seeds {args.seeds}; R@1 (%), mean of i2t and t2i")
-  print("| A - B | twins changing | A | B | d | s | per seed | d/SE (needed) | verdict |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print(f"seeds {args.seeds}; R@1 (%), mean of i2t and t2i")
+  print("| A - B | twins changing | A | B | d | s | pairing | per seed | d/SE (needed) "
+        "| verdict |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['a']} - {r['b']} | {r['attribute']} | {r['better']:.1f} | "
           f"{r['worse']:.1f} | {r['difference']:+.2f} | {r['spread']:.2f} | "
+          f"{'paired' if r['paired'] else 'unpaired'} | "
           + " ".join(f"{x:+.1f}" for x in r["per_seed"])
           + f" | {r['ratio']:+.1f} (±{r['threshold']:.1f}) | {r['verdict']} |")
   if args.out:
