@@ -86,6 +86,34 @@ class Checkpointer:
     self._manager.close()
 
 
+def _stored_params(directory: str, step: int | None = None, item: str = "params"
+                   ) -> tuple[dict, int]:
+  """The flat {path: metadata} of `item` in the latest (or `step`) checkpoint."""
+  directory = paths.resolve(directory)  # Orbax has no metadata for a relative path
+  if not paths.path(directory).is_dir():
+    raise FileNotFoundError(f"{directory!r}: no such directory (expected a run's "
+                            "checkpoints/ directory or a released weights file)")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False), item_names=("state", "data"))
+  step = manager.latest_step() if step is None else step
+  all_steps = manager.all_steps()
+  manager.close()
+  if step is None or step not in all_steps:
+    raise FileNotFoundError(f"{directory}: no complete checkpoint"
+                            + (f" of step {step}" if step is not None else ""))
+  stored = ocp.PyTreeCheckpointer().metadata(
+      os.path.join(directory, str(step), "state")).item_metadata
+  if item not in stored:
+    raise ValueError(f"{directory}/{step}: no {item!r} in the checkpoint's state")
+  return flax.traverse_util.flatten_dict(dict(stored[item]), sep="/"), step
+
+
+def holds(directory: str, prefix: str) -> bool:
+  """Whether the latest checkpoint in `directory` has parameters under `prefix`."""
+  stored, _ = _stored_params(directory)
+  return any(k.startswith(prefix + "/") for k in stored)
+
+
 def load_pretrained(directory: str, target: dict, *, item: str = "params",
                     allow_missing: tuple[str, ...] = (), step: int | None = None
                     ) -> tuple[dict, int]:
@@ -99,22 +127,9 @@ def load_pretrained(directory: str, target: dict, *, item: str = "params",
   Checkpoint entries the model lacks (a MIM decoder, SemMIM prototypes) are ignored.
   Returns (parameters, checkpoint step).
   """
-  directory = paths.resolve(directory)  # Orbax has no metadata for a relative path
-  if not paths.path(directory).is_dir():
-    raise FileNotFoundError(f"{directory!r}: no such directory (expected a run's "
-                            "checkpoints/ directory)")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False), item_names=("state", "data"))
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"{directory}: no complete checkpoint"
-                            + (f" of step {step}" if step is not None else ""))
-  stored = ocp.PyTreeCheckpointer().metadata(
-      os.path.join(directory, str(step), "state")).item_metadata
-  if item not in stored:
-    raise ValueError(f"{directory}/{step}: no {item!r} in the checkpoint's state")
+  flat_stored, step = _stored_params(directory, step, item)
+  directory = paths.resolve(directory)
   flat_target = flax.traverse_util.flatten_dict(target, sep="/")
-  flat_stored = flax.traverse_util.flatten_dict(dict(stored[item]), sep="/")
   missing = [k for k in flat_target if k not in flat_stored]
   bad = [k for k in missing if not k.startswith(tuple(allow_missing))]
   if bad:
@@ -133,6 +148,8 @@ def load_pretrained(directory: str, target: dict, *, item: str = "params",
   abstract = flax.traverse_util.unflatten_dict(
       {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", device))
        for k, v in flat_target.items() if k in flat_stored}, sep="/")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False), item_names=("state", "data"))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item={item: abstract}, restore_args=ocp.checkpoint_utils.construct_restore_args(
           {item: abstract}), partial_restore=True)))["state"][item]

@@ -254,7 +254,7 @@ def test_bfloat16_safetensors(tmp_path):
   import safetensors.torch  # pylint: disable=g-import-not-at-top
   x = torch.randn(3, 5)
   safetensors.torch.save_file({"w": x.bfloat16(), "v": x}, str(tmp_path / "t.safetensors"))
-  out = checkpoint_import._read_safetensors(str(tmp_path / "t.safetensors"))
+  out = checkpoint_import.files.read_safetensors(str(tmp_path / "t.safetensors"))
   np.testing.assert_array_equal(out["w"].astype(np.float32), x.bfloat16().float().numpy())
   np.testing.assert_array_equal(out["v"], x.numpy())
 
@@ -629,11 +629,11 @@ def test_timm_errors(timm_state, timm_base, tmp_path):
   raises(_save_pth({"text_encoder.embeddings.word_embeddings.weight": np.ones((8, 64))},
                    tmp_path / "text.pth"), r"no ViT.*'patch_embed\.proj\.weight' \(timm\)")
   raises(path, r"'patch_embed\.proj\.weight' gives patch_size=8 but the model has "
-         "patch_size=16", params=_split(_model_cfg(patch_size=16))[1])
+         r"config\.model\.patch_size=16", params=_split(_model_cfg(patch_size=16))[1])
   raises(path, r"'blocks\.\*' gives num_hidden_layers=2, fewer than the model's "
-         "vision_depth=3", params=_split(_model_cfg(vision_depth=3))[1])
+         r"config\.model\.vision_depth=3", params=_split(_model_cfg(vision_depth=3))[1])
   raises(path, r"'patch_embed\.proj\.weight' gives hidden_size=64 but the model has "
-         "vision_width=32", params=_split(_model_cfg(vision_width=32))[1])
+         r"config\.model\.vision_width=32", params=_split(_model_cfg(vision_width=32))[1])
   # timm's global_pool="avg" ViT: fc_norm after pooling, no final norm.
   gap = {("fc_" + k if k.startswith("norm.") else k): v for k, v in timm_state.items()}
   raises(_save_pth(gap, tmp_path / "gap.pth"), r"'fc_norm\.bias'.*global-average-pool")

@@ -16,7 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "syncmask_jax"
 # `self.config`, `negatives_cfg` ...).
 CONFIG_NAME = re.compile(r"(c|d|m|cfg|config|data|ev|\w+_cfg|\w+_config)")
 # `.get` on dicts named like a config: a Hugging Face checkpoint's config.json.
-NOT_CONFIG = {("checkpoint_import.py", "config"), ("checkpoint_import.py", "hf_config")}
+NOT_CONFIG: set[tuple[str, str]] = set()
 
 
 def _root(node: ast.AST) -> str:
