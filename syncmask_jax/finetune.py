@@ -21,6 +21,7 @@ from absl import logging
 
 from syncmask_jax import checkpointing, config_lib, evaluate, loop, optim, sharding, tasks
 from syncmask_jax import train_state as train_state_lib
+from syncmask_jax.checkpoint_import import released
 from syncmask_jax.data import pipeline
 from syncmask_jax.tasks import base
 
@@ -62,14 +63,15 @@ def evaluate_params(task: base.Task, graphdef: Any, params: dict, mesh: jax.shar
   return results
 
 
-def init_from(task: base.Task, state: Any, directory: str) -> Any:
-  """`state` with the pretrained parameters of `directory` (the new head's stay, or
-  start from pretrained ones: `task.init_new_params`); a momentum model starts as their
+def init_from(task: base.Task, state: Any, source: str) -> Any:
+  """`state` with the pretrained parameters of `source` (`config.init_checkpoint`: a
+  run's checkpoints/ or a released file, `released.Pretrained`); the new head's stay, or
+  start from pretrained ones (`task.init_new_params`); a momentum model starts as their
   copy (`task.start_from`)."""
-  params, step = checkpointing.load_pretrained(directory, state.params,
-                                               allow_missing=task.new_params)
-  logging.info("%s: parameters from %s (step %d)", task.name, directory, step)
-  return task.start_from(state, task.init_new_params(params, directory))
+  pretrained = released.Pretrained(task.config, source)
+  params, step = pretrained.load(state.params, allow_missing=task.new_params)
+  logging.info("%s: parameters from %s (step %d)", task.name, source, step)
+  return task.start_from(state, task.init_new_params(params, pretrained))
 
 
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

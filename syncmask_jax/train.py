@@ -17,6 +17,7 @@ from clu import parameter_overview
 
 from syncmask_jax import checkpoint_import, checkpointing, config_lib, evaluate, loop, optim
 from syncmask_jax import sharding
+from syncmask_jax.checkpoint_import import released
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax import train_step as train_step_lib
 from syncmask_jax.data import pipeline
@@ -44,7 +45,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, data_state, _ = ckpt.restore(state)
     train_iter.set_state(data_state)
   elif config.init_checkpoint:
-    state = init_from_checkpoint(state, setup, config.init_checkpoint)
+    state = init_from_checkpoint(state, setup, config)
   logging.info("%d steps per epoch", steps_per_epoch)
   step_fn = train_step_lib.make_train_step(config, setup, tokens, steps_per_epoch)
 
@@ -62,18 +63,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def init_from_checkpoint(state: train_state_lib.TrainState, setup: train_state_lib.Setup,
-                         directory: str) -> train_state_lib.TrainState:
-  """Pretraining that starts from an earlier run's checkpoint (`config.init_checkpoint`):
-  its parameters and its momentum model, so the teacher that picks SyncMask's masks is
-  the earlier run's from step 0 on (a grounded teacher, as a pretrained one would be).
-  Everything else starts afresh: step 0, the optimizer, the queue, the data order."""
-  params, step = checkpointing.load_pretrained(directory, state.params)
-  momentum, _ = checkpointing.load_pretrained(directory, state.momentum_params,
-                                              item="momentum_params", step=step)
-  logging.info("pretraining starts from %s (step %d): parameters and momentum model",
-               directory, step)
-  return state.replace(params=params, momentum_params=momentum, opt_state=jax.jit(
-      setup.tx.init, out_shardings=setup.state_shardings.opt_state)(params))
+                         config: ml_collections.ConfigDict) -> train_state_lib.TrainState:
+  """Pretraining that starts from `config.init_checkpoint`: an earlier run's checkpoints/
+  (its parameters and momentum model, so the teacher that picks SyncMask's masks is the
+  earlier run's from step 0 on: a grounded teacher, as a pretrained one would be), or a
+  released ALBEF file (`checkpoint_import.released`: its parameters, momentum copies
+  and queue, as FashionSAP starts from `ALBEF.pth`). Everything else starts afresh:
+  step 0, the optimizer, the data order, and the queue of a run's checkpoint."""
+  pretrained = released.Pretrained(config, config.init_checkpoint)
+  params, momentum, queue = pretrained.load_state(state.params, state.momentum_params,
+                                                  state.queue)
+  logging.info("pretraining starts from %s: parameters and momentum model%s",
+               config.init_checkpoint, " and queue" if queue is not state.queue else "")
+  return state.replace(params=params, momentum_params=momentum, queue=queue,
+                       opt_state=jax.jit(setup.tx.init,
+                                         out_shardings=setup.state_shardings.opt_state)(params))
 
 
 @dataclasses.dataclass(frozen=True)

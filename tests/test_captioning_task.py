@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from syncmask_jax import caption_eval, config_lib, evaluate, finetune
+from syncmask_jax.checkpoint_import import released
 from syncmask_jax.data import captions, pipeline
 from syncmask_jax.tasks import captioning
 
@@ -125,7 +126,7 @@ def test_decoder_starts_from_the_pretrained_layers(pretrained, init_layers):
   c = _config(tmp, init_layers=init_layers)
   task = captioning.Captioning(c)
   fresh = nnx.to_pure_dict(nnx.state(task.build_model(), nnx.Param))
-  out = task.init_new_params(fresh, c.init_checkpoint)
+  out = task.init_new_params(fresh, released.Pretrained(c, c.init_checkpoint))
   dec, old = out["text_decoder"], fresh["text_decoder"]
   same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), b)
   same(dec["embeddings"], stored["embeddings"])

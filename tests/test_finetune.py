@@ -98,7 +98,7 @@ def test_pretraining_from_a_checkpoint_takes_params_and_momentum_model_only(fine
   state, setup = train_state_lib.create_train_state(
       c, mesh, lambda p: optim.make_optimizer(c.optim, p, c.total_steps))
   fresh = jax.device_get(state)
-  state = jax.device_get(train.init_from_checkpoint(state, setup, c.init_checkpoint))
+  state = jax.device_get(train.init_from_checkpoint(state, setup, c))
   pre = finetune_files["state"]
   np.testing.assert_array_equal(state.params["temp"], pre["params"]["temp"])
   np.testing.assert_array_equal(state.momentum_params["itm_head"]["kernel"],

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from syncmask_jax import config_lib, finetune, sharding, vqa_eval
+from syncmask_jax.checkpoint_import import released
 from syncmask_jax.data import pipeline, synthfashion_vqa, transforms
 from syncmask_jax.models import decoder as decoder_lib
 from syncmask_jax.tasks import vqa as vqa_task
@@ -162,7 +163,7 @@ def test_decoder_starts_from_the_pretrained_fusion_layer(finetune_files):
   fresh = fakes.numpy_params(task.build_model, seed=1)
   pre = finetune_files["state"]["params"]
   params = {**pre, "answer_decoder": fresh["answer_decoder"]}
-  out = task.init_new_params(params, "")
+  out = task.init_new_params(params, released.Pretrained(c, c.init_checkpoint))
   np.testing.assert_array_equal(
       out["answer_decoder"]["decoder"]["layer_0"]["cross_attn"]["query"]["kernel"],
       pre["fusion"]["layer_0"]["cross_attn"]["query"]["kernel"])

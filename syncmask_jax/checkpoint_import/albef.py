@@ -175,7 +175,8 @@ class Imported:
 
 
 def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *,
-                 momentum: bool = False, queue_size: int = 0) -> Imported:
+                 momentum: bool = False, queue_size: int = 0, partial: bool = False
+                 ) -> Imported:
   """An ALBEF checkpoint file (`.pth`, or `.safetensors`) into our `params` (a pure
   dict, not modified), checked against `config.model`.
 
@@ -184,7 +185,7 @@ def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *
   the online ones), else as a copy of the imported parameters. With `queue_size` the
   queues become ours when their size matches (else the queue starts empty, with a
   warning). Raises before writing anything if the checkpoint is not ALBEF's or a size
-  differs from the config.
+  differs from the config. With `partial`, `params` may be part of a model (keymap.Importer).
   """
   _, tensors = files.read_checkpoint(path, require_config=False)
   layout = detect(tensors, path)
@@ -195,8 +196,9 @@ def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *
   scopes = tuple(params)
 
   def run(target: Params, rules: list[Rule], suffix: str) -> keymap.Importer:
-    imp = keymap.Importer(path, target, tensors, scopes)
-    vit.prepare_vit(imp, vit.TIMM_VIT, f"visual_encoder{suffix}.", grid)
+    imp = keymap.Importer(path, target, tensors, scopes, partial=partial)
+    if "vision" in target:
+      vit.prepare_vit(imp, vit.TIMM_VIT, f"visual_encoder{suffix}.", grid)
     if decoder and not layout.decoder_layers:
       rules = [r for r in rules if not r.ours[0].startswith("answer_decoder/")]
     imp.apply(rules)

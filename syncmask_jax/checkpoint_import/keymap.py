@@ -238,7 +238,10 @@ class Importer:
   """Copies checkpoint tensors into a flat copy of our params, tracking both sides."""
 
   def __init__(self, source: str, params: Params, tensors: dict[str, np.ndarray],
-               scopes: tuple[str, ...]):
+               scopes: tuple[str, ...], *, partial: bool = False):
+    """`partial`: `params` is part of a model (a task reads only some of a checkpoint):
+    rules for parameters it lacks are skipped, their keys reported unused."""
+    self.partial = partial
     self.flat = flatten(params)
     self.tensors = tensors
     self.used: set[str] = set()
@@ -272,6 +275,9 @@ class Importer:
 
   def apply(self, rules: Sequence[Rule]) -> None:
     for rule in rules:
+      if self.partial and not any(o in self.flat for o in rule.ours):
+        self.report.reasons.update({k: "not part of this model" for k in rule.keys})
+        continue
       values = [self.get(k) for k in rule.keys]
       if rule.tied:
         mine = [np.asarray(jax.device_get(self.flat[o]), np.float32) for o in rule.ours]

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from syncmask_jax import checkpointing, paths
-from syncmask_jax.checkpoint_import import albef, files, log_report
+from syncmask_jax.checkpoint_import import albef, files, keymap, log_report
 
 Params = dict[str, Any]
 WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
@@ -50,7 +50,13 @@ class Pretrained:
     in the log); a run's checkpoint must hold all but `allow_missing`."""
     if not self.released:
       return checkpointing.load_pretrained(self.source, target, allow_missing=allow_missing)
-    imported = self._import(target)
+    imported = self._import(target, partial=True)
+    abstract = [k for k, v in keymap.flatten(target).items() if not hasattr(v, "__array__")]
+    unfilled = [k for k in imported.report.initialised
+                if k in abstract and not k.startswith(tuple(allow_missing))]
+    if unfilled:  # nothing to keep for these: an error, as for a run's checkpoint
+      raise ValueError(f"config.init_checkpoint={self.source!r} lacks {len(unfilled)} "
+                       f"parameters this model needs, e.g. {unfilled[:5]}")
     return _place(imported.params, target), 0
 
   def holds(self, target: Params, prefix: str) -> bool:
@@ -78,7 +84,8 @@ class Pretrained:
     return files.read_checkpoint(self.source, require_config=False)[1]
 
   def _import(self, target: Params, **kw) -> albef.Imported:
-    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), target)
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)) if hasattr(x, "__array__")
+                        else np.zeros(x.shape, x.dtype), target)
     imported = albef.import_albef(self.source, host, self.config, **kw)
     log_report(imported.report)
     return imported

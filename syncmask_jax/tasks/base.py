@@ -62,13 +62,14 @@ class Task:
     finetune.init_from); a task with a momentum model starts it as their copy here."""
     return state.replace(params=params)
 
-  def init_new_params(self, params: dict, pretrained_dir: str) -> dict:
-    """`params` just restored from the pretraining checkpoint `pretrained_dir` (a run's
-    checkpoints/) -> the parameters training starts from: a task whose new parameters
-    start as copies of pretrained ones sets them here, from `params` (VQA's answer
-    decoder, ALBEF's) or, for pretrained parameters its model lacks, from
-    `pretrained_dir` (captioning's decoder); the default keeps them as initialised."""
-    del pretrained_dir
+  def init_new_params(self, params: dict, pretrained: Any) -> dict:
+    """`params` just read from the pretrained checkpoint (`pretrained`, a
+    `checkpoint_import.released.Pretrained`: a run's checkpoints/ or a released file)
+    -> the parameters training starts from: a task whose new parameters start as copies
+    of pretrained ones sets them here, from `params` (VQA's answer decoder, ALBEF's) or,
+    for pretrained parameters its model lacks, through `pretrained.load` (captioning's
+    decoder); the default keeps them as initialised."""
+    del pretrained
     return params
 
   def train_source(self) -> Any | None:

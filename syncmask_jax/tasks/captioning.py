@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from syncmask_jax import caption_eval, checkpointing, decoding, evaluate, paths
+from syncmask_jax import caption_eval, decoding, evaluate, paths
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.data import pipeline
@@ -240,9 +240,9 @@ class Captioning(base.Task):
     return CaptionModel(self.config.model, self.config.captioning.init_layers,
                         rngs=nnx.Rngs(params=self.config.seed))
 
-  def init_new_params(self, params: dict, pretrained_dir: str) -> dict:
+  def init_new_params(self, params: dict, pretrained: Any) -> dict:
     """The decoder from the pretrained embeddings, MLM head and the layers of
-    `captioning.init_layers` (`decoder.init_from_vlp`), read from `pretrained_dir`."""
+    `captioning.init_layers` (`decoder.init_from_vlp`), read through `pretrained`."""
     config = self.config
     layers = ("fusion",) + (("text",) if config.captioning.init_layers == "text+fusion"
                             else ())
@@ -250,8 +250,8 @@ class Captioning(base.Task):
     _, abstract = nnx.split(nnx.eval_shape(lambda: vlp.VLP(config.model,
                                                            rngs=nnx.Rngs(params=0))))
     target = {k: v for k, v in nnx.to_pure_dict(abstract).items() if k in wanted}
-    pretrained, _ = checkpointing.load_pretrained(pretrained_dir, target)
-    decoder, _ = decoder_lib.init_from_vlp(pretrained, params["text_decoder"],
+    vlp_params, _ = pretrained.load(target)
+    decoder, _ = decoder_lib.init_from_vlp(vlp_params, params["text_decoder"],
                                            init_layers=config.captioning.init_layers)
     return {**params, "text_decoder": decoder}
 

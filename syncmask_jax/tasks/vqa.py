@@ -259,8 +259,11 @@ class VQA(base.Task):
       state = state.replace(momentum_params=jax.tree.map(jnp.copy, params))
     return state
 
-  def init_new_params(self, params: dict, pretrained_dir: str) -> dict:
-    del pretrained_dir  # the VQA model holds the fusion layers it copies
+  def init_new_params(self, params: dict, pretrained: Any) -> dict:
+    if pretrained.holds(params, "answer_decoder"):
+      # A VQA checkpoint (ALBEF's released ones, or a VQA run's): its decoder as it is.
+      logging.info("vqa: answer decoder from %s", pretrained.source)
+      return params
     decoder, copied = decoder_lib.init_from_vlp(params, params["answer_decoder"],
                                                 init_layers="fusion")
     logging.info("vqa: answer decoder from the pretrained model (%d tensors: fusion "
