@@ -62,6 +62,15 @@ class Checkpointer:
       logging.info("checkpoint of step %d -> %s", step, self.directory)
     return saved
 
+  def save_start(self, state: Any, data_state: dict) -> dict:
+    """A run's starting state as its step-0 checkpoint, written through (the converter,
+    `python -m syncmask_jax.convert`: the run then resumes, evaluates or is an
+    init_checkpoint like any other)."""
+    self.save(0, state, data_state, force=True)
+    self.wait_until_finished()
+    self.close()
+    return {"checkpoint": os.path.join(self.directory, "0")}
+
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
     """Restores `step` (default the latest complete one) into `abstract_state`'s layout."""
     step = self.latest_step() if step is None else step

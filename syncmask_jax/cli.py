@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags import tuple_parser
 
 from syncmask_jax import config_lib, paths
+from syncmask_jax.checkpoint_import import released
 
 PATH_FIELDS = ("init_checkpoint", "compilation_cache_dir", "data.root", "data.image_root",
                "data.vg_image_root",
@@ -84,8 +85,11 @@ def resolved_config(flag: flags.Flag, checkpoints: str = "") -> ml_collections.C
   stated = dict(item.split("=", 1) for item in filter(None, arg.split(",")) if "=" in item)
   if not checkpoints and config.task != "pretrain":
     checkpoints = config.init_checkpoint
+  # A released file (ALBEF's .pth) has no run beside it: the config gives the model, and
+  # the importer checks every size against it.
   run_json = (os.path.join(os.path.dirname(paths.resolve(checkpoints).rstrip("/")),
-                           "config.json") if checkpoints else "")
+                           "config.json")
+              if checkpoints and not released.is_released(checkpoints) else "")
   run = None
   if run_json and paths.path(run_json).is_file():
     run = paths.read_json(run_json)

@@ -74,8 +74,10 @@ def init_from(task: base.Task, state: Any, source: str) -> Any:
   return task.start_from(state, task.init_new_params(params, pretrained))
 
 
-def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Fine-tunes `config.task` from `config.init_checkpoint`, evaluates at the end."""
+def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                          initialise_only: bool = False) -> dict:
+  """Fine-tunes `config.task` from `config.init_checkpoint`, evaluates at the end.
+  `initialise_only`: stop after the set-up, its state saved as step 0 (the converter)."""
   validate(config)
   pipeline.resolve_vocab(config)  # before config.json is written: it records the values
   writer = loop.start_run(config, workdir)
@@ -94,6 +96,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       state = init_from(task, state, config.init_checkpoint)
     else:
       logging.warning("config.init_checkpoint is empty: fine-tuning from random weights")
+  if initialise_only:
+    return ckpt.save_start(state, train_iter.get_state())
   return loop.run_loop(
       config, workdir, state=state, step_fn=task.make_step(setup), setup=setup,
       train_iter=train_iter, ckpt=ckpt, writer=writer,

@@ -23,8 +23,10 @@ from syncmask_jax import train_step as train_step_lib
 from syncmask_jax.data import pipeline
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Pretrains per `config`, checkpoints into `workdir`, evaluates at the end."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       initialise_only: bool = False) -> dict:
+  """Pretrains per `config`, checkpoints into `workdir`, evaluates at the end.
+  `initialise_only`: stop after the set-up, its state saved as step 0 (the converter)."""
   config_lib.validate(config)
   tokens = pipeline.resolve_vocab(config)
   writer = loop.start_run(config, workdir)
@@ -46,6 +48,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_iter.set_state(data_state)
   elif config.init_checkpoint:
     state = init_from_checkpoint(state, setup, config)
+  if initialise_only:
+    return ckpt.save_start(state, train_iter.get_state())
   logging.info("%d steps per epoch", steps_per_epoch)
   step_fn = train_step_lib.make_train_step(config, setup, tokens, steps_per_epoch)
 

@@ -24,7 +24,7 @@ LAYERS = (
               "resume")),
     ("loop and evaluators", ("loop", "train_step", "evaluate", "retrieval", "visualize")),
     ("pretraining and tasks", ("train", "tasks", "finetune")),
-    ("entry points", ("main", "evaluate.__main__", "report", "cli")),
+    ("entry points", ("main", "evaluate.__main__", "report", "cli", "convert")),
 )
 
 # What a function may import: heavy dependencies only some runs need, imported where
