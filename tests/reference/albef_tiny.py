@@ -48,7 +48,7 @@ small large big little old young man woman boy girl dog cat bird horse car bus b
 train tree grass water sky street road table chair plate food pizza cake ball shirt
 hat dress picture photo near next sitting standing walking running holding wearing
 riding eating playing looking top front field beach room kitchen people group child
-person sign building window light day night ##s ##ing ##ed . ,
+person sign building window light day night ##s ##ing ##ed . , what how many color yes no ?
 """.split()
 VOCAB = SPECIAL + WORDS
 
@@ -111,6 +111,57 @@ def build_pretrain(seed: int = 0):
       queue_size=QUEUE_SIZE, embed_dim=EMBED_DIM, mlm_mask_prob=MLM_PROBABILITY,
       temp=TEMP, momentum=MOMENTUM, alpha=ALPHA, max_txt_len=MAX_TXT_LEN)
   return model
+
+
+def build_retrieval(seed: int = 0):
+  """AlbefRetrieval as from_config builds it: text_encoder is an XBertEncoder (a BertModel,
+  keys text_encoder.* without `.bert`), with image/text/idx queues."""
+  import torch
+  from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
+  from lavis.models.med import XBertEncoder
+  torch.manual_seed(seed)
+  return AlbefRetrieval(
+      image_encoder=vision_encoder(),
+      text_encoder=XBertEncoder(bert_config(), add_pooling_layer=False),
+      queue_size=QUEUE_SIZE, embed_dim=EMBED_DIM, temp=TEMP, use_distill=True,
+      momentum=MOMENTUM, alpha=ALPHA, max_txt_len=MAX_TXT_LEN)
+
+
+VQA_DECODER_LAYERS = 2  # LAVIS: 6 (the multimodal half of the 12-layer encoder)
+
+
+def build_vqa(seed: int = 0):
+  """AlbefVQA as from_config builds it: an XBertEncoder question encoder (fusion at layer
+  2) and a BertLMHeadModel answer decoder (fusion_layer 0: cross-attention, to the question
+  states, in each of its layers; hence encoder_width = TEXT_WIDTH), with momentum copies."""
+  import torch
+  from lavis.models.albef_models.albef_vqa import AlbefVQA
+  from lavis.models.med import BertLMHeadModel, XBertEncoder
+  torch.manual_seed(seed)
+  decoder = BertLMHeadModel(bert_config(
+      fusion_layer=0, num_hidden_layers=VQA_DECODER_LAYERS, encoder_width=TEXT_WIDTH))
+  return AlbefVQA(
+      image_encoder=vision_encoder(),
+      text_encoder=XBertEncoder(bert_config(), add_pooling_layer=False),
+      text_decoder=decoder, use_distill=True, momentum=MOMENTUM, alpha=ALPHA,
+      max_txt_len=MAX_TXT_LEN)
+
+
+BLIP_PROMPT = "a picture of "
+
+
+def build_blip_caption(seed: int = 0):
+  """BlipCaption: BLIP's ViT and an XBertLMHeadDecoder whose config has no fusion_layer
+  (BLIP's med_config.json), so every layer has cross-attention to the image. Its vocab is
+  the tokenizer's, [DEC] (bos) and [ENC] included: len(VOCAB) + 2."""
+  import torch
+  from lavis.models.blip_models.blip_caption import BlipCaption
+  from lavis.models.med import XBertLMHeadDecoder
+  torch.manual_seed(seed)
+  config = bert_config(vocab_size=len(VOCAB) + 2)
+  del config.fusion_layer
+  return BlipCaption(vision_encoder(), XBertLMHeadDecoder(config), prompt=BLIP_PROMPT,
+                     max_txt_len=MAX_TXT_LEN)
 
 
 def eval_forward(model, inputs) -> dict:

@@ -28,6 +28,28 @@ zip entries without timestamps). The files:
   albef_pretrain_after.pth  the state dict after one AdamW step and one momentum update,
                             with the queues and queue_ptr after the forward's enqueue
 
+and, in tests/data/lavis_extras/ (optional models, same sizes, same vocab.txt and images):
+
+  albef_retrieval.pth       AlbefRetrieval.state_dict(): albef_pretrain.pth converted by
+                            LAVIS's own AlbefBase.load_from_pretrained (text keys lose
+                            `bert.`, the MLM head is dropped, idx_queue stays -100)
+  retrieval.npz             its eval-mode outputs on inputs.npz (image_feat, text_feat,
+                            itm_logits of the positive pairs, itm_logits_all[i, j] for
+                            image i with text j, momentum features)
+  albef_vqa.pth             AlbefVQA.state_dict() (random; answer decoder text_decoder.*,
+                            2 layers, cross-attention to the question states in each)
+  vqa.npz                   AlbefVQA.predict_answers(k=3) = rank_answers on 4 questions
+                            and 6 answers: the first-token probabilities, the top-k
+                            answers, their scores (minus the decoder's loss: summed over
+                            the answer tokens, cross-entropy WITH label_smoothing=0.1, as
+                            LAVIS's BertLMHeadModel always computes it), the chosen answers
+  blip_caption.pth          BlipCaption.state_dict() (random; every decoder layer has
+                            cross-attention; vocab + [DEC] (102, the bos) + [ENC] (103))
+  blip_caption.npz          beam search (num_beams 3, max_length 10, min_length 2, prompt
+                            "a picture of ") on the first 2 images: tokens, HF's
+                            sequences_scores, decoded captions; and the teacher-forced
+                            LM logits and loss (label smoothing 0.1) of prompt + caption
+
 What LAVIS's AlbefPretrain.forward does, and how the script pins it down:
 
 * temp: forward starts with `temp.clamp_(0.001, 0.5)` in place (under no_grad); at 0.07
@@ -101,7 +123,8 @@ def numpy_dict(tensors: dict) -> dict:
   return {k: v.detach().cpu().numpy().copy() for k, v in tensors.items()}
 
 
-def perturb(model) -> None:
+def perturb(model, seed_online=SEED_ONLINE_NOISE, seed_momentum=SEED_MOMENTUM_NOISE,
+            seed_queues=SEED_QUEUES) -> None:
   """No constant tensors; momentum copies != online weights; random unit queues;
   queue_ptr = 4."""
   import torch
@@ -112,18 +135,22 @@ def perturb(model) -> None:
     # WEIGHT_SCALE. LAVIS also initialises biases to 0 and LayerNorms to (1, 0), where a
     # parameter that an importer failed to load would not show: every 1-D online
     # parameter gets 0.1 * randn.
-    g = torch.Generator().manual_seed(SEED_ONLINE_NOISE)
+    g = torch.Generator().manual_seed(seed_online)
     for _, p in model.named_parameters():
       if p.requires_grad and p.ndim >= 2:
         p.mul_(WEIGHT_SCALE)
       elif p.requires_grad and p.ndim == 1:
         p.add_(0.1 * torch.randn(p.shape, generator=g))
+    if not hasattr(model, "model_pairs"):
+      return
     model.copy_params()  # the momentum copies start from these online weights
-    g = torch.Generator().manual_seed(SEED_MOMENTUM_NOISE)
+    g = torch.Generator().manual_seed(seed_momentum)
     for _, momentum in model.model_pairs:
       for p in momentum.parameters():  # shared (tied) tensors come once
         p.add_(0.01 * torch.randn(p.shape, generator=g))
-    g = torch.Generator().manual_seed(SEED_QUEUES)
+    if not hasattr(model, "image_queue"):
+      return
+    g = torch.Generator().manual_seed(seed_queues)
     model.image_queue.copy_(F.normalize(torch.randn(
         model.image_queue.shape, generator=g), dim=0))
     model.text_queue.copy_(F.normalize(torch.randn(
@@ -201,6 +228,8 @@ def training_step(model, image, captions, mlm_ids, mlm_labels, input_ids):
     step["train_" + key] = getattr(output.intermediate_output, key)
   step = numpy_dict(step)
   step["itm_neg_image_for_text"] = neg_image_for_text
+  step["mlm_input_ids"] = mlm_ids.numpy().copy()
+  step["mlm_labels"] = mlm_labels.numpy().copy()
   step["itm_neg_text_for_image"] = neg_text_for_image
   missing = []
   for name, p in model.named_parameters(remove_duplicate=False):
@@ -224,6 +253,158 @@ def training_step(model, image, captions, mlm_ids, mlm_labels, input_ids):
   optimizer.step()
   AlbefPretrain._momentum_update(model)
   return step, neg_image_for_text, neg_text_for_image
+
+
+EXTRAS = os.path.join(os.path.dirname(tiny.DATA), "lavis_extras")
+VQA_QUESTIONS = [
+    "what is the man riding ?",
+    "how many dogs are in the grass ?",
+    "what color is the hat ?",
+    "is the cat sitting near a window ?",
+]
+VQA_ANSWERS = ["red bike", "two dogs", "blue hat", "cat", "yes", "no"]
+VQA_K = 3
+BLIP_BEAMS = {"num_beams": 3, "max_length": 10, "min_length": 2}
+
+
+def make_retrieval(inputs: dict) -> None:
+  """AlbefRetrieval with the BEFORE weights, converted by LAVIS itself
+  (AlbefBase.load_from_pretrained: `bert.` dropped from the text keys, the MLM head left
+  out, idx_queue kept at its init, -100)."""
+  import torch
+  import torch.nn.functional as F
+  from types import SimpleNamespace
+  model = tiny.build_retrieval(SEED_MODEL)
+  message = model.load_from_pretrained(os.path.join(tiny.DATA, "albef_pretrain.pth"))
+  assert message.missing_keys == ["idx_queue"], message.missing_keys
+  assert all(".cls." in k for k in message.unexpected_keys), message.unexpected_keys
+  torch.save(model.state_dict(), os.path.join(EXTRAS, "albef_retrieval.pth"))
+  model.eval()
+  image = torch.from_numpy(inputs["image"])
+  text = SimpleNamespace(input_ids=torch.from_numpy(inputs["input_ids"]),
+                         attention_mask=torch.from_numpy(inputs["attention_mask"]))
+  out = {}
+  with torch.no_grad():
+    image_embeds = model.visual_encoder.forward_features(image)
+    image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long)
+    text_embeds = model.text_encoder.forward_text(text).last_hidden_state
+    fused = model.text_encoder(
+        encoder_embeds=text_embeds, attention_mask=text.attention_mask,
+        encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts,
+        return_dict=True, mode="fusion").last_hidden_state
+    # Every (image i, text j), as compute_sim_matrix scores its top-k pairs: the
+    # multimodal encoder on the token ids, then itm_head (LAVIS adds the ITC similarity).
+    itm_all = []
+    for i in range(image.shape[0]):
+      states = image_embeds[i].repeat(image.shape[0], 1, 1)
+      output = model.text_encoder(
+          text.input_ids, attention_mask=text.attention_mask,
+          encoder_hidden_states=states, encoder_attention_mask=image_atts,
+          return_dict=True)
+      itm_all.append(model.itm_head(output.last_hidden_state[:, 0, :]))
+    image_feat = F.normalize(model.vision_proj(image_embeds[:, 0, :]), dim=-1)
+    text_feat = F.normalize(model.text_proj(text_embeds[:, 0, :]), dim=-1)
+    image_embeds_m = model.visual_encoder_m(image)
+    text_embeds_m = model.text_encoder_m.forward_text(text).last_hidden_state
+    out.update(
+        image_embeds=image_embeds, text_embeds=text_embeds, image_feat=image_feat,
+        text_feat=text_feat, sim_i2t=image_feat @ text_feat.t() / model.temp,
+        itm_logits=model.itm_head(fused[:, 0, :]), itm_logits_all=torch.stack(itm_all),
+        image_feat_m=F.normalize(model.vision_proj_m(image_embeds_m[:, 0, :]), dim=-1),
+        text_feat_m=F.normalize(model.text_proj_m(text_embeds_m[:, 0, :]), dim=-1))
+  tiny.save_npz(os.path.join(EXTRAS, "retrieval.npz"), numpy_dict(out))
+
+
+def make_vqa(inputs: dict) -> None:
+  """AlbefVQA (random, seeds 10-12) and LAVIS's rank_answers (predict_answers, k=3)."""
+  import torch
+  model = tiny.build_vqa(10)
+  perturb(model, seed_online=11, seed_momentum=12)
+  torch.save(model.state_dict(), os.path.join(EXTRAS, "albef_vqa.pth"))
+  model.eval()
+  calls = []
+  decoder_forward = model.text_decoder.forward
+
+  def recording_forward(*args, **kwargs):
+    output = decoder_forward(*args, **kwargs)
+    calls.append((args, kwargs, output))
+    return output
+
+  model.text_decoder.forward = recording_forward
+  samples = {"image": torch.from_numpy(inputs["image"]),
+             "text_input": list(VQA_QUESTIONS)}
+  with torch.no_grad():
+    answers = model.predict_answers(samples, answer_list=VQA_ANSWERS,
+                                    num_ans_candidates=VQA_K)
+  del model.text_decoder.forward
+  assert len(calls) == 2
+  (start_args, start_kwargs, start), (rank_args, rank_kwargs, ranked) = calls
+  answer_tokens = model.tokenizer(VQA_ANSWERS, padding="longest", return_tensors="pt")
+  candidates = rank_args[0].view(len(VQA_QUESTIONS), VQA_K, -1)
+  topk_ids = torch.tensor([[next(a for a in range(len(VQA_ANSWERS))
+                                 if torch.equal(answer_tokens.input_ids[a], row))
+                            for row in rows] for rows in candidates])
+  first = torch.softmax(start.logits[:, 0, :], dim=1)[:, answer_tokens.input_ids[:, 1]]
+  scores = -ranked.loss.view(len(VQA_QUESTIONS), VQA_K)
+  chosen = topk_ids[torch.arange(len(VQA_QUESTIONS)), scores.argmax(dim=1)]
+  assert [VQA_ANSWERS[i] for i in chosen] == answers
+  question = samples["tokenized_text"]
+  out = numpy_dict({
+      "question_ids": question.input_ids, "question_mask": question.attention_mask,
+      "answer_ids": answer_tokens.input_ids, "answer_mask": answer_tokens.attention_mask,
+      "question_states": start_kwargs["encoder_hidden_states"],
+      "start_logits": start.logits[:, 0, :], "first_token_probs": first,
+      "topk_ids": topk_ids, "topk_probs": torch.gather(first, 1, topk_ids),
+      "answer_logits": ranked.logits.view(len(VQA_QUESTIONS), VQA_K, *ranked.logits.shape[1:]),
+      "answer_scores": scores, "chosen": chosen})
+  out.update(questions=np.array(VQA_QUESTIONS), answer_list=np.array(VQA_ANSWERS),
+             answers=np.array(answers), image=inputs["image"])
+  tiny.save_npz(os.path.join(EXTRAS, "vqa.npz"), out)
+
+
+def make_blip_caption(inputs: dict) -> None:
+  """BlipCaption (random, seeds 20-21): beam search on the first 2 images, and the
+  teacher-forced LM loss of prompt + caption."""
+  import torch
+  model = tiny.build_blip_caption(20)
+  perturb(model, seed_online=21)
+  torch.save(model.state_dict(), os.path.join(EXTRAS, "blip_caption.pth"))
+  model.eval()
+  image = torch.from_numpy(inputs["image"][:2])
+  recorded = {}
+  hf_generate = model.text_decoder.generate
+
+  def recording_generate(*args, **kwargs):
+    recorded["kwargs"] = {k: v for k, v in kwargs.items() if not torch.is_tensor(v)}
+    recorded["input_ids"] = kwargs["input_ids"]
+    output = hf_generate(*args, output_scores=True, return_dict_in_generate=True,
+                         **kwargs)
+    recorded["scores"] = output.sequences_scores
+    recorded["sequences"] = output.sequences
+    return output.sequences
+
+  model.text_decoder.generate = recording_generate
+  with torch.no_grad():
+    captions = model.generate({"image": image}, **BLIP_BEAMS)
+  del model.text_decoder.generate
+  texts = [tiny.BLIP_PROMPT + c for c in tiny.CAPTIONS[:2]]
+  with torch.no_grad():
+    image_embeds = model.forward_encoder({"image": image})
+    output = model({"image": image, "text_input": texts})
+  decoder = output.intermediate_output.decoder_output
+  out = numpy_dict({
+      "image_embeds": image_embeds, "prompt_ids": recorded["input_ids"],
+      "beam_tokens": recorded["sequences"], "beam_scores": recorded["scores"],
+      "lm_labels": output.intermediate_output.decoder_labels,
+      "lm_logits": decoder.logits, "loss_lm": output.loss_lm})
+  lm_tokens = model.tokenizer(texts, padding="longest", truncation=True,
+                              max_length=tiny.MAX_TXT_LEN, return_tensors="pt")
+  lm_tokens.input_ids[:, 0] = model.tokenizer.bos_token_id
+  out.update(captions=np.array(captions), image=inputs["image"][:2],
+             lm_texts=np.array(texts), lm_input_ids=lm_tokens.input_ids.numpy(),
+             lm_attention_mask=lm_tokens.attention_mask.numpy())
+  tiny.save_npz(os.path.join(EXTRAS, "blip_caption.npz"), out)
+  print(f"blip beam search: {captions}, kwargs {recorded['kwargs']}")
 
 
 def main() -> int:
@@ -268,8 +449,14 @@ def main() -> int:
                 adamw=ADAMW, queue_ptr_before=4, lavis="salesforce-lavis==1.0.2")
   with open(os.path.join(tiny.DATA, "config.json"), "w", encoding="utf-8") as f:
     f.write(json.dumps(config, indent=1, sort_keys=True) + "\n")
-  for name in sorted(os.listdir(tiny.DATA)):
-    print(f"{os.path.getsize(os.path.join(tiny.DATA, name)):>9}  {name}")
+  os.makedirs(EXTRAS, exist_ok=True)
+  make_retrieval(inputs)
+  make_vqa(inputs)
+  make_blip_caption(inputs)
+  for folder in (tiny.DATA, EXTRAS):
+    for name in sorted(os.listdir(folder)):
+      path = os.path.join(folder, name)
+      print(f"{os.path.getsize(path):>9}  {os.path.relpath(path, tiny.ROOT)}")
   print(f"losses: itc {step['loss_itc']:.6f} itm {step['loss_itm']:.6f} "
         f"mlm {step['loss_mlm']:.6f}; negatives: image for text {neg_image.tolist()}, "
         f"text for image {neg_text.tolist()}")
