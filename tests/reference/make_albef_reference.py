@@ -1,5 +1,5 @@
-"""Writes reference outputs of Salesforce LAVIS's ALBEF (lavis 1.0.2) on a tiny random model,
-for the parity tests of the checkpoint importer/exporter.
+"""Writes reference outputs of Salesforce LAVIS's ALBEF (lavis 1.0.2) on a tiny random
+model, for the parity tests of the checkpoint importer/exporter.
 
   tests/reference/lavis_env.sh                                  # .venv-lavis, once
   .venv-lavis/bin/python tests/reference/make_albef_reference.py
@@ -64,9 +64,10 @@ What LAVIS's AlbefPretrain.forward does, and how the script pins it down:
 * ITC: sim_i2t = image_feat @ [text_feat_m.T, text_queue] / temp (B, B+Q), sim_t2i =
   text_feat @ [image_feat_m.T, image_queue] / temp: the in-batch columns hold the MOMENTUM
   features of the other side (so step.npz's sim_i2t[:, :B] is not forward.npz's sim_i2t,
-  which is online image_feat @ online text_feat.T / temp); targets = alpha * softmax(momentum sims) + (1 - alpha) * eye (the
-  positives are the first B columns). loss_itc = (loss_i2t + loss_t2i) / 2. Then the
-  momentum features are enqueued at queue_ptr (image_feat_m.T, text_feat_m.T).
+  which is online image_feat @ online text_feat.T / temp); targets = alpha *
+  softmax(momentum sims) + (1 - alpha) * eye (the positives are the first B columns).
+  loss_itc = (loss_i2t + loss_t2i) / 2. Then the momentum features are enqueued at
+  queue_ptr (image_feat_m.T, text_feat_m.T).
 * ITM: hard negatives are drawn with torch.multinomial from softmax(sim[:, :B]) with the
   diagonal set to -inf (weights_t2i from sim_t2i, weights_i2t from sim_i2t, i.e. online
   against momentum features; no gradient; saved as itm_weights_*). LAVIS first
@@ -81,8 +82,9 @@ What LAVIS's AlbefPretrain.forward does, and how the script pins it down:
   (LAVIS: text_embeds_all = [text_embeds, text_embeds_neg], image_embeds_all =
   [image_embeds_neg, image_embeds]). loss_itm = cross_entropy over the 3B rows (mean).
 * MLM: `self.mask` (bernoulli 0.15 masks, not on [PAD]/[CLS]; of those 80% [MASK], 10%
-  random token, 10% kept; [SEP] can be masked) is replaced by a function that returns the corruption saved in
-  inputs.npz (mlm_input_ids, mlm_labels with -100 where not masked). The saved corruption
+  random token, 10% kept; [SEP] can be masked) is replaced by a function that returns
+  the corruption saved in inputs.npz (mlm_input_ids, mlm_labels with -100 where not
+  masked; step.npz repeats them). The saved corruption
   was made by LAVIS's own `mask` under a fixed seed (the first seed >= 100 that masks at
   least 5 tokens and leaves at least one masked token not [MASK]). loss_mlm =
   (1 - alpha) * CE(logits, labels) + alpha * mean over masked tokens of
@@ -355,7 +357,8 @@ def make_vqa(inputs: dict) -> None:
       "question_states": start_kwargs["encoder_hidden_states"],
       "start_logits": start.logits[:, 0, :], "first_token_probs": first,
       "topk_ids": topk_ids, "topk_probs": torch.gather(first, 1, topk_ids),
-      "answer_logits": ranked.logits.view(len(VQA_QUESTIONS), VQA_K, *ranked.logits.shape[1:]),
+      "answer_logits": ranked.logits.view(len(VQA_QUESTIONS), VQA_K,
+                                          *ranked.logits.shape[1:]),
       "answer_scores": scores, "chosen": chosen})
   out.update(questions=np.array(VQA_QUESTIONS), answer_list=np.array(VQA_ANSWERS),
              answers=np.array(answers), image=inputs["image"])
