@@ -4,8 +4,9 @@ model, for the parity tests of the checkpoint importer/exporter.
   tests/reference/lavis_env.sh                                  # .venv-lavis, once
   .venv-lavis/bin/python tests/reference/make_albef_reference.py
 
-It rewrites tests/data/lavis_albef/ byte-for-byte (fixed seeds, one CPU thread, float32,
-zip entries without timestamps). The files:
+It rewrites tests/data/lavis_albef/ and tests/data/lavis_extras/ byte-for-byte (fixed
+seeds, one CPU thread, float32, zip entries without timestamps; --no-extras: the first
+only). The files:
 
   config.json               the tiny sizes (albef_tiny.py) and the step's settings
   vocab.txt                 the tokenizer's vocabulary ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
@@ -410,7 +411,10 @@ def make_blip_caption(inputs: dict) -> None:
   print(f"blip beam search: {captions}, kwargs {recorded['kwargs']}")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+  if argv not in ([], ["--no-extras"]):
+    print("usage: make_albef_reference.py [--no-extras]", file=sys.stderr)
+    return 2
   os.makedirs(tiny.DATA, exist_ok=True)
   vocab_file = os.path.join(tiny.DATA, "vocab.txt")
   tiny.write_vocab(vocab_file)
@@ -452,11 +456,12 @@ def main() -> int:
                 adamw=ADAMW, queue_ptr_before=4, lavis="salesforce-lavis==1.0.2")
   with open(os.path.join(tiny.DATA, "config.json"), "w", encoding="utf-8") as f:
     f.write(json.dumps(config, indent=1, sort_keys=True) + "\n")
-  os.makedirs(EXTRAS, exist_ok=True)
-  make_retrieval(inputs)
-  make_vqa(inputs)
-  make_blip_caption(inputs)
-  for folder in (tiny.DATA, EXTRAS):
+  if not argv:
+    os.makedirs(EXTRAS, exist_ok=True)
+    make_retrieval(inputs)
+    make_vqa(inputs)
+    make_blip_caption(inputs)
+  for folder in (tiny.DATA, EXTRAS) if not argv else (tiny.DATA,):
     for name in sorted(os.listdir(folder)):
       path = os.path.join(folder, name)
       print(f"{os.path.getsize(path):>9}  {os.path.relpath(path, tiny.ROOT)}")
@@ -467,4 +472,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main(sys.argv[1:]))
