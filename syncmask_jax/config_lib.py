@@ -97,6 +97,7 @@ def model_config(preset: str = "tiny", vocab_size: int = 30522) -> ml_collection
   m = ml_collections.ConfigDict(dict(MODEL_PRESETS[preset]))
   m.preset = preset
   m.vocab_size = vocab_size
+  # BERT's token-type table (only row 0 is used); 0: none, as LAVIS's ALBEF and BLIP.
   m.type_vocab_size = 2
   m.vision_ln_eps = 1e-6  # ALBEF/timm ViT; HF ViT checkpoints carry 1e-12 in config.json.
   m.text_ln_eps = 1e-12  # BERT.

@@ -132,24 +132,28 @@ def check_config(layout: Layout, tensors: dict[str, np.ndarray], m: ml_collectio
                      f"{m.vision_width}")
 
 
-def _decoder_rules(layers: int, token_type: bool, suffix: str = "") -> list[Rule]:
+def _decoder_rules(layers: int, token_type: bool, ours_token_type: bool, suffix: str = ""
+                   ) -> list[Rule]:
   """VQA's answer decoder (`text_decoder.`: BertLMHeadModel) <-> our `answer_decoder`."""
-  body = hf_bert.embedding_rules(token_type) + hf_bert.encoder_rules(
+  body = hf_bert.embedding_rules(token_type, ours_token_type) + hf_bert.encoder_rules(
       [(f"decoder/layer_{i}", True) for i in range(layers)])
   return ([r.under("answer_decoder/", f"text_decoder{suffix}.bert.") for r in body]
           + [r.under("answer_decoder/", f"text_decoder{suffix}.")
              for r in hf_bert.mlm_head_rules("lm_head", "embeddings/word")])
 
 
-def model_rules(layout: Layout, momentum: bool = False) -> list[Rule]:
-  """The online model's table (or, with `momentum`, the `*_m` copies' one)."""
+def model_rules(layout: Layout, momentum: bool = False, ours_token_type: bool = True
+                ) -> list[Rule]:
+  """The online model's table (or, with `momentum`, the `*_m` copies' one);
+  `ours_token_type`: our model has a token-type table (`hf_bert.embedding_rules`)."""
   s = "_m" if momentum else ""
   text = layout.text.replace("text_encoder.", f"text_encoder{s}.", 1)
   rules = [r.under("", f"visual_encoder{s}.")
            for r in vit.vit_rules(vit.TIMM_VIT, layout.vision_depth)]
   layers = [(f"text/layer_{i}", False) for i in range(layout.text_layers)]
   layers += [(f"fusion/layer_{i}", True) for i in range(layout.fusion_layers)]
-  rules += [r.under("", text) for r in hf_bert.embedding_rules(layout.token_type)
+  rules += [r.under("", text) for r in hf_bert.embedding_rules(layout.token_type,
+                                                                ours_token_type)
             + hf_bert.encoder_rules(layers)]
   if layout.mlm_head:
     rules += [r.under("", f"text_encoder{s}.") for r in hf_bert.mlm_head_rules()]
@@ -158,7 +162,7 @@ def model_rules(layout: Layout, momentum: bool = False) -> list[Rule]:
     if not momentum:  # ALBEF keeps no momentum copy of the ITM head and the temperature
       rules += linear("itm_head", "itm_head") + [same("temp", "temp")]
   if layout.decoder_layers:
-    rules += _decoder_rules(layout.decoder_layers, layout.token_type, s)
+    rules += _decoder_rules(layout.decoder_layers, layout.token_type, ours_token_type, s)
   return rules
 
 
@@ -204,12 +208,13 @@ def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *
     imp.apply(rules)
     return imp
 
-  online = run(params, model_rules(layout), "")
+  token_type = "token_type" in params.get("embeddings", {})
+  online = run(params, model_rules(layout, ours_token_type=token_type), "")
   new_params, report = online.finish()
   used = set(online.used)
   new_momentum = None
   if momentum and layout.momentum:
-    imp = run(params, model_rules(layout, momentum=True), "_m")
+    imp = run(params, model_rules(layout, momentum=True, ours_token_type=token_type), "_m")
     used |= imp.used
     new_momentum, _ = imp.finish()
     copied = [k for k in keymap.flatten(new_params) if k not in imp.written]
@@ -266,9 +271,10 @@ def export_albef(params: Params, momentum: Params, queue: dict, config: ml_colle
   `AlbefPretrain` (`layout="pretrain"`) or `AlbefRetrieval` ("retrieval"), which their
   `load_state_dict(..., strict=True)` accept (tests/test_released_weights.py).
 
-  LAVIS's BERT has no token-type table: our row 0 is folded into the position table
-  (`hf_bert.embedding_rules`). Queue slots never filled hold zeros (ALBEF fills them
-  with random features at start; either is a negative of no consequence).
+  LAVIS's BERT has no token-type table: a model with one (config.model.type_vocab_size
+  > 0) has its row 0 folded into the position table (`hf_bert.embedding_rules`). Queue
+  slots never filled hold zeros (ALBEF fills them with random features at start; either
+  is a negative of no consequence).
   """
   if layout not in EXPORT_LAYOUTS:
     raise ValueError(f"layout={layout!r}: expected one of {EXPORT_LAYOUTS}")
@@ -278,8 +284,10 @@ def export_albef(params: Params, momentum: Params, queue: dict, config: ml_colle
       mlm_head=layout == "pretrain", token_type=False, text_layers=m.text_layers,
       fusion_layers=m.fusion_layers, vision_depth=m.vision_depth, decoder_layers=0,
       heads=True, momentum=True, queue=True, idx_queue=layout == "retrieval")
-  out = keymap.export(model_rules(shape), keymap.flatten(params))
-  out.update(keymap.export(model_rules(shape, momentum=True), keymap.flatten(momentum)))
+  token_type = "token_type" in params["embeddings"]
+  out = keymap.export(model_rules(shape, ours_token_type=token_type), keymap.flatten(params))
+  out.update(keymap.export(model_rules(shape, momentum=True, ours_token_type=token_type),
+                           keymap.flatten(momentum)))
   for text in (shape.text, shape.text.replace("text_encoder.", "text_encoder_m.", 1)):
     out[text + "embeddings.position_ids"] = hf_bert.position_ids(m.max_positions)
   valid = np.asarray(jax.device_get(queue["valid"]))[:, None]

@@ -51,21 +51,31 @@ def encoder_rules(layers: list[tuple[str, bool]]) -> list[Rule]:
   return rules
 
 
-def embedding_rules(token_type: bool, ours: str = "embeddings") -> list[Rule]:
-  """BertEmbeddings. With `token_type` the checkpoint has BERT's token-type table (HF
-  BERT, the original ALBEF) and ours is that table (only row 0 is ever used). Without
-  it (LAVIS's ALBEF, BLIP: their `med` BERT dropped it) our table reads as zeros, and
-  the export folds our row 0 into the position table: both are added to every token
-  before the LayerNorm, so the exported model computes the same function."""
+def embedding_rules(token_type: bool, ours_token_type: bool = True,
+                    ours: str = "embeddings") -> list[Rule]:
+  """BertEmbeddings. `token_type`: the checkpoint has BERT's token-type table (HF BERT,
+  the original ALBEF); `ours_token_type`: our model has one (config.model.type_vocab_size
+  > 0). Only row 0 is ever used, and it is added to every token with its position before
+  the LayerNorm, so where one side has the table and the other not, row 0 moves into
+  (import) or out of (export) the position table and both compute the same function:
+  LAVIS's ALBEF and BLIP have no table (their `med` BERT dropped it)."""
+  pos, tt = f"{ours}/position", f"{ours}/token_type"
+  pos_key, tt_key = ("embeddings.position_embeddings.weight",
+                     "embeddings.token_type_embeddings.weight")
   rules = [same(f"{ours}/word", "embeddings.word_embeddings.weight")]
-  if token_type:
-    rules += [same(f"{ours}/position", "embeddings.position_embeddings.weight"),
-              same(f"{ours}/token_type", "embeddings.token_type_embeddings.weight")]
-  else:
+  if token_type == ours_token_type:
+    rules.append(same(pos, pos_key))
+    if token_type:
+      rules.append(same(tt, tt_key))
+  elif ours_token_type:  # ours has a table the checkpoint lacks: it reads as zeros
     rules.append(Rule(
-        (f"{ours}/position", f"{ours}/token_type"), ("embeddings.position_embeddings.weight",),
+        (pos, tt), (pos_key,),
         to_ours=lambda xs: [xs[0], np.zeros((2, xs[0].shape[1]), np.float32)],
         to_ckpt=lambda xs: [xs[0] + xs[1][0]]))
+  else:  # the checkpoint's row 0 folds into our positions
+    rules.append(Rule(
+        (pos,), (pos_key, tt_key), to_ours=lambda xs: [xs[0] + xs[1][0]],
+        to_ckpt=lambda xs: [xs[0], np.zeros((2, xs[0].shape[1]), np.float32)]))
   return rules + norm(f"{ours}/norm", "embeddings.LayerNorm")
 
 
@@ -137,8 +147,12 @@ def load_bert(path: str, params: Params, text_layers: int, fusion_layers: int, *
 
   e = f"{prefix}embeddings."
   imp.apply([same("embeddings/word", e + "word_embeddings.weight")])
-  for ours, key in (("position", "position_embeddings"), ("token_type", "token_type_embeddings")):
-    table, mine = imp.get(f"{e}{key}.weight"), params["embeddings"][ours]
+  tables = {"position": imp.get(e + "position_embeddings.weight"),
+            "token_type": imp.get(e + "token_type_embeddings.weight")}
+  if "token_type" not in params["embeddings"]:  # type_vocab_size=0: row 0 is a position
+    tables["position"] = tables["position"] + tables.pop("token_type")[0]
+  for ours, table in tables.items():
+    key, mine = f"{ours}_embeddings", params["embeddings"][ours]
     rows = min(table.shape[0], mine.shape[0])
     if table.shape[0] < mine.shape[0]:
       imp.report.warnings.append(f"{key}: checkpoint has {table.shape[0]} rows, the model "

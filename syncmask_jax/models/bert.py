@@ -23,7 +23,10 @@ class BertEmbeddings(nnx.Module):
     init = nnx.initializers.truncated_normal(0.02)
     self.word = layers.param(rngs, init, (vocab_size, width), ("vocab", "embed"))
     self.position = layers.param(rngs, init, (max_positions, width), ("pos", "embed"))
-    self.token_type = layers.param(rngs, init, (type_vocab_size, width), (None, "embed"))
+    # type_vocab_size=0: no token-type table, as LAVIS's ALBEF and BLIP (their `med`
+    # BERT); BERT and the original ALBEF add row 0 to every token.
+    self.token_type = (layers.param(rngs, init, (type_vocab_size, width), (None, "embed"))
+                       if type_vocab_size else None)
     self.norm = layers.LayerNorm(width, eps, rngs=rngs, dtype=dtype)
     self.dropout_rate = dropout_rate
     self.dtype = dtype
@@ -32,9 +35,9 @@ class BertEmbeddings(nnx.Module):
     t = ids.shape[1]
     if t > self.position.shape[0]:
       raise ValueError(f"text length {t} exceeds max_positions {self.position.shape[0]}")
-    # Token type 0 everywhere: ALBEF feeds single segments.
-    x = (jnp.take(self.word[...], ids, axis=0) + self.position[:t][None]
-         + self.token_type[0][None, None])
+    x = jnp.take(self.word[...], ids, axis=0) + self.position[:t][None]
+    if self.token_type is not None:  # token type 0 everywhere: ALBEF feeds single segments
+      x = x + self.token_type[0][None, None]
     return layers.dropout(self.norm(x.astype(self.dtype)), self.dropout_rate, rngs)
 
 

@@ -1,0 +1,237 @@
+"""Parity of the ALBEF import and export with Salesforce's own code (LAVIS 1.0.2).
+
+The reference is LAVIS's `AlbefPretrain` on a tiny random model: its state dict and its
+outputs, written by tests/reference/make_albef_reference.py under LAVIS's own lock
+(tests/reference/README.md) into tests/data/lavis_albef/. Here the state dict goes
+through `checkpoint_import.albef` into our model, and our outputs must match LAVIS's:
+
+* forward (eval mode, online and momentum model): image and text embeddings, ITC
+  features and similarities, ITM logits, MLM logits;
+* the ALBEF recipe's losses on one batch, with LAVIS's MLM corruption, ITM negatives and
+  queue passed to our step: ITC with momentum distillation, ITM, MLM;
+* the gradients of their sum, for every parameter;
+* one AdamW step, the EMA and the enqueue: the parameters, the momentum copies and the
+  queues after it, exported back to LAVIS's layout, against LAVIS's state dict after its
+  step (key set, shapes and values: what `load_state_dict(strict=True)` checks).
+
+Relative error: max |ours - ref| / max |ref| per tensor, bounds 1e-5 (gradients 1e-4):
+both sides compute the same float32 graph in another order, so the error is a few ulps
+grown over the layers, while a mapping mistake gives errors of order 1 (the planted
+errors below show that they are caught).
+
+torch reads the .pth files, so this module runs in tests/test_torch_parity.py's
+subprocess, as test_checkpoint_import.py does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+if os.environ.get("SYNCMASK_TORCH_SUBPROCESS") != "1":
+  pytest.skip("torch runs in a subprocess: see tests/test_torch_parity.py",
+              allow_module_level=True)
+torch = pytest.importorskip("torch")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from syncmask_jax import config_lib, negatives, optim, train_step
+from syncmask_jax import train_state as train_state_lib
+from syncmask_jax.checkpoint_import import albef, files, keymap
+from syncmask_jax.tokenizer import TokenInfo
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DATA = os.path.join(HERE, "data", "lavis_albef")
+RTOL, GRAD_RTOL = 1e-5, 1e-4
+
+
+def _close(ours, ref, what: str, rtol: float = RTOL, scale: float = 0.0) -> None:
+  """`scale`: a floor for max|ref| (gradients that are zero in exact arithmetic)."""
+  assert np.shape(ours) == np.shape(ref), (what, np.shape(ours), np.shape(ref))
+  err = float(np.abs(np.asarray(ours, np.float64) - ref).max()
+              / max(np.abs(ref).max(), scale, 1e-30))
+  assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
+
+
+def tiny_config() -> config_lib.ml_collections.ConfigDict:
+  """Our config of the reference's sizes and step settings (its config.json)."""
+  ref = json.load(open(os.path.join(DATA, "config.json")))
+  c = config_lib.apply_recipe(config_lib.default_config(), "albef")
+  m = c.model
+  m.update(image_size=ref["IMAGE"], patch_size=ref["PATCH"], vision_width=ref["VISION_WIDTH"],
+           vision_depth=ref["VISION_DEPTH"], vision_heads=ref["VISION_HEADS"],
+           vision_mlp_dim=ref["VISION_WIDTH"] * ref["MLP_RATIO"], text_width=ref["TEXT_WIDTH"],
+           text_layers=ref["FUSION_LAYER"], fusion_layers=ref["TEXT_LAYERS"] - ref["FUSION_LAYER"],
+           text_heads=ref["TEXT_HEADS"], text_mlp_dim=ref["INTERMEDIATE"],
+           max_positions=ref["MAX_POSITIONS"], embed_dim=ref["EMBED_DIM"],
+           vocab_size=ref["vocab_size"], vision_ln_eps=ref["VIT_EPS"],
+           text_ln_eps=ref["BERT_EPS"], text_dropout=0.0, vision_dropout=0.0,
+           temp_init=ref["TEMP"], type_vocab_size=0)  # LAVIS's BERT has no token types
+  c.queue_size = ref["QUEUE_SIZE"]
+  c.momentum = ref["MOMENTUM"]
+  c.loss.alpha = ref["ALPHA"]
+  c.data.global_batch_size = ref["BATCH"]
+  # LAVIS's runner: AdamW, no clipping, a constant rate here, no weight decay for 1-D
+  # parameters (biases, LayerNorms, the temperature) and for biases.
+  adamw = ref["adamw"]
+  c.optim.update(lr=adamw["lr"], b1=adamw["betas"][0], b2=adamw["betas"][1],
+                 weight_decay=adamw["weight_decay"], grad_clip=0.0, warmup_steps=0,
+                 no_decay=(r".*bias$", r".*norm/scale$", r".*temp$", r".*mask_token$"))
+  c.total_steps = 10 ** 6
+  return c
+
+
+@dataclasses.dataclass
+class Reference:
+  inputs: dict
+  forward: dict
+  step: dict
+  config: object
+  graphdef: object
+  imported: albef.Imported
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+  c = tiny_config()
+  graphdef, state = nnx.split(train_state_lib.build_model(c, 0))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+  imported = albef.import_albef(os.path.join(DATA, "albef_pretrain.pth"), params, c,
+                                momentum=True, queue_size=c.queue_size)
+  load = lambda name: dict(np.load(os.path.join(DATA, name)))
+  return Reference(load("inputs.npz"), load("forward.npz"), load("step.npz"), c, graphdef,
+                   imported)
+
+
+def _batch(ref: Reference) -> dict:
+  x = ref.inputs
+  return {"image": jnp.asarray(x["image"].transpose(0, 2, 3, 1)),  # NCHW -> NHWC
+          "text_ids": jnp.asarray(x["input_ids"], jnp.int32),
+          "text_mask": jnp.asarray(x["attention_mask"], jnp.int32),
+          "product_id": jnp.arange(x["image"].shape[0], dtype=jnp.int32)}
+
+
+def _forward(graphdef, params, batch: dict, mlm_ids) -> dict:
+  model = nnx.merge(graphdef, params)
+  image = model.encode_image(batch["image"])
+  text = model.encode_text(batch["text_ids"], batch["text_mask"])
+  image_feat, text_feat = model.image_feature(image), model.text_feature(text)
+  fused, _ = model.fuse(text, batch["text_mask"], image)
+  masked, _ = model.fuse(model.encode_text(mlm_ids, batch["text_mask"]), batch["text_mask"],
+                         image)
+  return {"image_embeds": image, "text_embeds": text, "image_feat": image_feat,
+          "text_feat": text_feat, "sim_i2t": image_feat @ text_feat.T / model.temperature(),
+          "itm_logits": model.itm_logits(fused), "fusion_embeds": fused,
+          "mlm_logits": model.mlm_logits(masked)}
+
+
+def test_import_maps_every_tensor(ref):
+  report = ref.imported.report
+  assert report.unused == [], report.summary()
+  # ALBEF's ViT has no [MASK] embedding (the recipe has no MIM decoder to fill).
+  assert report.initialised == ["vision/mask_token"], report.summary()
+  assert int(ref.imported.queue["ptr"]) == 4 and ref.imported.queue["valid"].all()
+
+
+def test_forward_matches_lavis(ref):
+  mlm_ids = jnp.asarray(ref.inputs["mlm_input_ids"], jnp.int32)
+  for suffix, params in (("", ref.imported.params), ("_m", ref.imported.momentum)):
+    ours = _forward(ref.graphdef, params, _batch(ref), mlm_ids)
+    for name in ("image_embeds", "text_embeds", "image_feat", "text_feat", "mlm_logits"):
+      if name + suffix in ref.forward:
+        _close(ours[name], ref.forward[name + suffix], name + suffix)
+    if not suffix:
+      for name in ("sim_i2t", "itm_logits", "fusion_embeds"):
+        _close(ours[name], ref.forward[name], name)
+
+
+def _train_state(ref: Reference, tx) -> train_state_lib.TrainState:
+  imported = ref.imported
+  params = jax.tree.map(jnp.asarray, imported.params)
+  return train_state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      momentum_params=jax.tree.map(jnp.asarray, imported.momentum), opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(0)),
+      queue=jax.tree.map(jnp.asarray, imported.queue), centers={})
+
+
+def _lavis_step(ref: Reference, monkeypatch):
+  """Our step's stages on LAVIS's batch, its MLM corruption and ITM negatives."""
+  c, x = ref.config, ref.inputs
+  tx = optim.make_optimizer(c.optim, ref.imported.params, c.total_steps)
+  state = _train_state(ref, tx)
+  batch = _batch(ref)
+  neg_text = jnp.asarray(x["itm_neg_text_for_image"], jnp.int32)
+  neg_image = jnp.asarray(x["itm_neg_image_for_text"], jnp.int32)
+  monkeypatch.setattr(negatives, "mine_negatives",
+                      lambda *a, **k: (neg_text, neg_image, {}))
+  tokens = TokenInfo(vocab_size=c.model.vocab_size, pad_id=0, cls_id=2, sep_id=3, mask_id=4,
+                     min_random_id=5)
+  plan = train_step.plan_step(c, tokens, steps_per_epoch=1)
+  teacher = train_step.teacher_pass(plan, nnx.merge(ref.graphdef, state.momentum_params), batch,
+                                    state.queue)
+  labels = jnp.asarray(x["mlm_labels"], jnp.int32)
+  masks = train_step.Masks(
+      maskable=batch["text_mask"].astype(bool), patch=jnp.zeros((4, 16), bool),
+      token=labels != -100, mlm_ids=jnp.asarray(x["mlm_input_ids"], jnp.int32),
+      mlm_labels=labels, mlm_weights=(labels != -100).astype(jnp.float32))
+  targets = train_step.teacher_targets(plan, nnx.merge(ref.graphdef, state.momentum_params),
+                                       batch, teacher, masks, state.centers)
+  key = jax.random.key(0)
+  (loss, aux), grads = jax.value_and_grad(train_step.online_losses, has_aux=True)(
+      state.params, plan, ref.graphdef, batch, teacher, masks, targets, key, key,
+      jnp.asarray(float(x["alpha"]), jnp.float32))
+  new_state, _, _ = train_step.apply_update(plan, tx, state, grads, loss, teacher, {},
+                                            batch["product_id"])
+  return aux, grads, new_state
+
+
+def test_losses_gradients_and_step_match_lavis(ref, monkeypatch):
+  aux, grads, new_state = _lavis_step(ref, monkeypatch)
+  for name in ("loss_itc", "loss_itm", "loss_mlm"):
+    _close(aux[name], ref.step[name], name)
+
+  # Gradients, in LAVIS's names: our tree through the export's own table.
+  layout = albef.detect(files.read_torch(os.path.join(DATA, "albef_pretrain.pth")), "ref")
+  ours = keymap.export(albef.model_rules(layout, ours_token_type=False),
+                       keymap.flatten(jax.tree.map(np.asarray, grads)))
+  wanted = {k[len("grad/"):]: v for k, v in ref.step.items() if k.startswith("grad/")}
+  assert set(wanted) <= set(ours), sorted(set(wanted) - set(ours))
+  # The key projections' bias gets no gradient in exact arithmetic (it shifts every
+  # logit of a query alike, and softmax ignores that): both sides hold float32 rounding
+  # there, ~1e-8. Their error is measured against 1e-4 of the largest gradient instead.
+  floor = 1e-4 * max(np.abs(v).max() for v in wanted.values())
+  for key, value in wanted.items():
+    _close(ours[key], value, f"grad {key}", GRAD_RTOL, scale=floor)
+
+  # One AdamW step, the EMA and the enqueue, exported: LAVIS's state dict after its step.
+  exported = albef.export_albef(new_state.params, new_state.momentum_params, new_state.queue,
+                                ref.config)
+  after = files.read_torch(os.path.join(DATA, "albef_pretrain_after.pth"))
+  assert set(exported) == set(after), set(exported) ^ set(after)
+  lr = ref.config.optim.lr
+  for key, value in after.items():
+    mine = exported[key]
+    assert mine.shape == value.shape and mine.dtype == value.dtype, key
+    if value.dtype.kind != "f":
+      np.testing.assert_array_equal(mine, value, err_msg=key)
+      continue
+    # AdamW's first step moves a parameter by lr * g / (|g| + eps): for the key biases'
+    # rounding-noise gradients (above) that is up to lr either way, on both sides alike.
+    noise = np.zeros(value.shape, bool)
+    if key.endswith("self.key.bias"):
+      noise[:] = True
+    elif key.endswith("attn.qkv.bias"):
+      noise[value.shape[0] // 3: 2 * value.shape[0] // 3] = True
+    assert np.abs(mine - value)[noise].max(initial=0.0) <= 2 * lr, key
+    _close(np.where(noise, value, mine), value, f"after step: {key}")
