@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +43,7 @@ torch = pytest.importorskip("torch")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from syncmask_jax import config_lib, negatives, optim, train_step
 from syncmask_jax import train_state as train_state_lib
-from syncmask_jax.checkpoint_import import albef, files, keymap
+from syncmask_jax.checkpoint_import import albef, files, hf_bert, keymap, vit
 from syncmask_jax.tokenizer import TokenInfo
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -235,3 +233,119 @@ def test_losses_gradients_and_step_match_lavis(ref, monkeypatch):
       noise[value.shape[0] // 3: 2 * value.shape[0] // 3] = True
     assert np.abs(mine - value)[noise].max(initial=0.0) <= 2 * lr, key
     _close(np.where(noise, value, mine), value, f"after step: {key}")
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def test_retrieval_checkpoint_matches_lavis(ref):
+  """LAVIS's AlbefRetrieval (`text_encoder.` without `.bert`, no MLM head, idx_queue):
+  its features, ITM logits of every pair, momentum features; and our export of it in the
+  retrieval layout is its own state dict again."""
+  extras = os.path.join(HERE, "data", "lavis_extras")
+  c = ref.config
+  graphdef, state = nnx.split(train_state_lib.build_model(c, 0))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+  path = os.path.join(extras, "albef_retrieval.pth")
+  imported = albef.import_albef(path, params, c, momentum=True, queue_size=c.queue_size)
+  report = imported.report
+  assert report.unused == [] and all(p.startswith(("mlm_head/", "vision/mask_token"))
+                                     for p in report.initialised), report.summary()
+  expected = dict(np.load(os.path.join(extras, "retrieval.npz")))
+  batch = _batch(ref)
+  ours = _forward(graphdef, imported.params, batch, batch["text_ids"])
+  for name in ("image_embeds", "text_embeds", "image_feat", "text_feat", "sim_i2t"):
+    _close(ours[name], expected[name], name)
+  model = nnx.merge(graphdef, imported.params)
+  b = batch["text_ids"].shape[0]
+  image = jnp.repeat(ours["image_embeds"], b, axis=0)  # pair (i, j) at row i * b + j
+  text = jnp.tile(ours["text_embeds"], (b, 1, 1))
+  fused, _ = model.fuse(text, jnp.tile(batch["text_mask"], (b, 1)), image)
+  _close(model.itm_logits(fused).reshape(b, b, 2), expected["itm_logits_all"],
+         "itm_logits_all")
+  momentum = _forward(graphdef, imported.momentum, batch, batch["text_ids"])
+  for name in ("image_feat", "text_feat"):
+    _close(momentum[name], expected[name + "_m"], name + "_m")
+
+  exported = albef.export_albef(imported.params, imported.momentum, imported.queue, c,
+                                layout="retrieval")
+  original = files.read_torch(path)
+  assert set(exported) == set(original), set(exported) ^ set(original)
+  for key, value in original.items():
+    np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
+# ----------------------------------------------------------------------------- planted
+
+
+def _plant_swapped_cross_qk(monkeypatch):
+  real = hf_bert._attention  # pylint: disable=protected-access
+
+  def swapped(ours, key):
+    rules = real(ours, key)
+    if ours != "cross":
+      return rules
+    flip = {"cross_attn/query": "cross_attn/key", "cross_attn/key": "cross_attn/query"}
+    return [dataclasses.replace(r, ours=tuple(
+        next((o.replace(a, b) for a, b in flip.items() if o.startswith(a)), o)
+        for o in r.ours)) for r in rules]
+  monkeypatch.setattr(hf_bert, "_attention", swapped)
+
+
+def _plant_untransposed_out(monkeypatch):
+  real = hf_bert.linear
+
+  def linear(ours, key):
+    rules = real(ours, key)
+    if ours == "self_attn/out":
+      rules[0] = keymap.same(f"{ours}/kernel", f"{key}.weight")
+    return rules
+  monkeypatch.setattr(hf_bert, "linear", linear)
+
+
+def _plant_qkv_order(monkeypatch):
+  real = keymap.fused_qkv
+
+  def fused(ours, key):
+    rules = real(ours, key)
+    order = lambda xs: [xs[1], xs[0], xs[2]]  # [k; q; v]
+    return [dataclasses.replace(r, to_ours=lambda xs, f=r.to_ours: order(f(xs)))
+            for r in rules]
+  monkeypatch.setattr(vit, "fused_qkv", fused)
+
+
+def _plant_momentum_from_online(monkeypatch):
+  real = albef.model_rules
+  monkeypatch.setattr(albef, "model_rules",
+                      lambda layout, momentum=False, **kw: real(layout, False, **kw)
+                      if momentum else real(layout, False, **kw))
+
+
+PLANTED = {"fusion cross-attention query and key swapped": _plant_swapped_cross_qk,
+           "text self-attention output kernel not transposed": _plant_untransposed_out,
+           "ViT fused qkv split as [k; q; v]": _plant_qkv_order,
+           "momentum model read from the online keys": _plant_momentum_from_online}
+
+
+@pytest.mark.parametrize("planted", sorted(PLANTED))
+def test_a_planted_mapping_error_is_caught(ref, monkeypatch, planted):
+  """Each planted mistake must push some forward output far past the bound: the
+  comparison above is what catches a broken table, not luck."""
+  PLANTED[planted](monkeypatch)
+  c = ref.config
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.split(
+      train_state_lib.build_model(c, 0))[1]))
+  try:
+    imported = albef.import_albef(os.path.join(DATA, "albef_pretrain.pth"), params, c,
+                                  momentum=True, queue_size=c.queue_size)
+  except ValueError:
+    return  # caught at import (a shape or a key), which is as good
+  mlm_ids = jnp.asarray(ref.inputs["mlm_input_ids"], jnp.int32)
+  worst = 0.0
+  for suffix, p in (("", imported.params), ("_m", imported.momentum)):
+    ours = _forward(ref.graphdef, p, _batch(ref), mlm_ids)
+    for name in ("image_embeds", "text_feat", "mlm_logits"):
+      want = ref.forward[name + suffix]
+      worst = max(worst, float(np.abs(np.asarray(ours[name]) - want).max()
+                               / np.abs(want).max()))
+  assert worst > 100 * RTOL, f"{planted}: largest relative error only {worst:.1e}"

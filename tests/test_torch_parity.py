@@ -1,4 +1,5 @@
-"""Runs the PyTorch parity tests (test_checkpoint_import.py) in a subprocess.
+"""Runs the PyTorch parity tests (test_checkpoint_import.py: transformers and timm;
+test_released_weights.py: LAVIS's ALBEF) in subprocesses.
 
 torch and the rest of the suite share one address space badly. With PyPI's CUDA build of
 torch (2.14.1, which brings triton), collecting the whole tests directory segfaulted the
@@ -28,12 +29,13 @@ for _name in ("torch", "transformers"):
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_checkpoint_import_parity_in_subprocess():
+@pytest.mark.parametrize("module", ["test_checkpoint_import.py", "test_released_weights.py"])
+def test_torch_parity_in_subprocess(module):
   env = dict(os.environ, SYNCMASK_TORCH_SUBPROCESS="1")
   # -p no:xdist: one process (the parent already runs under xdist); -rs lists the skips
   # (timm where torchvision does not import).
   cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:xdist", "-p",
-         "no:cacheprovider", os.path.join(HERE, "test_checkpoint_import.py")]
+         "no:cacheprovider", os.path.join(HERE, module)]
   proc = subprocess.run(cmd, cwd=os.path.dirname(HERE), env=env, capture_output=True,
                         text=True, timeout=1200, check=False)
   out = proc.stdout + proc.stderr
