@@ -61,6 +61,11 @@ def get_config(arg: str | None = None):
   c.vqa.k_test = 128 if big else 8  # rank: candidates by first token (ALBEF: 128)
   # rank: add the first token's log-prob once more, as ALBEF's rank_answer does.
   c.vqa.count_first_token_twice = True
+  # rank: the answers' teacher-forced loss without label smoothing (ALBEF's scores are
+  # log-probabilities). LAVIS's AlbefVQA ranks with its decoder's smoothed loss (0.1) and
+  # counts the first token once: count_first_token_twice=False, rank_label_smoothing=0.1
+  # reproduce it (tests/test_released_weights.py).
+  c.vqa.rank_label_smoothing = 0.0
   c.vqa.beam_size = 1  # generate: 1 greedy, else beam search (best beam)
   # ALBEF's momentum distillation (configs/VQA.yaml distill: True, alpha: 0.4; its model's
   # momentum 0.995): each answer token's loss mixes in the momentum model's soft tokens.

@@ -349,3 +349,48 @@ def test_a_planted_mapping_error_is_caught(ref, monkeypatch, planted):
       worst = max(worst, float(np.abs(np.asarray(ours[name]) - want).max()
                                / np.abs(want).max()))
   assert worst > 100 * RTOL, f"{planted}: largest relative error only {worst:.1e}"
+
+
+# ----------------------------------------------------------------------------- VQA
+
+
+def test_vqa_checkpoint_ranks_answers_as_lavis(ref):
+  """LAVIS's AlbefVQA (BertModel text encoder, answer decoder `text_decoder.*` with
+  cross-attention to the question states in every layer, momentum copies): the question
+  states, the first-token probabilities, the top-k candidates, their scores and the
+  chosen answers. LAVIS scores with its decoder's label-smoothed loss (0.1) and counts
+  the first token once: `vqa.rank_label_smoothing=0.1`, `vqa.count_first_token_twice=False`
+  (configs/finetune_vqa.py)."""
+  from syncmask_jax.tasks import vqa as vqa_task  # pylint: disable=g-import-not-at-top
+  expected = dict(np.load(os.path.join(HERE, "data", "lavis_extras", "vqa.npz")))
+  c = ref.config
+  graphdef, state = nnx.split(vqa_task.VQAModel(c.model, rngs=nnx.Rngs(params=0)))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+  imported = albef.import_albef(os.path.join(HERE, "data", "lavis_extras", "albef_vqa.pth"),
+                                params, c, momentum=True)
+  assert imported.report.unused == [], imported.report.summary()
+  assert all(p.startswith(("mlm_head/", "vision/mask_token", "vision_proj/", "text_proj/",
+                           "itm_head/", "temp")) for p in imported.report.initialised), (
+                               imported.report.summary())
+  model = nnx.merge(graphdef, imported.params)
+  batch = {"image": jnp.asarray(expected["image"].transpose(0, 2, 3, 1)),
+           "text_ids": jnp.asarray(expected["question_ids"], jnp.int32),
+           "text_mask": jnp.asarray(expected["question_mask"], jnp.int32)}
+  states = model.encode_question(batch)
+  _close(states, expected["question_states"], "question_states")
+  bos = jnp.asarray(expected["answer_ids"][:1, :1].repeat(4, 0), jnp.int32)
+  start = model.answer_decoder.next_token_logits(bos, 0, states, batch["text_mask"])
+  _close(start, expected["start_logits"], "start_logits")
+  answer_ids = jnp.asarray(expected["answer_ids"], jnp.int32)
+  answer_mask = jnp.asarray(expected["answer_mask"], jnp.int32)
+  chosen, score = vqa_task.rank_answers(
+      model.answer_decoder, states, batch["text_mask"], answer_ids, answer_mask, k=3,
+      count_first_token_twice=False, label_smoothing=0.1)
+  np.testing.assert_array_equal(chosen, expected["chosen"])
+  best = expected["answer_scores"].max(axis=1)
+  _close(score, best, "chosen answers' scores")
+  # Without the smoothing the scores differ from LAVIS's: the setting is what matches.
+  _, plain = vqa_task.rank_answers(model.answer_decoder, states, batch["text_mask"],
+                                   answer_ids, answer_mask, k=3,
+                                   count_first_token_twice=False)
+  assert np.abs(np.asarray(plain) - best).max() > 100 * RTOL * np.abs(best).max()

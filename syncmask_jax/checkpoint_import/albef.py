@@ -234,7 +234,8 @@ def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *
         used.add(key)
     if key.startswith(("visual_encoder_m.", "text_encoder_m.", "vision_proj_m.",
                        "text_proj_m.", "text_decoder_m.")) and not momentum:
-      report.reasons[key] = "a momentum copy; this model has no momentum model"
+      report.reasons[key] = ("a momentum copy, not read: a fine-tuning run starts its momentum "
+                             "model, if any, as a copy of the parameters")
   new_queue = None
   if layout.queue:
     used |= {"image_queue", "text_queue", "queue_ptr", "idx_queue"}

@@ -132,14 +132,16 @@ def answer_loss(model: VQAModel, batch: dict, rngs: nnx.Rngs | None = None, *,
 
 def rank_answers(decoder: decoder_lib.TextDecoder, states: jax.Array, states_mask: jax.Array,
                  answer_ids: jax.Array, answer_mask: jax.Array, *, k: int,
-                 count_first_token_twice: bool = True) -> tuple[jax.Array, jax.Array]:
+                 count_first_token_twice: bool = True, label_smoothing: float = 0.0
+                 ) -> tuple[jax.Array, jax.Array]:
   """ALBEF's `rank_answer`: ((B,) index of the chosen answer in the list, (B,) its score).
 
   `answer_ids` / `answer_mask` (N, L): the answer list as "[CLS] a [SEP]". The k answers
   whose first token is likeliest after [CLS] are teacher-forced; each scores its summed
   token log-prob, plus its first token's log-prob again with `count_first_token_twice`
   (the reference's sum of topk_probs.log() and -answer_loss, whose loss includes the
-  first token).
+  first token). `label_smoothing` smooths that loss as LAVIS's decoder always does
+  (0.1; `vqa.rank_label_smoothing`); LAVIS also counts the first token once only.
   """
   n = answer_ids.shape[0]
   if not 1 <= k <= n:
@@ -153,7 +155,8 @@ def rank_answers(decoder: decoder_lib.TextDecoder, states: jax.Array, states_mas
   ids = answer_ids[top].reshape(b * k, -1)
   mask = answer_mask[top].reshape(b * k, -1)
   nll = decoder.teacher_forced_nll(ids, mask, mask, decoding.repeat_for_beams(states, k),
-                                   decoding.repeat_for_beams(states_mask, k))
+                                   decoding.repeat_for_beams(states_mask, k),
+                                   label_smoothing=label_smoothing)
   score = -nll.reshape(b, k) + (top_lp if count_first_token_twice else 0.0)
   best = jnp.argmax(score, axis=1)
   return (jnp.take_along_axis(top, best[:, None], 1)[:, 0],
@@ -179,7 +182,8 @@ def generate_answers(decoder: decoder_lib.TextDecoder, states: jax.Array,
 
 @functools.lru_cache(maxsize=16)
 def _answer_fn(graphdef: Any, inference: str, k: int, count_first_token_twice: bool,
-               tokens: tuple[int, int, int], max_len: int, beam_size: int) -> Callable:
+               label_smoothing: float, tokens: tuple[int, int, int], max_len: int,
+               beam_size: int) -> Callable:
   """({"params", "answer_ids", "answer_mask"}, batch) -> each question's answer: its
   index in the list (rank) or its tokens (generate), and its question_id."""
 
@@ -190,7 +194,8 @@ def _answer_fn(graphdef: Any, inference: str, k: int, count_first_token_twice: b
     if inference == "rank":
       out["answer_index"], _ = rank_answers(
           model.answer_decoder, states, smask, inputs["answer_ids"], inputs["answer_mask"],
-          k=k, count_first_token_twice=count_first_token_twice)
+          k=k, count_first_token_twice=count_first_token_twice,
+          label_smoothing=label_smoothing)
     else:
       bos, eos, pad = tokens
       out["answer_tokens"] = generate_answers(model.answer_decoder, states, smask,
@@ -228,6 +233,9 @@ class VQA(base.Task):
       raise ValueError(f"config.vqa.k_test={v.k_test}: must be >= 1")
     if v.beam_size < 1:
       raise ValueError(f"config.vqa.beam_size={v.beam_size}: must be >= 1")
+    if not 0.0 <= v.rank_label_smoothing < 1.0:
+      raise ValueError(f"config.vqa.rank_label_smoothing={v.rank_label_smoothing}: expected "
+                       "0 <= value < 1")
     if c.data.max_answer_len < 3:
       raise ValueError(f"config.data.max_answer_len={c.data.max_answer_len}: needs room "
                        "for [CLS], one answer token and [SEP]")
@@ -324,6 +332,7 @@ class VQA(base.Task):
     lengths = tokenizer.encode(answers, c.model.max_positions)["mask"].sum(1)
     truncated = int(np.sum(lengths > c.data.max_answer_len))
     fn = _answer_fn(graphdef, v.inference, int(v.k_test), bool(v.count_first_token_twice),
+                    float(v.rank_label_smoothing),
                     (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id),
                     int(c.data.max_answer_len) - 1, int(v.beam_size))
     inputs = {"params": params, "answer_ids": enc["ids"], "answer_mask": enc["mask"]}
