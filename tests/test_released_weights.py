@@ -394,3 +394,44 @@ def test_vqa_checkpoint_ranks_answers_as_lavis(ref):
                                    answer_ids, answer_mask, k=3,
                                    count_first_token_twice=False)
   assert np.abs(np.asarray(plain) - best).max() > 100 * RTOL * np.abs(best).max()
+
+
+# ----------------------------------------------------------------------------- BLIP
+
+
+def test_blip_caption_checkpoint_matches_lavis(ref):
+  """LAVIS's BlipCaption (timm ViT, BertLMHeadModel decoder cross-attending in every
+  layer, [DEC]/[ENC] after the vocabulary): the image states, the teacher-forced LM
+  logits, and beam search (3 beams, prompt "a picture of ", 10 tokens in all as
+  BLIP's generate counts them) gives LAVIS's tokens."""
+  from syncmask_jax import decoding  # pylint: disable=g-import-not-at-top
+  from syncmask_jax.checkpoint_import import blip  # pylint: disable=g-import-not-at-top
+  from syncmask_jax.tasks import captioning  # pylint: disable=g-import-not-at-top
+  extras = os.path.join(HERE, "data", "lavis_extras")
+  expected = dict(np.load(os.path.join(extras, "blip_caption.npz")))
+  c = tiny_config()
+  c.model.vocab_size = expected["lm_logits"].shape[-1]  # + [DEC], [ENC]
+  graphdef, state = nnx.split(captioning.CaptionModel(c.model, "text+fusion",
+                                                      rngs=nnx.Rngs(params=0)))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+  params, report = blip.import_blip_caption(os.path.join(extras, "blip_caption.pth"), params,
+                                            c)
+  assert report.unused == [] and report.initialised == ["vision/mask_token"], report.summary()
+  model = nnx.merge(graphdef, params)
+  images = model.encode_image(jnp.asarray(expected["image"].transpose(0, 2, 3, 1)))
+  _close(images, expected["image_embeds"], "image_embeds")
+  logits = model.text_decoder(jnp.asarray(expected["lm_input_ids"], jnp.int32),
+                              jnp.asarray(expected["lm_attention_mask"], jnp.int32), images)
+  _close(logits, expected["lm_logits"], "lm_logits")
+  prompt = jnp.asarray(expected["prompt_ids"], jnp.int32)
+  beams = 3
+  states = decoding.repeat_for_beams(images, beams)
+  seqs, scores = decoding.beam_search(
+      lambda ids, step: model.text_decoder.next_token_logits(ids, step, states), prompt,
+      beam_size=beams, max_len=expected["beam_tokens"].shape[1] - prompt.shape[1],
+      eos_id=3, pad_id=0)
+  np.testing.assert_array_equal(
+      np.concatenate([prompt, seqs[:, 0]], axis=1), expected["beam_tokens"])
+  # transformers 4.26 ranks finished beams by summed log-prob / total length (prompt in).
+  _close(np.asarray(scores[:, 0]) / expected["beam_tokens"].shape[1],
+         expected["beam_scores"], "beam scores")

@@ -132,16 +132,6 @@ def check_config(layout: Layout, tensors: dict[str, np.ndarray], m: ml_collectio
                      f"{m.vision_width}")
 
 
-def _decoder_rules(layers: int, token_type: bool, ours_token_type: bool, suffix: str = ""
-                   ) -> list[Rule]:
-  """VQA's answer decoder (`text_decoder.`: BertLMHeadModel) <-> our `answer_decoder`."""
-  body = hf_bert.embedding_rules(token_type, ours_token_type) + hf_bert.encoder_rules(
-      [(f"decoder/layer_{i}", True) for i in range(layers)])
-  return ([r.under("answer_decoder/", f"text_decoder{suffix}.bert.") for r in body]
-          + [r.under("answer_decoder/", f"text_decoder{suffix}.")
-             for r in hf_bert.mlm_head_rules("lm_head", "embeddings/word")])
-
-
 def model_rules(layout: Layout, momentum: bool = False, ours_token_type: bool = True
                 ) -> list[Rule]:
   """The online model's table (or, with `momentum`, the `*_m` copies' one);
@@ -162,7 +152,8 @@ def model_rules(layout: Layout, momentum: bool = False, ours_token_type: bool = 
     if not momentum:  # ALBEF keeps no momentum copy of the ITM head and the temperature
       rules += linear("itm_head", "itm_head") + [same("temp", "temp")]
   if layout.decoder_layers:
-    rules += _decoder_rules(layout.decoder_layers, layout.token_type, ours_token_type, s)
+    rules += hf_bert.lm_decoder_rules("answer_decoder/", f"text_decoder{s}.",
+                                      layout.decoder_layers, layout.token_type, ours_token_type)
   return rules
 
 
@@ -173,9 +164,9 @@ _BUFFERS = {"embeddings.position_ids": "a buffer: positions 0..max_positions-1"}
 @dataclasses.dataclass
 class Imported:
   params: Params
-  momentum: Params | None
-  queue: dict | None  # our queue layout (queue.init_queue), or None: the checkpoint has none
   report: keymap.ImportReport
+  momentum: Params | None = None
+  queue: dict | None = None  # our queue layout (queue.init_queue); None: the checkpoint's none
 
 
 def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *,
@@ -245,7 +236,7 @@ def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *
           "image_queue", "text_queue", "queue_ptr", "idx_queue") if k in tensors})
       used -= set(report.reasons)
   report.unused = sorted(k for k in tensors if k not in used)
-  return Imported(new_params, new_momentum, new_queue, report)
+  return Imported(new_params, report, new_momentum, new_queue)
 
 
 def _import_queue(tensors: dict[str, np.ndarray], size: int,

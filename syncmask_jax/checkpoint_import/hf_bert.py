@@ -89,6 +89,16 @@ def mlm_head_rules(ours: str = "mlm_head", word: str = "embeddings/word") -> lis
              tied(f"{ours}/bias", c + "decoder.bias")])
 
 
+def lm_decoder_rules(ours: str, key: str, layers: int, token_type: bool,
+                     ours_token_type: bool) -> list[Rule]:
+  """A BertLMHeadModel whose every layer cross-attends (ALBEF's VQA answer decoder,
+  BLIP's caption decoder; `{key}bert.`, `{key}cls.`) <-> our TextDecoder under `ours`."""
+  body = embedding_rules(token_type, ours_token_type) + encoder_rules(
+      [(f"decoder/layer_{i}", True) for i in range(layers)])
+  return ([r.under(ours, key + "bert.") for r in body]
+          + [r.under(ours, key) for r in mlm_head_rules("lm_head", "embeddings/word")])
+
+
 def position_ids(max_positions: int) -> np.ndarray:
   """The `embeddings.position_ids` buffer a torch BERT's state dict carries."""
   return np.arange(max_positions, dtype=np.int64)[None]

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from syncmask_jax import checkpointing, paths
-from syncmask_jax.checkpoint_import import albef, files, keymap, log_report
+from syncmask_jax.checkpoint_import import albef, blip, files, keymap, log_report
 
 Params = dict[str, Any]
 WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
@@ -59,13 +59,15 @@ class Pretrained:
                        f"parameters this model needs, e.g. {unfilled[:5]}")
     return _place(imported.params, target), 0
 
-  def holds(self, target: Params, prefix: str) -> bool:
-    """Whether the checkpoint has parameters for `target[prefix]` (VQA's answer decoder:
-    a VQA checkpoint's is used as it is, a pretraining one's starts from the fusion)."""
+  def holds(self, prefix: str) -> bool:
+    """Whether the checkpoint has our parameters under `prefix` (a decoder: a VQA or
+    caption checkpoint's is used as it is, a pretraining one's starts from the fusion)."""
     if not self.released:
       return checkpointing.holds(self.source, prefix)
-    return bool(albef.detect(self._tensors(), self.source).decoder_layers) and (
-        prefix == "answer_decoder")
+    tensors = self._tensors()
+    if blip.is_blip_caption(tensors):
+      return prefix in ("vision", "text_decoder")
+    return prefix != "answer_decoder" or bool(albef.detect(tensors, self.source).decoder_layers)
 
   def load_state(self, params: Params, momentum: Params, queue: dict
                  ) -> tuple[Params, Params, dict]:
@@ -84,8 +86,16 @@ class Pretrained:
     return files.read_checkpoint(self.source, require_config=False)[1]
 
   def _import(self, target: Params, **kw) -> albef.Imported:
+    """ALBEF's checkpoints, or BLIP's caption ones (parameters only)."""
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)) if hasattr(x, "__array__")
                         else np.zeros(x.shape, x.dtype), target)
-    imported = albef.import_albef(self.source, host, self.config, **kw)
+    if blip.is_blip_caption(self._tensors()):
+      if kw.get("momentum"):
+        raise ValueError(f"config.init_checkpoint={self.source!r} is a BLIP caption "
+                         "checkpoint: it starts the captioning task, not pretraining")
+      imported = albef.Imported(*blip.import_blip_caption(self.source, host, self.config),
+                                momentum=None, queue=None)
+    else:
+      imported = albef.import_albef(self.source, host, self.config, **kw)
     log_report(imported.report)
     return imported

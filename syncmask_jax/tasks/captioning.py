@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 from flax import nnx
 
 from syncmask_jax import caption_eval, decoding, evaluate, paths
@@ -243,6 +244,9 @@ class Captioning(base.Task):
   def init_new_params(self, params: dict, pretrained: Any) -> dict:
     """The decoder from the pretrained embeddings, MLM head and the layers of
     `captioning.init_layers` (`decoder.init_from_vlp`), read through `pretrained`."""
+    if pretrained.holds("text_decoder"):  # a caption checkpoint (BLIP's): as it is
+      logging.info("captioning: text decoder from %s", pretrained.source)
+      return params
     config = self.config
     layers = ("fusion",) + (("text",) if config.captioning.init_layers == "text+fusion"
                             else ())

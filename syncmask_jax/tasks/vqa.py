@@ -268,7 +268,7 @@ class VQA(base.Task):
     return state
 
   def init_new_params(self, params: dict, pretrained: Any) -> dict:
-    if pretrained.holds(params, "answer_decoder"):
+    if pretrained.holds("answer_decoder"):
       # A VQA checkpoint (ALBEF's released ones, or a VQA run's): its decoder as it is.
       logging.info("vqa: answer decoder from %s", pretrained.source)
       return params

@@ -1,0 +1,68 @@
+"""BLIP's caption checkpoints (the original code's `model_base_caption*.pth` and LAVIS's
+`BlipCaption`), whole, into the captioning model (`tasks.captioning.CaptionModel`).
+
+The layout (salesforce/BLIP `models/blip.py` BLIP_Decoder, LAVIS `blip_caption.py`):
+  visual_encoder.*          timm ViT (`vit.TIMM_VIT`) -> our `vision`
+  text_decoder.bert.*       BertLMHeadModel, cross-attention to the image in every layer,
+  text_decoder.cls.*          no token-type table (`med` BERT) -> our `text_decoder`
+BLIP's tokenizer adds [DEC] (the caption's BOS) and [ENC] after BERT's vocabulary, so
+config.model.vocab_size is BERT's + 2 (30524 for bert-base-uncased).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from syncmask_jax.checkpoint_import import files, hf_bert, keymap, vit
+from syncmask_jax.checkpoint_import.keymap import Rule
+
+Params = keymap.Params
+_DECODER = "text_decoder."
+
+
+def is_blip_caption(tensors: dict[str, np.ndarray]) -> bool:
+  return (_DECODER + "bert." + hf_bert.ANCHOR in tensors
+          and "visual_encoder.cls_token" in tensors
+          and not any(k.startswith("text_encoder.") for k in tensors))
+
+
+def caption_rules(vision_depth: int, decoder_layers: int, ours_token_type: bool) -> list[Rule]:
+  return ([r.under("", "visual_encoder.") for r in vit.vit_rules(vit.TIMM_VIT, vision_depth)]
+          + hf_bert.lm_decoder_rules("text_decoder/", _DECODER, decoder_layers,
+                                     token_type=False, ours_token_type=ours_token_type))
+
+
+def import_blip_caption(path: str, params: Params, config: ml_collections.ConfigDict
+                        ) -> tuple[Params, keymap.ImportReport]:
+  """A BLIP caption checkpoint file into the captioning model's `params` (a pure dict,
+  not modified), checked against config.model and config.captioning."""
+  _, tensors = files.read_checkpoint(path, require_config=False)
+  if not is_blip_caption(tensors):
+    sample = ", ".join(sorted(tensors)[:4])
+    raise ValueError(f"{path!r} is not a BLIP caption checkpoint: it needs visual_encoder.* "
+                     f"and text_decoder.bert.*, and no text_encoder.* (its first keys: "
+                     f"{sample})")
+  m = config.model
+  word = tensors[_DECODER + "bert.embeddings.word_embeddings.weight"]
+  layers = 1 + max(int(k.split(".")[4]) for k in tensors
+                   if k.startswith(_DECODER + "bert.encoder.layer."))
+  ours = keymap.layer_count(keymap.flatten(params["text_decoder"]).keys(), "decoder")
+  blocks = 1 + max(int(k.split(".")[2]) for k in tensors
+                   if k.startswith("visual_encoder.blocks."))
+  for field, got, want in (("config.model.vocab_size", word.shape[0], m.vocab_size),
+                           ("config.model.text_width", word.shape[1], m.text_width),
+                           ("config.model.vision_depth", blocks, m.vision_depth),
+                           ("the decoder's layers (config.model.text_layers + fusion_layers "
+                            "with captioning.init_layers='text+fusion')", layers, ours)):
+    if got != want:
+      raise ValueError(f"checkpoint {path!r} gives {got} for {field}, the model has {want} "
+                       f"({keymap.mismatch_cause([field])})")
+  imp = keymap.Importer(path, params, tensors, scopes=tuple(params))
+  vit.prepare_vit(imp, vit.TIMM_VIT, "visual_encoder.", m.image_size // m.patch_size)
+  token_type = "token_type" in params["text_decoder"]["embeddings"]
+  imp.apply(caption_rules(blocks, layers, token_type))
+  for key in tensors:
+    if key.endswith(hf_bert.POSITION_IDS):
+      imp.used.add(key)
+  return imp.finish()
