@@ -160,9 +160,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.geometric_aug = False  # crop/flip; never with patch ground truth (SynthFashion)
   c.data.crop_scale = (0.5, 1.0)
   c.data.flip = True
-  # Captioning (data/captions.py): BLIP's pre_caption max_words for the train captions;
+  # The words a cleaned caption keeps: ALBEF's pre_caption (COCO/Flickr30K retrieval,
+  # data/coco.py) and BLIP's (captioning's train captions, data/captions.py), both 30.
   # SynthFashion's references (and train captions) per view, as COCO has about 5.
-  c.data.caption_max_words = 30  # BLIP's coco_karpathy_train default
+  c.data.caption_max_words = 30
   c.data.captions_per_view = 5
   # VQA (data/vqa.py). Answer tokens with [CLS] and [SEP] (0: the data has no answers).
   c.data.max_answer_len = 0

@@ -210,6 +210,22 @@ def test_karpathy_pairs_images_texts(tmp_path):
   assert texts[7]["product_id"] == ims[1]["product_id"]
 
 
+def test_albef_pre_caption_by_hand(tmp_path):
+  # ALBEF's pre_caption: ,.'!?"()*#:;~ removed, - and / to spaces, <person> to person.
+  assert (coco.pre_caption("A Man's bike, parked-on the STREET!  <person> rides/walks.\n", 30)
+          == "a mans bike parked on the street person rides walks")
+  assert coco.pre_caption("one two three four", 2) == "one two"
+  images, train, test = fakes.write_karpathy(tmp_path)
+  test[1]["caption"][0] = "Caption?? (2) of 3!"
+  test[1]["caption"][1] = "?!"  # nothing left: a bad record, named
+  fakes.write_karpathy_split(tmp_path, "test", test)
+  index, store = coco.load(str(tmp_path), "coco")
+  with pytest.raises(ValueError, match=r"record 1, field 'caption'.*pre_caption"):
+    coco.KarpathyImages(index, store, "test")
+  ims = coco.KarpathyImages(index, store, "test", skip_bad_records=True, max_words=2)
+  assert ims.captions[1][0] == "caption 2" and len(ims.captions[1]) == 5  # one dropped
+
+
 def test_karpathy_bad_image_and_empty_caption(tmp_path):
   images, train, test = fakes.write_karpathy(tmp_path)
   (tmp_path / images[3]).write_bytes(b"\xff\xd8 truncated")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -105,11 +106,32 @@ def _captions(entry: dict[str, Any]) -> list[str]:
   return [c] if isinstance(c, str) else list(c)
 
 
+_ALBEF_REMOVED = re.compile(r"([,.'!?\"()*#:;~])")
+_SPACES = re.compile(r"\s{2,}")
+
+
+def pre_caption(caption: str, max_words: int) -> str:
+  """ALBEF's caption cleaning (its `pre_caption`, retrieval and pretraining data): lower
+  case, the marks ,.'!?"()*#:; and ~ removed, '-' and '/' to spaces, '<person>' to
+  'person', runs of spaces to one, stripped, the first `max_words` words. (BLIP's, for
+  captioning, keeps ,'? and makes the others spaces: `captions.pre_caption`.)"""
+  caption = _ALBEF_REMOVED.sub("", caption.lower())
+  caption = caption.replace("-", " ").replace("/", " ").replace("<person>", "person")
+  words = _SPACES.sub(" ", caption).rstrip("\n").strip(" ").split(" ")
+  return " ".join(words[:max_words])
+
+
+def _clean_captions(entry: dict[str, Any], max_words: int) -> list[str]:
+  """The entry's captions after `pre_caption` ("" where nothing is left)."""
+  return [pre_caption(c, max_words) if isinstance(c, str) else "" for c in _captions(entry)]
+
+
 class KarpathyPairs:
   """One record per (image, caption) pair of a split (train format; eval is expanded)."""
 
   def __init__(self, index: KarpathyIndex, store: Any, split: str = "train", *,
-               skip_bad_records: bool = False, verify_images: bool = True):
+               skip_bad_records: bool = False, verify_images: bool = True,
+               max_words: int = 30):
     self.index, self.store = index, store
     bad = BadRecords(index.file(split), skip_bad_records)
     image_problem = ImageChecks(store, verify_images)
@@ -119,11 +141,11 @@ class KarpathyPairs:
       if problem is not None:
         bad(i, "image", problem)
         continue
-      for caption in _captions(entry):
-        if caption and caption.strip():
-          self.pairs.append((entry["image"], caption.strip()))
+      for caption in _clean_captions(entry, max_words):
+        if caption:
+          self.pairs.append((entry["image"], caption))
         else:
-          bad(i, "caption", "empty caption")
+          bad(i, "caption", "empty caption (after ALBEF's pre_caption)")
     self.stats = bad.stats
     self.stats["num_records"] = len(self.pairs)
 
@@ -145,7 +167,8 @@ class KarpathyImages:
   """The images of an eval split, one record each, in file order."""
 
   def __init__(self, index: KarpathyIndex, store: Any, split: str, *,
-               skip_bad_records: bool = False, verify_images: bool = True):
+               skip_bad_records: bool = False, verify_images: bool = True,
+               max_words: int = 30):
     self.index, self.store, self.split = index, store, split
     bad = BadRecords(index.file(split), skip_bad_records)
     image_problem = ImageChecks(store, verify_images)
@@ -157,11 +180,11 @@ class KarpathyImages:
         bad(i, "image", problem)
         continue
       kept = []
-      for caption in _captions(entry):
-        if caption and caption.strip():
-          kept.append(caption.strip())
+      for caption in _clean_captions(entry, max_words):
+        if caption:
+          kept.append(caption)
         else:
-          bad(i, "caption", "empty caption")
+          bad(i, "caption", "empty caption (after ALBEF's pre_caption)")
       self.paths.append(entry["image"])
       self.captions.append(kept)
     self.stats = bad.stats

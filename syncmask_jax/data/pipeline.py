@@ -117,15 +117,15 @@ def _fashioniq(root: str, category: str, split: str, protocol: str, skip: bool,
 
 @functools.lru_cache(maxsize=16)
 def _karpathy(root: str, name: str, split: str, part: str, image_root: str, skip: bool,
-              verify: bool, tfds_dir: str) -> Any:
+              verify: bool, tfds_dir: str, max_words: int) -> Any:
   from syncmask_jax.data import coco  # pylint: disable=g-import-not-at-top
   index, store = coco.load(root, name, image_root=image_root or None,
                            tfds_data_dir=tfds_dir or None)
   if part == "pairs":
     return coco.KarpathyPairs(index, store, split, skip_bad_records=skip,
-                              verify_images=verify)
+                              verify_images=verify, max_words=max_words)
   images = coco.KarpathyImages(index, store, split, skip_bad_records=skip,
-                               verify_images=verify)
+                               verify_images=verify, max_words=max_words)
   return images if part == "images" else coco.KarpathyTexts(images)
 
 
@@ -208,7 +208,7 @@ def make_source(config: ml_collections.ConfigDict, split: str,
       raise ValueError(f"FashionIQ {split}: no gallery (no split list)")
     return triplets if part == "queries" else gallery
   return _karpathy(d.root, d.karpathy_name, split, part, d.image_root, skip, verify,
-                   tfds_dir)
+                   tfds_dir, int(d.caption_max_words))
 
 
 def source_metadata(source: Any) -> dict[str, np.ndarray]:
