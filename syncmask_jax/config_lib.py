@@ -60,12 +60,19 @@ DEFAULT_AXIS_RULES = (
     ("norm", None),
 )
 
+# ALBEF's released models (ALBEF.pth, ALBEF_4M.pth, the COCO/Flickr30K/VQA fine-tuned
+# files): ViT-B/16 at 256 px + BERT-base split 6+6, embed 256. The rest of ALBEF's
+# setting is the default config's (bert-base-uncased's 30522 tokens and token-type
+# table, temperature 0.07, momentum 0.995) and the base configs' queue of 65536
+# (tests/test_config.py::test_albef_base_is_albefs).
+ALBEF_BASE = dict(
+    image_size=256, patch_size=16, vision_width=768, vision_depth=12, vision_heads=12,
+    vision_mlp_dim=3072, text_width=768, text_layers=6, fusion_layers=6, text_heads=12,
+    text_mlp_dim=3072, max_positions=512, embed_dim=256)
+
 MODEL_PRESETS = {
-    # ViT-B/16 at 256 px + BERT-base split 6+6, as ALBEF.
-    "base": dict(
-        image_size=256, patch_size=16, vision_width=768, vision_depth=12, vision_heads=12,
-        vision_mlp_dim=3072, text_width=768, text_layers=6, fusion_layers=6, text_heads=12,
-        text_mlp_dim=3072, max_positions=512, embed_dim=256),
+    "albef_base": ALBEF_BASE,
+    "base": ALBEF_BASE,  # the paper's size, which is ALBEF's
     "small": dict(
         image_size=128, patch_size=16, vision_width=256, vision_depth=4, vision_heads=4,
         vision_mlp_dim=1024, text_width=256, text_layers=2, fusion_layers=2, text_heads=4,

@@ -72,3 +72,23 @@ def test_a_config_json_without_a_newer_field_reads_as_its_default():
   assert resume.config_changes(filled, config) == {}
   stored["data"]["max_text_len"] = 12  # what a run stored stays
   assert config_lib.with_defaults(stored)["data"]["max_text_len"] == 12
+
+
+def test_albef_base_is_albefs():
+  """configs/fashiongen.py:size=albef_base is ALBEF's released model and setting (its
+  configs/Pretrain.yaml and models/model_pretrain.py): ViT-B/16 at 256 px, BERT-base
+  split 6+6 with its 30522 tokens and token-type table, embed 256, queue 65536,
+  momentum 0.995, temperature 0.07."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("fg", PACKAGE.parent / "configs/fashiongen.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("size=albef_base")
+  m = c.model
+  assert (m.image_size, m.patch_size, m.vision_width, m.vision_depth, m.vision_heads,
+          m.vision_mlp_dim) == (256, 16, 768, 12, 12, 3072)
+  assert (m.text_width, m.text_layers, m.fusion_layers, m.text_heads, m.text_mlp_dim,
+          m.max_positions, m.vocab_size, m.type_vocab_size) == (768, 6, 6, 12, 3072, 512,
+                                                                30522, 2)
+  assert (m.embed_dim, c.queue_size, c.momentum, m.temp_init) == (256, 65536, 0.995, 0.07)
+  assert (m.vision_ln_eps, m.text_ln_eps) == (1e-6, 1e-12)
