@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -194,7 +195,7 @@ def _lavis_step(ref: Reference, monkeypatch):
   return aux, grads, new_state
 
 
-def test_losses_gradients_and_step_match_lavis(ref, monkeypatch):
+def test_losses_gradients_and_step_match_lavis(ref, monkeypatch, tmp_path):
   aux, grads, new_state = _lavis_step(ref, monkeypatch)
   for name in ("loss_itc", "loss_itm", "loss_mlm"):
     _close(aux[name], ref.step[name], name)
@@ -233,6 +234,27 @@ def test_losses_gradients_and_step_match_lavis(ref, monkeypatch):
       noise[value.shape[0] // 3: 2 * value.shape[0] // 3] = True
     assert np.abs(mine - value)[noise].max(initial=0.0) <= 2 * lr, key
     _close(np.where(noise, value, mine), value, f"after step: {key}")
+
+  # Where LAVIS's own environment is at hand (tests/reference/lavis_env.sh), the export
+  # of the model trained here is loaded by LAVIS itself, strict=True, and its forward
+  # must be ours.
+  lavis_python = os.path.join(ROOT, ".venv-lavis", "bin", "python")
+  if not os.path.exists(lavis_python):
+    pytest.skip("no .venv-lavis: the strict load into LAVIS itself is not run "
+                "(tests/reference/lavis_env.sh makes it)")
+  files.save_torch(str(tmp_path / "exported.pth"), exported)
+  mlm_ids = jnp.asarray(ref.inputs["mlm_input_ids"], jnp.int32)
+  ours = {k: np.asarray(v) for k, v in _forward(ref.graphdef, new_state.params, _batch(ref),
+                                                 mlm_ids).items()}
+  ours.update({k + "_m": np.asarray(v) for k, v in _forward(
+      ref.graphdef, new_state.momentum_params, _batch(ref), mlm_ids).items()
+               if k + "_m" in ref.forward})
+  np.savez(tmp_path / "ours.npz", **ours)
+  check = subprocess.run(
+      [lavis_python, os.path.join(ROOT, "tests", "reference", "check_albef_export.py"),
+       str(tmp_path / "exported.pth"), str(tmp_path / "ours.npz")],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- retrieval
