@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
   c.task = "captioning"
   c.init_checkpoint = ""  # a pretraining run's checkpoints/ (latest step, params only)
   c.model = config_lib.model_config(args.size)
-  c.model.dtype = "bfloat16" if args.size == "base" else "float32"
+  c.model.dtype = "bfloat16" if config_lib.full_size(args.size) else "float32"
   c.data.name = args.data  # coco (BLIP's Karpathy files) | synthfashion
   # BLIP truncates "a picture of " + caption to 40 tokens; here the caption alone
   # (the prompt's tokens are added after truncation).
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None):
   # repo's fine-tuning schedule with BLIP's base rate. SynthFashion's laptop run starts
   # from a 1000-step tiny model: at 1e-4 its captions stayed degenerate after 400 steps
   # ("with a with a ..."), at 1e-3 they read right (CIDEr 34 after 400 steps).
-  config_lib.finetune_schedule(c, steps,
-                               1e-5 if args.size == "base" else (1e-4 if coco else 1e-3))
+  config_lib.finetune_schedule(
+      c, steps, 1e-5 if config_lib.full_size(args.size) else (1e-4 if coco else 1e-3))
   c.optim.weight_decay = 0.05
   return c

@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
   c.task = "category"
   c.init_checkpoint = ""  # a pretraining run's checkpoints/ (latest step, params only)
   c.model = config_lib.model_config(args.size)
-  c.model.dtype = "bfloat16" if args.size == "base" else "float32"
+  c.model.dtype = "bfloat16" if config_lib.full_size(args.size) else "float32"
   c.finetune = ml_collections.ConfigDict()
   c.finetune.label = args.label  # category (48 FashionGen classes) | subcategory (121)
   c.finetune.num_classes = 0  # 0: the size of the train label list
@@ -34,5 +34,5 @@ def get_config(arg: str | None = None):
   c.data.synth_train_products = 2000
   c.data.synth_val_products = 200
   # [ours] ALBEF's fine-tuning learning rates are 1e-5 .. 2e-5.
-  config_lib.finetune_schedule(c, args.steps, 2e-5 if args.size == "base" else 1e-4)
+  config_lib.finetune_schedule(c, args.steps, 2e-5 if config_lib.full_size(args.size) else 1e-4)
   return c

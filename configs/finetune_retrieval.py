@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   c.task = "retrieval"
   c.init_checkpoint = ""  # a pretraining run's checkpoints/ (latest step, params only)
   c.model = config_lib.model_config(args.size)
-  c.model.dtype = "bfloat16" if args.size == "base" else "float32"
+  c.model.dtype = "bfloat16" if config_lib.full_size(args.size) else "float32"
   c.data.name = args.data
   big = args.data != "synthfashion"
   c.data.global_batch_size = 256 if big else 32
@@ -36,5 +36,5 @@ def get_config(arg: str | None = None):
   c.eval.scoring = ("itc", "itc+itm")
   c.eval.itm_batch_size = 256
   # [ours] ALBEF's retrieval fine-tuning: lr 1e-5, cosine decay.
-  config_lib.finetune_schedule(c, args.steps, 1e-5 if args.size == "base" else 1e-4)
+  config_lib.finetune_schedule(c, args.steps, 1e-5 if config_lib.full_size(args.size) else 1e-4)
   return c

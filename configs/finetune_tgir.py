@@ -21,10 +21,10 @@ def get_config(arg: str | None = None):
   c.task = "tgir"
   c.init_checkpoint = ""  # a pretraining run's checkpoints/ (latest step, params only)
   c.model = config_lib.model_config(args.size)
-  c.model.dtype = "bfloat16" if args.size == "base" else "float32"
+  c.model.dtype = "bfloat16" if config_lib.full_size(args.size) else "float32"
   c.data.name = "fashioniq"
   c.data.global_batch_size = 128
   c.data.eval_batch_size = 128
   c.data.max_text_len = 64
-  config_lib.finetune_schedule(c, args.steps, 2e-5 if args.size == "base" else 1e-4)
+  config_lib.finetune_schedule(c, args.steps, 2e-5 if config_lib.full_size(args.size) else 1e-4)
   return c

@@ -37,7 +37,7 @@ def get_config(arg: str | None = None):
   # The size and image resolution are the pretraining run's (ALBEF fine-tunes VQA at
   # 384 px with interpolated position embeddings; we keep the pretrained resolution).
   c.model = config_lib.model_config(args.size)
-  c.model.dtype = "bfloat16" if args.size == "base" else "float32"
+  c.model.dtype = "bfloat16" if config_lib.full_size(args.size) else "float32"
   c.data.name = "vqa" if big else "synthfashion_vqa"
   # Question tokens: ALBEF cuts questions to 30 words in training and 50 at test
   # (data/vqa.py) and pads to the longest; 64 tokens hold 50 words but the rarest.
@@ -81,7 +81,8 @@ def get_config(arg: str | None = None):
   # SynthFashion-VQA from the laptop's 1000-step model (2000 steps, seed 0: val accuracy
   # 50.7 against 37.8 at 1e-4, which answered only "no" to yes/no questions).
   config_lib.finetune_schedule(
-      c, steps, 2e-5 if args.size == "base" else (1e-3 if args.data == "synthfashion" else 1e-4),
+      c, steps, 2e-5 if config_lib.full_size(args.size)
+      else (1e-3 if args.data == "synthfashion" else 1e-4),
       warmup_steps=400 if big else None)
   c.optim.weight_decay = 0.02
   return c

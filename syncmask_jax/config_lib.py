@@ -84,6 +84,11 @@ MODEL_PRESETS = {
 }
 
 
+def full_size(size: str) -> bool:
+  """The paper's size, ALBEF's (`base`, `albef_base`): bfloat16 and its learning rates."""
+  return MODEL_PRESETS.get(size) is ALBEF_BASE
+
+
 def finetune_schedule(c: ml_collections.ConfigDict, steps: int, lr: float,
                       warmup_steps: int | None = None) -> None:
   """The fine-tuning tasks' common settings, in place [ours]: `steps` steps at `lr`,
