@@ -123,6 +123,17 @@ def holds(directory: str, prefix: str) -> bool:
   return any(k.startswith(prefix + "/") for k in stored)
 
 
+def load_as_stored(directory: str, item: str, step: int | None = None) -> tuple[dict, int]:
+  """`item` of the latest (or `step`) checkpoint with the shapes it was stored with (the
+  queue, whose size is the run's, not the config's), on the first local device."""
+  stored, step = _stored_params(directory, step, item)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = flax.traverse_util.unflatten_dict(
+      {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=device)
+       for k, v in stored.items()}, sep="/")
+  return load_pretrained(directory, target, item=item, step=step)
+
+
 def load_pretrained(directory: str, target: dict, *, item: str = "params",
                     allow_missing: tuple[str, ...] = (), step: int | None = None
                     ) -> tuple[dict, int]:

@@ -30,9 +30,10 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from syncmask_jax import checkpointing, cli, finetune, optim, sharding, train
+from syncmask_jax import checkpointing, cli, finetune, optim, paths, sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.checkpoint_import import albef, files
+from syncmask_jax.data import pipeline
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -44,7 +45,7 @@ def import_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workdi
     raise ValueError(f"--workdir={workdir!r} already holds a run (checkpoint of step "
                      f"{existing}): convert into a new directory")
   config.unlock()
-  config.init_checkpoint = checkpoint
+  config.init_checkpoint = paths.resolve(checkpoint)
   config.lock()
   run = train.train_and_evaluate if config.task == "pretrain" else finetune.finetune_and_evaluate
   return run(config, workdir, initialise_only=True)["checkpoint"]
@@ -57,6 +58,7 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, out: str,
   if config.task != "pretrain":
     raise ValueError(f"config.task={config.task!r}: export writes ALBEF's pretraining and "
                      "retrieval layouts, from a pretraining run")
+  pipeline.resolve_vocab(config)  # the vocabulary's size, as the run resolved it
   mesh = sharding.make_mesh(config.mesh)
   init, setup = train_state_lib.make_setup(
       config, mesh, lambda p: optim.make_optimizer(config.optim, p, config.total_steps))
@@ -65,7 +67,7 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, out: str,
   params, step = checkpointing.load_pretrained(directory, abstract.params)
   momentum, _ = checkpointing.load_pretrained(directory, abstract.momentum_params,
                                               item="momentum_params", step=step)
-  queue, _ = checkpointing.load_pretrained(directory, abstract.queue, item="queue", step=step)
+  queue, _ = checkpointing.load_as_stored(directory, "queue", step)
   files.save_torch(out, albef.export_albef(params, momentum, queue, config, layout))
   return step
 
