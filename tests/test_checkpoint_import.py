@@ -642,3 +642,54 @@ def test_timm_errors(timm_state, timm_base, tmp_path):
   layer_scale = {**timm_state, "blocks.0.ls1.gamma": np.ones((64,), np.float32)}
   raises(_save_pth(layer_scale, tmp_path / "ls.pth"), r"'blocks\.0\.ls1\.gamma' is not part")
   raises(tmp_path / "nowhere.pth", "does not exist", error=FileNotFoundError)
+
+
+# ----------------------------------------------------------------------------- BLIP (HF)
+
+
+def test_hf_blip_caption_directory_matches_transformers(tmp_path):
+  """Hugging Face's BlipForConditionalGeneration, saved as a directory (config.json +
+  model.safetensors): its vision model's states and its text decoder's LM logits on
+  those states, against ours after `checkpoint_import.blip`."""
+  from syncmask_jax.checkpoint_import import blip  # pylint: disable=g-import-not-at-top
+  from syncmask_jax.tasks import captioning  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  vision = transformers.BlipVisionConfig(hidden_size=48, intermediate_size=192,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         image_size=32, patch_size=8)
+  text = transformers.BlipTextConfig(vocab_size=104, hidden_size=32, encoder_hidden_size=48,
+                                     intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=40)
+  ref = transformers.BlipForConditionalGeneration(transformers.BlipConfig(
+      text_config=text.to_dict(), vision_config=vision.to_dict())).eval()
+  with torch.no_grad():  # off the init's zeros and ones, so a dropped bias shows
+    for p in ref.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  ref.save_pretrained(str(tmp_path), safe_serialization=True)
+
+  c = config_lib.default_config()
+  c.model = _model_cfg(image_size=32, patch_size=8, vision_width=48, vision_depth=2,
+                       vision_heads=4, vision_mlp_dim=192, text_width=32, text_layers=1,
+                       fusion_layers=1, text_heads=4, text_mlp_dim=64, max_positions=40,
+                       vocab_size=104, type_vocab_size=0, vision_ln_eps=1e-5)
+  model = captioning.CaptionModel(c.model, "text+fusion", rngs=nnx.Rngs(params=0))
+  graphdef, state = nnx.split(model)
+  params, report = blip.import_blip_caption(str(tmp_path), jax.tree.map(
+      np.asarray, nnx.to_pure_dict(state)), c)
+  assert report.unused == [] and report.initialised == ["vision/mask_token"], report.summary()
+  assert report.warnings == []
+  model = nnx.merge(graphdef, params)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  ids = np.array([[102, 7, 9, 11, 3, 0], [102, 8, 3, 0, 0, 0]])
+  mask = (ids > 0).astype(np.int64)
+  with torch.no_grad():
+    states = ref.vision_model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    states = states.last_hidden_state
+    logits = ref.text_decoder(input_ids=torch.from_numpy(ids),
+                              attention_mask=torch.from_numpy(mask),
+                              encoder_hidden_states=states).logits
+  ours = model.encode_image(jnp.asarray(images))
+  assert _rel_err(ours, states.numpy()) < RTOL
+  ours_logits = model.text_decoder(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32),
+                                   ours)
+  assert _rel_err(ours_logits, logits.numpy()) < RTOL

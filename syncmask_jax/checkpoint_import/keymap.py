@@ -278,6 +278,8 @@ class Importer:
       if self.partial and not any(o in self.flat for o in rule.ours):
         self.report.reasons.update({k: "not part of this model" for k in rule.keys})
         continue
+      if rule.tied and not all(k in self.tensors for k in rule.keys):
+        continue  # a tied copy may be left out (Hugging Face's save_pretrained does)
       values = [self.get(k) for k in rule.keys]
       if rule.tied:
         mine = [np.asarray(jax.device_get(self.flat[o]), np.float32) for o in rule.ours]

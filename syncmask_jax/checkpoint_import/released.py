@@ -22,8 +22,14 @@ WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def is_released(path: str) -> bool:
-  """A weights file, not a run's checkpoints/ directory."""
-  return path.endswith(WEIGHT_FILES) or paths.path(path).is_file()
+  """A weights file or a Hugging Face directory (config.json and its weights), not a
+  run's checkpoints/ directory."""
+  if path.endswith(WEIGHT_FILES) or paths.path(path).is_file():
+    return True
+  directory = paths.path(path)
+  return (directory / "config.json").exists() and any(
+      (directory / name).exists() for name in ("model.safetensors", "pytorch_model.bin",
+                                               "model.safetensors.index.json"))
 
 
 def _place(tree: Params, like: Params) -> Params:
@@ -40,7 +46,7 @@ class Pretrained:
     self.config = config
     self.source = source
     self.released = is_released(source)
-    if self.released and not paths.path(source).is_file():
+    if self.released and not paths.path(source).exists():
       raise FileNotFoundError(f"config.init_checkpoint={source!r}: no such file")
 
   def load(self, target: Params, *, allow_missing: tuple[str, ...] = ()

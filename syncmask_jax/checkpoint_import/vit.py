@@ -47,6 +47,14 @@ TIMM_VIT = ViTLayout(
     cls_token="cls_token", pos_embed="pos_embed", dist_token="dist_token",
     mask_token="mask_token", block="blocks.{i}.", norm1="norm1", qkv="attn.qkv",
     attn_out="attn.proj", norm2="norm2", fc1="mlp.fc1", fc2="mlp.fc2", norm="norm")
+# Hugging Face's BLIP vision model (BlipForConditionalGeneration's `vision_model.`).
+HF_BLIP_VIT = ViTLayout(
+    anchor="embeddings.patch_embedding.weight", patch_embed="embeddings.patch_embedding",
+    cls_token="embeddings.class_embedding", pos_embed="embeddings.position_embedding",
+    dist_token="embeddings.distillation_token", mask_token="embeddings.mask_token",
+    block="encoder.layers.{i}.", norm1="layer_norm1", qkv="self_attn.qkv",
+    attn_out="self_attn.projection", norm2="layer_norm2", fc1="mlp.fc1", fc2="mlp.fc2",
+    norm="post_layernorm")
 # Every key (after the prefix) of a timm ViT/DeiT that is ALBEF's ViT; the classifier
 # heads are accepted and left unused. Anything else (fc_norm, norm_pre, layer scale
 # ls1/ls2, register tokens, q/k norms, BEiT's q_bias, ...) changes the network.
