@@ -314,3 +314,45 @@ def finetune_config(task, tmp):
   c.loss.mim = 0.0
   c.init_checkpoint = str(tmp / "pretrain" / "checkpoints")
   return c
+
+
+# -- released ALBEF checkpoints -------------------------------------------------------------
+
+ALBEF_KINDS = ("pretrain", "retrieval", "vqa")
+
+
+def write_albef_checkpoint(path, model_cfg, kind="pretrain", seed=0):
+  """A stand-in of one of ALBEF's released files (the original code's layout: BERT with
+  its token-type table, the state dict under "model") for a tiny random model of
+  `model_cfg`: `ALBEF.pth` (pretrain: `text_encoder.bert.`, the MLM head, momentum
+  copies, queues), `mscoco.pth` (retrieval: `text_encoder.`, idx_queue) or `vqa.pth`
+  (`text_encoder.`, the answer decoder `text_decoder.`, no ITC/ITM heads). Written
+  through checkpoint_import.albef's own table (held against LAVIS's code by
+  tests/test_released_weights.py); needs torch, so run it where torch may be imported."""
+  from syncmask_jax.checkpoint_import import albef, files  # pylint: disable=g-import-not-at-top
+  from syncmask_jax.models.vlp import VLP  # pylint: disable=g-import-not-at-top
+  from syncmask_jax.tasks import vqa  # pylint: disable=g-import-not-at-top
+  vqa_kind = kind == "vqa"
+  build = ((lambda: vqa.VQAModel(model_cfg, rngs=nnx.Rngs(params=seed))) if vqa_kind
+           else (lambda: VLP(model_cfg, rngs=nnx.Rngs(params=seed))))
+  params = numpy_params(build, seed)
+  momentum = numpy_params(build, seed + 1)
+  layout = albef.Layout(
+      text="text_encoder.bert." if kind == "pretrain" else "text_encoder.",
+      mlm_head=kind == "pretrain", token_type=True, text_layers=model_cfg.text_layers,
+      fusion_layers=model_cfg.fusion_layers, vision_depth=model_cfg.vision_depth,
+      decoder_layers=model_cfg.fusion_layers if vqa_kind else 0, heads=not vqa_kind,
+      momentum=True, queue=not vqa_kind, idx_queue=kind == "retrieval")
+  flat = lambda tree: flax.traverse_util.flatten_dict(tree, sep="/")
+  state = albef.keymap.export(albef.model_rules(layout), flat(params))
+  state.update(albef.keymap.export(albef.model_rules(layout, momentum=True), flat(momentum)))
+  if layout.queue:
+    rs, size = np.random.RandomState(seed), 16
+    for key in ("image_queue", "text_queue"):
+      q = rs.randn(model_cfg.embed_dim, size).astype(np.float32)
+      state[key] = q / np.linalg.norm(q, axis=0, keepdims=True)
+    state["queue_ptr"] = np.zeros((1,), np.int64)
+    if layout.idx_queue:
+      state["idx_queue"] = np.full((1, size), -100, np.int64)
+  files.save_torch(path, state, under="model")
+  return path

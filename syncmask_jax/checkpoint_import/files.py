@@ -78,10 +78,13 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
           for k, v in state.items() if hasattr(v, "numpy")}
 
 
-def save_torch(path: str, tensors: dict[str, np.ndarray]) -> None:
-  """torch.save of a flat state dict (float32 stays float32, int64 stays int64)."""
+def save_torch(path: str, tensors: dict[str, np.ndarray], under: str | None = None) -> None:
+  """torch.save of a flat state dict (float32 stays float32, int64 stays int64); with
+  `under`, wrapped as {under: state dict}, as ALBEF's released files hold "model"."""
   import torch  # pylint: disable=g-import-not-at-top
   state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in tensors.items()}
+  if under:
+    state = {under: state}
   buffer = io.BytesIO()
   torch.save(state, buffer)
   paths.path(path).write_bytes(buffer.getvalue())
