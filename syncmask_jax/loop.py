@@ -120,6 +120,9 @@ def start_run(config: ml_collections.ConfigDict, workdir: str) -> metric_writers
   after the checkpoint), writes the resolved config.json (process 0), turns on the
   compilation cache, returns the writer."""
   use_compilation_cache(config)
+  if paths.path(workdir).exists() and not paths.path(workdir).is_dir():
+    raise NotADirectoryError(f"--workdir={workdir} is a file; a workdir is a directory "
+                             "(it holds the run's checkpoints, metrics and config)")
   paths.path(workdir).mkdir(parents=True, exist_ok=True)
   resume.record_config(config, workdir, resume.claim_workdir(workdir))
   return make_writer(workdir, config)

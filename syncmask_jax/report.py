@@ -52,7 +52,7 @@ from scipy import stats  # jax's own dependency
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from syncmask_jax import paths, study
+from syncmask_jax import console, paths, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOLS = (("full_gallery", "full gallery"), ("one_plus_100", "1+100"))
@@ -802,4 +802,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-  main()
+  console.one_line_errors(main)()

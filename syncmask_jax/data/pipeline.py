@@ -51,6 +51,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from syncmask_jax import console
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import grouping
 from syncmask_jax.data import synthfashion
@@ -610,4 +611,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  console.one_line_errors(main)()
