@@ -18,10 +18,10 @@ CONFIG = "--config=configs/synthfashion.py"
 
 
 def _command(module: str, *args: str, cwd=ROOT, **env) -> subprocess.CompletedProcess:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **env}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, text=True,
                         capture_output=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-                             **env})
+                        env={k: v for k, v in env.items() if v is not None})
 
 
 def _one_line_error(out: subprocess.CompletedProcess) -> str:
@@ -60,10 +60,13 @@ def test_a_mistyped_field_ends_in_one_line_with_the_hint_unescaped():
 def test_a_workdir_that_is_a_file_ends_in_one_line(tmp_path):
   (tmp_path / "configs").symlink_to(os.path.join(ROOT, "configs"))
   (tmp_path / "run").write_text("not a directory")
-  out = _command("syncmask_jax.main", CONFIG, "--workdir=run", cwd=tmp_path)
+  # No JAX_PLATFORMS, as a user types it: JAX probes for a TPU and must not say so.
+  out = _command("syncmask_jax.main", CONFIG, "--workdir=run", cwd=tmp_path,
+                 JAX_PLATFORMS=None)
   assert _one_line_error(out) == (
       "error: --workdir=run is a file; a workdir is a directory (it holds the run's "
       "checkpoints, metrics and config)")
+  assert "Unable to initialize backend" not in out.stderr
   assert sorted(os.listdir(tmp_path)) == ["configs", "run"]  # nothing written
 
 
