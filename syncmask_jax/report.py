@@ -176,17 +176,20 @@ def _commands(variant: str, seed: int, args: argparse.Namespace,
           ("finetune", tune, os.path.join(ft_dir, "eval", "category.json"))]
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
-  """Runs what is missing of one (variant, seed); returns its run.json record."""
+def run_one(variant: str, seed: int, args: argparse.Namespace) -> bool:
+  """Runs what is missing of one (variant, seed), recorded in its run.json; whether
+  anything was missing."""
   directory = run_dir(args.workdir, variant, seed)
   paths.path(directory).mkdir(parents=True, exist_ok=True)
   info_path = os.path.join(directory, "run.json")
   info = {}
   if paths.path(info_path).exists():
     info = paths.read_json(info_path)
+  ran = False
   for name, argv, done in _commands(variant, seed, args, directory):
     if paths.path(done).exists():
       continue
+    ran = True
     log = os.path.join(directory, f"{name}.log")
     t0 = time.time()
     proc = _run_logged(argv, log)
@@ -196,7 +199,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
     # The command as a user types it (argv after the interpreter).
     info[name] = {"seconds": time.time() - t0, "command": " ".join(argv[1:])}
     paths.write_json(info_path, info)
-  return info
+  return ran
 
 
 def _run_logged(argv: list[str], log: str) -> subprocess.CompletedProcess:
@@ -213,18 +216,45 @@ def _run_logged(argv: list[str], log: str) -> subprocess.CompletedProcess:
   return proc
 
 
+def sweep_eta(durations: Sequence[float], queued: int, running: Sequence[float],
+              workers: int) -> float | None:
+  """Seconds until a sweep ends, each job taking the mean of `durations` (the jobs that
+  ran; None before any): `queued` jobs not started and jobs that have run `running`
+  seconds, on `workers` at a time."""
+  if not durations:
+    return None
+  mean = sum(durations) / len(durations)
+  left = [max(mean - r, 0.0) for r in running]
+  return max(max(left, default=0.0), (queued * mean + sum(left)) / workers)
+
+
 def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Namespace) -> None:
   jobs = [(v, s) for s in seeds for v in variants]
-  done, lock, t0 = [0], threading.Lock(), time.time()
+  lock, t0 = threading.Lock(), time.time()
+  started: dict[tuple[str, int], float] = {}
+  durations: list[float] = []  # of the jobs that ran something (not found complete)
+  done = [0]
 
   def work(job):
-    run_one(*job, args)
     with lock:
+      started[job] = time.time()
+    ran = run_one(*job, args)
+    with lock:
+      now = time.time()
+      seconds = now - started.pop(job)
       done[0] += 1
-      rate = (time.time() - t0) / done[0]
-      print(f"[{done[0]}/{len(jobs)}] {job[0]} seed {job[1]} done; "
-            f"{time.time() - t0:.0f} s so far, ETA {rate * (len(jobs) - done[0]):.0f} s",
-            flush=True)
+      if ran:
+        durations.append(seconds)
+      line = (f"[{done[0]}/{len(jobs)}] {job[0]} seed {job[1]} "
+              + (f"done in {seconds:.0f} s" if ran else "already done")
+              + f"; {now - t0:.0f} s so far")
+      # Jobs not yet started (pool's queue) and those in flight: an ETA only while
+      # something is left, and from what is left, not from the jobs already done.
+      queued = len(jobs) - done[0] - len(started)
+      eta = sweep_eta(durations, queued, [now - s for s in started.values()], args.jobs)
+      if (queued or started) and eta is not None:
+        line += f", ETA {eta:.0f} s"
+      print(line, flush=True)
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
     futures = [pool.submit(work, j) for j in jobs]

@@ -59,6 +59,21 @@ def test_wall_time_leaves_out_the_pauses_between_invocations():
   assert report.busy_seconds([(0.0, 10.0), (10.0, 12.0)]) == 12.0
 
 
+def test_sweep_eta_counts_what_is_left_on_the_workers():
+  assert report.sweep_eta([], queued=3, running=[], workers=2) is None  # nothing timed
+  # Two jobs of 100 s queued, one running for 40 s, two at a time: (200 + 60) / 2.
+  assert report.sweep_eta([100.0], queued=2, running=[40.0], workers=2) == 130.0
+  # The last job in flight, begun with the one that ended: about nothing left.
+  assert report.sweep_eta([700.0], queued=0, running=[699.0], workers=2) == 1.0
+
+
+def test_a_sweep_with_nothing_to_run_prints_no_eta(monkeypatch, capsys):
+  monkeypatch.setattr(report, "run_one", lambda variant, seed, args: False)
+  report.run_sweep(["syncmask", "random_masks"], [0], report.parse_args(["--jobs=2"]))
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and all("already done" in l and "ETA" not in l for l in lines)
+
+
 def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds,
               twins_products=200):
   os.makedirs(os.path.join(directory, "eval"))
