@@ -287,6 +287,8 @@ def read_run(directory: str) -> dict[str, Any]:
         if f"i2t_r1{tail}" in block and f"t2i_r1{tail}" in block:
           out[f"{TWINS}{tail}"] = (float(block[f"i2t_r1{tail}"])
                                    + float(block[f"t2i_r1{tail}"])) / 2
+        if f"r1_chance{tail}" in block:  # evaluations since the chance was recorded
+          out[_chance(f"{TWINS}{tail}")] = float(block[f"r1_chance{tail}"])
   for kind in ("patch", "token"):
     out[f"{kind}_precision"] = float(pretrain[f"mask_precision_{kind}_method"])
     out[f"{kind}_precision_random"] = float(pretrain[f"mask_precision_{kind}_random"])
@@ -504,8 +506,26 @@ def twins_columns(runs: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
           + [(f"{TWINS}_invisible", "invisible")])
 
 
+def _chance(metric: str) -> str:
+  """The figure holding a twins row's R@1 by chance (read_run)."""
+  return metric.replace(TWINS, f"{TWINS}_chance", 1)
+
+
+def twins_chance(runs: dict[str, dict[int, dict]],
+                 columns: Sequence[tuple[str, str]]) -> list[float | None]:
+  """Each twins column's R@1 by chance (None where no run recorded it). Every run is
+  evaluated on the same twins, so their records agree; the mean keeps one level."""
+  out = []
+  for metric, _ in columns:
+    chance = [r[_chance(metric)] for seeds in runs.values() for r in seeds.values()
+              if _chance(metric) in r]
+    out.append(float(np.mean(chance)) if chance else None)
+  return out
+
+
 def plot_twins(runs: dict[str, dict[int, dict]], path: str) -> None:
-  """Twins R@1 per changed attribute: a bar per variant, mean over seeds, std bars."""
+  """Twins R@1 per changed attribute: a bar per variant, mean over seeds, std bars; a
+  dashed line over each group at its chance level (1+15 overall, 1+3 per attribute)."""
   columns = twins_columns(runs)
   fig = Figure(figsize=(max(8.0, 1.6 * len(columns)), 4))
   ax = fig.add_subplot(1, 1, 1)
@@ -515,6 +535,12 @@ def plot_twins(runs: dict[str, dict[int, dict]], path: str) -> None:
     ax.bar(np.arange(len(columns)) + (i - (len(runs) - 1) / 2) * width,
            [m for m, _ in stats_], width, yerr=[s for _, s in stats_], capsize=2,
            label=variant)
+  label = "chance"
+  for j, chance in enumerate(twins_chance(runs, columns)):
+    if chance is not None:
+      ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+                linewidth=1, label=label)
+      label = None
   ax.set_xticks(range(len(columns)), [label for _, label in columns], fontsize=8)
   ax.set_title("1+K twins: R@1 (mean of i2t and t2i) by what the twin changes")
   ax.set_ylabel("R@1 (%)")

@@ -335,6 +335,9 @@ def twins_recall(image_feat: np.ndarray, text_feat: np.ndarray, groups: dict[str
   when it has at least one twin in it (`num_queries...`); a row without queries is left
   out. Ties count against the query (`best_positive_rank`): a model blind to an
   attribute scores identical twins equal and gets R@1 = 0 on it, not 1/(K+1).
+  `r1_chance...`: each row's R@1 by chance (a scorer that orders a row at random), the
+  mean over its queries of 1 / (1 + its twins there): 1+15 overall, 1+3 per attribute,
+  fewer where the view hides some twins.
   """
   names = tuple(groups["attributes"])
   attribute = np.asarray(groups["member_attribute"])
@@ -366,6 +369,7 @@ def twins_recall(image_feat: np.ndarray, text_feat: np.ndarray, groups: dict[str
       out[f"num_queries{suffix}{tail}"] = int(len(rows))
       if not len(rows):
         continue
+      out[f"r1_chance{suffix}{tail}"] = float(np.mean(100.0 / mask[rows].sum(axis=1)))
       # Unselected slots point at slot 0: a second copy of the positive changes no rank.
       cols = np.where(mask[rows], np.arange(mask.shape[1]), 0)
       for direction, s in scores.items():

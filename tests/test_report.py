@@ -174,6 +174,25 @@ def test_runs_on_different_twins_sets_are_not_compared(tmp_path):
     report.collect(str(root), ["syncmask"], [0, 1])
 
 
+def test_twins_plot_marks_each_groups_chance(tmp_path):
+  directory = str(tmp_path / "run")
+  _fake_run(directory, r_mean=10.0, patch=0.4, patch_random=0.25, fn_rate=0.0,
+            accuracy=50.0, seconds=1.0)
+  path = os.path.join(directory, "eval", "pretrain.json")
+  with open(path) as f:
+    pretrain = json.load(f)
+  twins = next(b for b in pretrain["results"] if b["protocol"] == "twins")
+  twins.update(r1_chance=6.9, r1_chance_colour=25.0, r1_chance_side=26.0)  # 1+15, 1+3
+  with open(path, "w") as f:
+    json.dump(pretrain, f)
+  runs = {"syncmask": {0: report.read_run(directory)}}
+  columns = report.twins_columns(runs)
+  assert [label for _, label in columns] == ["all visible", "colour", "side", "invisible"]
+  assert report.twins_chance(runs, columns) == [6.9, 25.0, 26.0, None]  # not recorded
+  report.plot_twins(runs, str(tmp_path / "twins.png"))
+  assert os.path.getsize(tmp_path / "twins.png") > 1000
+
+
 def test_report_goes_to_the_workdir_unless_published(tmp_path):
   """A trial sweep never rewrites the repository's README, docs/results.md or plots."""
   root = tmp_path / "runs"
