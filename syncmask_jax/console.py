@@ -6,6 +6,8 @@
   raised by this package's own checks (those messages name the field and the value).
   Anything else, a ValueError from inside a library included, is more likely a bug and
   keeps its traceback. `SYNCMASK_TRACEBACK=1` shows the traceback of every error.
+* A long pass (an evaluation's feature batches, its ITM re-ranking) logs how far it is
+  and its ETA every half minute (`Countdown`); a short one logs nothing.
 * Libraries' chatter is dropped from the absl log: the INFO lines of Orbax, Grain and
   TensorStore, JAX's probing of backends the machine lacks ("Unable to initialize
   backend 'tpu'" on every CPU or GPU machine), and Orbax's warnings that a directory we
@@ -18,6 +20,7 @@ import functools
 import logging as py_logging
 import os
 import sys
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -72,6 +75,33 @@ def one_line_errors(main: Callable[..., Any]) -> Callable[..., Any]:
       exit_with(one_line(e))
 
   return wrapped
+
+
+class Countdown:
+  """`what: done/total unit (share), rate, ETA` in the log every `every_s` seconds of a
+  pass of `total` units. The clock starts when the first units are done, so that a
+  compilation is not in the rate."""
+
+  def __init__(self, what: str, total: int, unit: str, every_s: float = 30.0,
+               clock: Callable[[], float] = time.monotonic):
+    self.what, self.total, self.unit, self.every_s, self._clock = (what, int(total), unit,
+                                                                   every_s, clock)
+    self.done, self._start, self._last = 0, None, None
+
+  def add(self, n: int) -> None:
+    self.done += int(n)
+    now = self._clock()
+    if self._start is None:
+      self._start, self._first, self._last = now, self.done, now
+      return
+    if now - self._last < self.every_s or self.done >= self.total:
+      return
+    rate = (self.done - self._first) / max(now - self._start, 1e-9)
+    eta = round((self.total - self.done) / max(rate, 1e-9))
+    logging.info("%s: %d/%d %s (%.0f%%), %.1f %s/s, ETA %dm%02ds", self.what, self.done,
+                 self.total, self.unit, 100 * self.done / self.total, rate, self.unit,
+                 eta // 60, eta % 60)
+    self._last = now
 
 
 class _QuietLibraries:

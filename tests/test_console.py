@@ -4,6 +4,7 @@ line and exit status 1, without a traceback unless SYNCMASK_TRACEBACK=1 asks for
 end-to-end cases run the entry point (no step compiles)."""
 
 import json
+import logging as py_logging
 import os
 import subprocess
 import sys
@@ -138,3 +139,21 @@ def test_help_lists_every_job_and_the_flags_a_user_types():
   for flag in ("--config:", "--workdir:", "--[no]distributed:", "--coordinator_address:"):
     assert flag in text
   assert console.TRACEBACK_ENV in text
+
+
+def test_countdown_logs_the_eta_of_a_long_pass_only(caplog):
+  caplog.set_level(py_logging.INFO)
+  # The clock starts at the first 10 pairs (after any compilation); a line every 30 s.
+  clock = iter([0.0, 10.0, 40.0, 50.0, 80.0]).__next__
+  countdown = console.Countdown("ITM re-ranking", 100, "pairs", every_s=30, clock=clock)
+  for _ in range(5):
+    countdown.add(10)
+  assert [r.getMessage() for r in caplog.records] == [
+      "ITM re-ranking: 30/100 pairs (30%), 0.5 pairs/s, ETA 2m20s",
+      "ITM re-ranking: 50/100 pairs (50%), 0.5 pairs/s, ETA 1m40s"]
+  caplog.clear()
+  short = console.Countdown("encoding", 3, "batches", every_s=30,
+                            clock=iter([0.0, 1.0, 2.0]).__next__)
+  for _ in range(3):
+    short.add(1)
+  assert not caplog.records
