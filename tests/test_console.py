@@ -157,3 +157,14 @@ def test_countdown_logs_the_eta_of_a_long_pass_only(caplog):
   for _ in range(3):
     short.add(1)
   assert not caplog.records
+
+
+def test_the_converter_names_a_missing_manual_dir(tmp_path, capsys):
+  from syncmask_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    pipeline.main(["fashiongen", "--manual_dir", str(tmp_path / "nope"),
+                   "--data_dir", str(tmp_path / "tfds")])
+  assert e.value.code == 2  # argparse's usage error
+  assert capsys.readouterr().err.splitlines()[-1].endswith(
+      f"error: --manual_dir {tmp_path}/nope: no such directory (it holds the dataset's "
+      "downloaded files)")

@@ -51,7 +51,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from syncmask_jax import console
+from syncmask_jax import console, paths
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import grouping
 from syncmask_jax.data import synthfashion
@@ -602,6 +602,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--skip_bad_records", default=None,
                       type=lambda s: s.lower() in ("1", "true", "yes"))
   args = parser.parse_args(argv)
+  if not paths.path(args.manual_dir).is_dir():  # TFDS would fail on an assert, later
+    parser.error(f"--manual_dir {args.manual_dir}: no such directory (it holds the "
+                 "dataset's downloaded files)")
   configs = [args.config] if args.config else {
       "fashiongen": [None], "fashioniq": ["dress", "shirt", "toptee"],
       "coco": ["coco", "flickr30k"]}[args.name]
