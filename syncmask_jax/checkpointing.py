@@ -8,7 +8,6 @@ straight into the sharded layout of the abstract state it is given.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax
@@ -110,8 +109,14 @@ def _stored_params(directory: str, step: int | None = None, item: str = "params"
   if step is None or step not in all_steps:
     raise FileNotFoundError(f"{directory}: no complete checkpoint"
                             + (f" of step {step}" if step is not None else ""))
-  stored = ocp.PyTreeCheckpointer().metadata(
-      os.path.join(directory, str(step), "state")).item_metadata
+  # The handler's metadata, not a PyTreeCheckpointer's: the step's metadata file sits
+  # one level up (the manager's), and the checkpointer warns on every read that `state/`
+  # has none.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    stored = handler.metadata(paths.path(directory) / str(step) / "state")
+  finally:
+    handler.close()
   if item not in stored:
     raise ValueError(f"{directory}/{step}: no {item!r} in the checkpoint's state")
   return flax.traverse_util.flatten_dict(dict(stored[item]), sep="/"), step

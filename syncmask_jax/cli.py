@@ -1,6 +1,7 @@
 """The command line's config, resolved into the values a run uses before anything is built.
 
-`main.py` and `evaluate/__main__.py` read `--config=configs/<exp>.py[:key=value,...]` and
+`main.py` and `evaluate/__main__.py` run through `run` (a mistyped flag or field, like
+every user's mistake, ends in one line: console.py) and read `--config=configs/<exp>.py[:key=value,...]` and
 `--config.<field>=<value>` through this module:
 
 * Tuple fields take the comma form the README shows, `--config.eval.scoring=itc,itc+itm`
@@ -22,14 +23,14 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
-from absl import flags, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags import tuple_parser
 
-from syncmask_jax import config_lib, paths
+from syncmask_jax import config_lib, console, paths, tasks
 from syncmask_jax.checkpoint_import import released
 
 PATH_FIELDS = ("init_checkpoint", "compilation_cache_dir", "data.root", "data.image_root",
@@ -67,9 +68,45 @@ def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS,
                        argv: list[str] | None = None) -> flags.FlagHolder:
   """The `--config` flag, its tuple fields parsed by CommaTupleParser."""
   config_flags.register_flag_parser_for_type(tuple, CommaTupleParser())
-  return config_flags.DEFINE_config_file("config", None, "Experiment config file[:args].",
-                                         flag_values=flag_values, lock_config=True,
-                                         sys_argv=argv)
+  jobs = " | ".join(("pretrain", *tasks.TASKS))
+  return config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file[:key=value,...], e.g. "
+      "configs/synthfashion.py:recipe=albef; --config.<field>=<value> overrides a field. "
+      f"Its task field picks the job: {jobs}.", flag_values=flag_values, lock_config=True,
+      sys_argv=argv)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`app.run(main)` for the package's absl entry points, with the console's rules
+  (console.py): users' mistakes in flags, config and paths end in one line; the
+  libraries' chatter is dropped. `main` must have declared `--config` its key flag
+  (`flags.declare_key_flag("config")`), so that `--help` lists it."""
+  console.quiet_libraries()
+  app.run(console.one_line_errors(main), flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  try:
+    return flag_values(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    if os.environ.get(console.TRACEBACK_ENV):
+      raise
+    if isinstance(e, flags.Error):
+      # absl's "flag --config=...: <cause>", whose cause (ml_collections') holds the
+      # config file's traceback as text: the first cause is what the user needs.
+      first = cause = e.__cause__ or e.__context__
+      message = str(e)
+      if cause is not None and message.endswith(str(cause)):
+        while (cause.__cause__ or cause.__context__) is not None:
+          cause = cause.__cause__ or cause.__context__
+        message = message[:len(message) - len(str(first))] + console.one_line(cause)
+      console.exit_with(" ".join(message.split()))
+    # ml_collections: an override names no field ("'lrr'\nDid you mean ...?").
+    key, _, hint = console.one_line(e).partition(" ")
+    named = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")
+             and key.strip("'\"") in a.split("=", 1)[0].split(".")]
+    console.exit_with(f"{named[0] if len(named) == 1 else '--config'}: no field {key}"
+                      + (f"; {hint}" if hint else ""))
 
 
 def resolved_config(flag: flags.Flag, checkpoints: str = "") -> ml_collections.ConfigDict:
@@ -79,9 +116,12 @@ def resolved_config(flag: flags.Flag, checkpoints: str = "") -> ml_collections.C
   `checkpoints`: the directory the run's parameters come from; default (fine-tuning
   tasks) `config.init_checkpoint`.
   """
+  filename, _, arg = flag.config_filename.partition(":")
+  if not os.path.isfile(filename):  # ml_collections defers this error to the first use
+    raise FileNotFoundError(f"--config={flag.config_filename}: no file {filename} (relative "
+                            f"paths start in the current directory, {os.getcwd()})")
   config = flag.value
   overrides = config_flags.get_override_values(flag)
-  filename, _, arg = flag.config_filename.partition(":")
   stated = dict(item.split("=", 1) for item in filter(None, arg.split(",")) if "=" in item)
   if not checkpoints and config.task != "pretrain":
     checkpoints = config.init_checkpoint

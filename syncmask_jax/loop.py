@@ -93,16 +93,17 @@ class JsonlWriter(metric_writers.MetricWriter):
 
 def make_writer(workdir: str, config: ml_collections.ConfigDict) -> metric_writers.MetricWriter:
   """metrics.jsonl (+ TensorBoard events unless `config.tensorboard` is False) on process
-  0; logging only elsewhere.
+  0; nothing elsewhere (the metrics are global). Every metric goes there and none to the
+  console, where `Progress.line` is the one line a person reads.
 
   TensorBoard's event files are the one thing written outside the path layer: TensorFlow
   writes them through its own gfile (which reaches gs:// on the cloud, but no emulator).
   """
   if jax.process_index() != 0:
-    return metric_writers.LoggingWriter()
+    return metric_writers.MultiWriter([])
   writers = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
   if config.tensorboard:
-    writers.insert(0, metric_writers.create_default_writer(workdir, asynchronous=False))
+    writers.insert(0, metric_writers.SummaryWriter(workdir))
   return metric_writers.MultiWriter(writers)
 
 
@@ -120,6 +121,9 @@ def start_run(config: ml_collections.ConfigDict, workdir: str) -> metric_writers
   after the checkpoint), writes the resolved config.json (process 0), turns on the
   compilation cache, returns the writer."""
   use_compilation_cache(config)
+  if paths.path(workdir).exists() and not paths.path(workdir).is_dir():
+    raise NotADirectoryError(f"--workdir={workdir} is a file; a workdir is a directory "
+                             "(it holds the run's checkpoints, metrics and config)")
   paths.path(workdir).mkdir(parents=True, exist_ok=True)
   resume.record_config(config, workdir, resume.claim_workdir(workdir))
   return make_writer(workdir, config)
@@ -149,8 +153,8 @@ def log_compiled(compiled, writer, global_batch: int, step: int = 0) -> dict:
 
 
 class Progress:
-  """steps/s and the ETA every `every` steps (and at the last), logged and written as
-  `steps_per_sec` and `eta_seconds`.
+  """steps/s and the ETA every `every` steps (and at the last), written as
+  `steps_per_sec` and `eta_seconds`; `line` is the console's line.
 
   Dispatch is asynchronous, so the clock is read only once the device has finished the
   step (`result` is ready); it starts at the first step seen, so compilation is not in
@@ -160,7 +164,7 @@ class Progress:
   def __init__(self, total_steps: int, every: int, writer: metric_writers.MetricWriter,
                clock: Callable[[], float] = time.monotonic):
     self._total, self._every, self._writer, self._clock = total_steps, every, writer, clock
-    self._step = self._time = None
+    self._step = self._time = self._rate = None
 
   def __call__(self, step: int, result: Any) -> None:
     if self._step is not None and step % self._every and step != self._total:
@@ -168,12 +172,18 @@ class Progress:
     jax.block_until_ready(result)
     now = self._clock()
     if self._step is not None:
-      rate = (step - self._step) / max(now - self._time, 1e-9)
-      eta = (self._total - step) / rate
-      logging.info("step %d/%d: %.2f steps/s, ETA %dm%02ds", step, self._total, rate,
-                   eta // 60, eta % 60)
-      self._writer.write_scalars(step, {"steps_per_sec": rate, "eta_seconds": eta})
+      self._rate = (step - self._step) / max(now - self._time, 1e-9)
+      self._writer.write_scalars(step, {"steps_per_sec": self._rate,
+                                        "eta_seconds": (self._total - step) / self._rate})
     self.restart(step, now)
+
+  def line(self, step: int, loss: float) -> str:
+    """step, loss, and the last measured steps/s and ETA: what a person reads."""
+    text = f"step {step}/{self._total}: loss {loss:.4f}"
+    if self._rate is not None:
+      eta = round((self._total - step) / self._rate)
+      text += f", {self._rate:.2f} steps/s, ETA {eta // 60}m{eta % 60:02d}s"
+    return text
 
   def restart(self, step: int, now: float | None = None) -> None:
     """Measures from `step` on (after an evaluation, which is not training speed)."""
@@ -249,13 +259,15 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, *, state, step_fn:
       preempted = preemption.requested or (jax.process_count() > 1
                                            and ckpt.reached_preemption(step)
                                            and "preemption notice")
-      if (step % config.log_every == 0 or step == config.total_steps
-          or step % config.checkpoint_every == 0 or preempted):
+      logged = step % config.log_every == 0 or step == config.total_steps
+      if logged or step % config.checkpoint_every == 0 or preempted:
         check_finite(history, history_start, config)
         scalars = {f"train/{k}": v for k, v in mean_metrics(history).items()}
         # Bad records skipped so far (built + replaced at read time), for the record.
         scalars["data/num_skipped"] = train_iter.skip_report()["num_skipped"]
         writer.write_scalars(step, scalars)
+        if logged:
+          logging.info("%s", progress.line(step, scalars["train/loss"]))
         history, history_start = [], step
       if step % config.checkpoint_every == 0 or step == config.total_steps or preempted:
         ckpt.save(step, state, train_iter.get_state(), force=True)

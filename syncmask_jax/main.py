@@ -1,7 +1,8 @@
 """Entry point: `python -m syncmask_jax.main --config=configs/synthfashion.py --workdir=DIR`.
 
 `config.task` picks the job: pretrain (default; train.py) or a fine-tuning task
-(one of `tasks.TASKS`: category | tgir | retrieval; finetune.py).
+(one of `tasks.TASKS`, listed under --config below; finetune.py). A mistake in a flag,
+a field or a path ends in one line; SYNCMASK_TRACEBACK=1 shows the traceback.
 
 On several hosts (TPU pod, SLURM GPU cluster) the same command runs on every host;
 `jax.distributed.initialize()` finds the peers from the environment, or from the
@@ -15,12 +16,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
 from syncmask_jax import cli, cluster, evaluate, finetune, paths, train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 cli.define_config_flag()
+flags.declare_key_flag("config")  # --help lists it beside this module's flags
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs).")
@@ -32,17 +34,8 @@ _CPU_COLLECTIVES = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries:
-  """Drops INFO chatter of orbax/grain from the absl log; warnings still pass."""
-
-  def filter(self, record) -> bool:
-    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "tensorstore"))
-    return record.levelno >= 30 or not noisy
-
-
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   if _CPU_COLLECTIVES.value:
     jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:
@@ -79,4 +72,4 @@ def _print_summary(workdir: str, task: str, results: dict) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

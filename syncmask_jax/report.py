@@ -52,7 +52,7 @@ from scipy import stats  # jax's own dependency
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from syncmask_jax import paths, study
+from syncmask_jax import console, paths, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOLS = (("full_gallery", "full gallery"), ("one_plus_100", "1+100"))
@@ -176,17 +176,20 @@ def _commands(variant: str, seed: int, args: argparse.Namespace,
           ("finetune", tune, os.path.join(ft_dir, "eval", "category.json"))]
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
-  """Runs what is missing of one (variant, seed); returns its run.json record."""
+def run_one(variant: str, seed: int, args: argparse.Namespace) -> bool:
+  """Runs what is missing of one (variant, seed), recorded in its run.json; whether
+  anything was missing."""
   directory = run_dir(args.workdir, variant, seed)
   paths.path(directory).mkdir(parents=True, exist_ok=True)
   info_path = os.path.join(directory, "run.json")
   info = {}
   if paths.path(info_path).exists():
     info = paths.read_json(info_path)
+  ran = False
   for name, argv, done in _commands(variant, seed, args, directory):
     if paths.path(done).exists():
       continue
+    ran = True
     log = os.path.join(directory, f"{name}.log")
     t0 = time.time()
     proc = _run_logged(argv, log)
@@ -196,7 +199,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
     # The command as a user types it (argv after the interpreter).
     info[name] = {"seconds": time.time() - t0, "command": " ".join(argv[1:])}
     paths.write_json(info_path, info)
-  return info
+  return ran
 
 
 def _run_logged(argv: list[str], log: str) -> subprocess.CompletedProcess:
@@ -213,18 +216,45 @@ def _run_logged(argv: list[str], log: str) -> subprocess.CompletedProcess:
   return proc
 
 
+def sweep_eta(durations: Sequence[float], queued: int, running: Sequence[float],
+              workers: int) -> float | None:
+  """Seconds until a sweep ends, each job taking the mean of `durations` (the jobs that
+  ran; None before any): `queued` jobs not started and jobs that have run `running`
+  seconds, on `workers` at a time."""
+  if not durations:
+    return None
+  mean = sum(durations) / len(durations)
+  left = [max(mean - r, 0.0) for r in running]
+  return max(max(left, default=0.0), (queued * mean + sum(left)) / workers)
+
+
 def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Namespace) -> None:
   jobs = [(v, s) for s in seeds for v in variants]
-  done, lock, t0 = [0], threading.Lock(), time.time()
+  lock, t0 = threading.Lock(), time.time()
+  started: dict[tuple[str, int], float] = {}
+  durations: list[float] = []  # of the jobs that ran something (not found complete)
+  done = [0]
 
   def work(job):
-    run_one(*job, args)
     with lock:
+      started[job] = time.time()
+    ran = run_one(*job, args)
+    with lock:
+      now = time.time()
+      seconds = now - started.pop(job)
       done[0] += 1
-      rate = (time.time() - t0) / done[0]
-      print(f"[{done[0]}/{len(jobs)}] {job[0]} seed {job[1]} done; "
-            f"{time.time() - t0:.0f} s so far, ETA {rate * (len(jobs) - done[0]):.0f} s",
-            flush=True)
+      if ran:
+        durations.append(seconds)
+      line = (f"[{done[0]}/{len(jobs)}] {job[0]} seed {job[1]} "
+              + (f"done in {seconds:.0f} s" if ran else "already done")
+              + f"; {now - t0:.0f} s so far")
+      # Jobs not yet started (pool's queue) and those in flight: an ETA only while
+      # something is left, and from what is left, not from the jobs already done.
+      queued = len(jobs) - done[0] - len(started)
+      eta = sweep_eta(durations, queued, [now - s for s in started.values()], args.jobs)
+      if (queued or started) and eta is not None:
+        line += f", ETA {eta:.0f} s"
+      print(line, flush=True)
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
     futures = [pool.submit(work, j) for j in jobs]
@@ -257,6 +287,8 @@ def read_run(directory: str) -> dict[str, Any]:
         if f"i2t_r1{tail}" in block and f"t2i_r1{tail}" in block:
           out[f"{TWINS}{tail}"] = (float(block[f"i2t_r1{tail}"])
                                    + float(block[f"t2i_r1{tail}"])) / 2
+        if f"r1_chance{tail}" in block:  # evaluations since the chance was recorded
+          out[_chance(f"{TWINS}{tail}")] = float(block[f"r1_chance{tail}"])
   for kind in ("patch", "token"):
     out[f"{kind}_precision"] = float(pretrain[f"mask_precision_{kind}_method"])
     out[f"{kind}_precision_random"] = float(pretrain[f"mask_precision_{kind}_random"])
@@ -474,8 +506,26 @@ def twins_columns(runs: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
           + [(f"{TWINS}_invisible", "invisible")])
 
 
+def _chance(metric: str) -> str:
+  """The figure holding a twins row's R@1 by chance (read_run)."""
+  return metric.replace(TWINS, f"{TWINS}_chance", 1)
+
+
+def twins_chance(runs: dict[str, dict[int, dict]],
+                 columns: Sequence[tuple[str, str]]) -> list[float | None]:
+  """Each twins column's R@1 by chance (None where no run recorded it). Every run is
+  evaluated on the same twins, so their records agree; the mean keeps one level."""
+  out = []
+  for metric, _ in columns:
+    chance = [r[_chance(metric)] for seeds in runs.values() for r in seeds.values()
+              if _chance(metric) in r]
+    out.append(float(np.mean(chance)) if chance else None)
+  return out
+
+
 def plot_twins(runs: dict[str, dict[int, dict]], path: str) -> None:
-  """Twins R@1 per changed attribute: a bar per variant, mean over seeds, std bars."""
+  """Twins R@1 per changed attribute: a bar per variant, mean over seeds, std bars; a
+  dashed line over each group at its chance level (1+15 overall, 1+3 per attribute)."""
   columns = twins_columns(runs)
   fig = Figure(figsize=(max(8.0, 1.6 * len(columns)), 4))
   ax = fig.add_subplot(1, 1, 1)
@@ -485,6 +535,12 @@ def plot_twins(runs: dict[str, dict[int, dict]], path: str) -> None:
     ax.bar(np.arange(len(columns)) + (i - (len(runs) - 1) / 2) * width,
            [m for m, _ in stats_], width, yerr=[s for _, s in stats_], capsize=2,
            label=variant)
+  label = "chance"
+  for j, chance in enumerate(twins_chance(runs, columns)):
+    if chance is not None:
+      ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+                linewidth=1, label=label)
+      label = None
   ax.set_xticks(range(len(columns)), [label for _, label in columns], fontsize=8)
   ax.set_title("1+K twins: R@1 (mean of i2t and t2i) by what the twin changes")
   ax.set_ylabel("R@1 (%)")
@@ -802,4 +858,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-  main()
+  console.one_line_errors(main)()

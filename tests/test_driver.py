@@ -2,8 +2,10 @@
 checkpoints, what a resume may find in its workdir (lock, config, metrics), progress
 and summary figures, non-finite losses, config validation, and a 2-process gloo run."""
 
+import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,6 +91,14 @@ def test_sigterm_or_ctrl_c_saves_current_step_and_exits_cleanly(tmp_path, signum
   steps = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
   assert len(steps) == 1 and 2 <= steps[0] < 10000
   assert f"stopped at step {steps[0]} by {signum.name}, checkpoint saved" in out
+  # The console has one short line per log step; the files keep every metric.
+  assert re.search(r"step 2/10000: loss \d+\.\d{4}, [\d.]+ steps/s, ETA \d+m\d\ds$", err,
+                   re.M), err[-3000:]
+  assert "grad_norm" not in err and "train/" not in err
+  rows = [json.loads(l) for l in open(metrics)]
+  assert {"train/loss", "train/grad_norm", "train/loss_itc", "steps_per_sec",
+          "eta_seconds"} <= set().union(*rows)
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
 
 
 def _checkpoint_at(workdir, step):
@@ -178,6 +188,9 @@ def test_progress_times_finished_steps_and_writes_the_eta():
     progress(step, jax.numpy.zeros(()))
   assert writer.rows == [(10, {"steps_per_sec": 1.0, "eta_seconds": 15.0}),
                          (20, {"steps_per_sec": 1.0, "eta_seconds": 5.0})]
+  assert progress.line(20, 2.5) == "step 20/25: loss 2.5000, 1.00 steps/s, ETA 0m05s"
+  first = loop.Progress(total_steps=25, every=10, writer=writer, clock=clock)
+  assert first.line(1, 3.0) == "step 1/25: loss 3.0000"  # no rate measured yet
 
 
 def test_compiled_flops_are_labelled_per_device():

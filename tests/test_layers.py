@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "syncmask_jax"
 # Bottom up; a module may import its own layer and those below. Names are relative to
 # the package; the longest matching prefix decides (`evaluate.__main__` over `evaluate`).
 LAYERS = (
-    ("config", ("paths", "config_lib", "cluster", "study")),
+    ("config", ("paths", "config_lib", "cluster", "study", "console")),
     # Host-side metrics (VQA accuracy, caption scores) sit here: data.vqa reads
     # vqa_eval's answer normalisation.
     ("models, objectives, metrics, data", (

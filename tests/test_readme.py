@@ -1,9 +1,11 @@
 """The README's commands, read out of its code blocks and run verbatim (tiny overrides
 appended, nothing else changed) in a directory laid out like the repository, with its
-relative workdirs: evaluation under both scorings (the tuple flag in the comma form)
-and the laptop fine-tuning from a relative init_checkpoint. If the README and the code
-drift apart, this fails."""
+relative workdirs, from a shell with nothing activated (no venv on PATH, no
+VIRTUAL_ENV): the main job of ./launch/local.sh, evaluation under both scorings (the
+tuple flag in the comma form) and the laptop fine-tuning from a relative
+init_checkpoint. If the README and the code drift apart, this fails."""
 
+import glob
 import json
 import os
 import re
@@ -23,19 +25,12 @@ TRAIN = ["--config.total_steps=2", "--config.data.global_batch_size=8",
 
 
 def readme_commands() -> list[list[str]]:
-  """Every command of the README's bash blocks, continuation lines joined, comments and
-  optional `[...]` arguments dropped; a line starting with `...` continues the previous
-  command."""
+  """Every command of the README's bash blocks, continuation lines joined, comments
+  dropped."""
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
     blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
-  commands = []
-  for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
-    words = [w for w in shlex.split(line, comments=True) if not w.startswith("[")]
-    if words[:1] == ["..."]:
-      commands.append(commands[-1] + words[1:])
-    elif words:
-      commands.append(words)
-  return commands
+  lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+  return [words for words in (shlex.split(line, comments=True) for line in lines) if words]
 
 
 def readme_command(*parts: str) -> list[str]:
@@ -44,13 +39,40 @@ def readme_command(*parts: str) -> list[str]:
   return found[0]
 
 
+def test_readme_commands_need_nothing_activated():
+  """A fresh shell has no venv on PATH: the package's Python, and the tools installed
+  with it, are reached through ./launch/ (or .venv/bin/), never by a bare name."""
+  bare = {"python", "python3", "pip", "pytest", "tensorboard"}
+  for argv in readme_commands():
+    program = next(w for w in argv if not re.match(r"^[A-Z_]+=", w))  # after VAR=value
+    assert program not in bare and "..." not in argv, argv
+
+
+def _fresh_shell() -> dict:
+  """The environment of a shell with nothing activated, where launch/venv.sh (VENV, LOCK)
+  finds the venv running these tests, already filled from its lock (its stamp), so it
+  installs nothing."""
+  stamps = glob.glob(os.path.join(sys.prefix, ".lock-stamp-*"))
+  if not stamps:
+    pytest.skip(f"{sys.prefix} is not a venv of launch/venv.sh: run ./launch/test.sh")
+  venv_bins = {os.path.join(sys.prefix, "bin"),
+               os.path.join(os.environ.get("VIRTUAL_ENV", sys.prefix), "bin")}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("VIRTUAL_ENV", "PYTHONHOME", "LOCK", "UNLOCKED")}
+  env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                if p not in venv_bins)
+  # The package is this checkout (a venv's editable install may point at another).
+  return dict(env, VENV=sys.prefix, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=1",
+              **({"LOCK": "test"} if any(s.endswith("-test") for s in stamps) else {}))
+
+
 def run(argv: list[str], cwd) -> subprocess.CompletedProcess:
-  assert argv[0] == "python", argv
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  out = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=600)
+  assert argv[0].startswith("./launch/"), argv  # as typed, from the repository's root
+  out = subprocess.run(argv, cwd=cwd, env=_fresh_shell(), capture_output=True, text=True,
+                       timeout=600)
   assert out.returncode == 0, f"{' '.join(argv)}\n{out.stderr[-4000:]}"
+  assert "Traceback" not in out.stderr, out.stderr[-4000:]
   return out
 
 
@@ -61,17 +83,16 @@ def _json(path):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-  """A checkout's layout (configs/) with the pretraining run of ./launch/local.sh in
-  runs/synthfashion: the command it runs, 2 steps of tiny data, one ViT block (which the
-  commands below must take from the run's config.json: none of them says so)."""
+  """A checkout's layout (what the launch scripts read) with the README's main job,
+  ./launch/local.sh, run in it: 2 steps of tiny data, one ViT block (which the commands
+  below must take from the run's config.json: none of them says so)."""
   repo = tmp_path_factory.mktemp("repo")
-  os.symlink(os.path.join(ROOT, "configs"), repo / "configs")
-  with open(os.path.join(ROOT, "launch", "local.sh"), encoding="utf-8") as f:
-    local = f.read()
-  assert "CONFIG=configs/synthfashion.py" in local and "WORKDIR=runs/synthfashion" in local
-  run(["python", "-m", "syncmask_jax.main", "--config=configs/synthfashion.py",
-       "--workdir=runs/synthfashion", "--config.eval_at_end=False", "--config.queue_size=16",
-       "--config.model.vision_depth=1", *TRAIN], repo)
+  for name in ("configs", "launch", "requirements", "pyproject.toml"):
+    os.symlink(os.path.join(ROOT, name), repo / name)
+  local = readme_command("./launch/local.sh")
+  assert local == ["./launch/local.sh"]
+  run(local + ["--config.eval_at_end=False", "--config.queue_size=16",
+               "--config.model.vision_depth=1", *TRAIN], repo)
   return repo
 
 
@@ -89,6 +110,7 @@ def test_readme_evaluate_with_both_scorings(repo):
   assert "--workdir=runs/synthfashion" in argv
   out = run(argv + DATA + ["--config.eval.pictures=0", "--config.eval.itm_batch_size=16"],
             repo)
+  assert "Metadata file does not exist" not in out.stderr  # Orbax, on every restore once
   results = _json(repo / "runs" / "synthfashion" / "eval" / "pretrain.json")
   assert results["step"] == 2
   assert sorted((b["protocol"], b["scoring"]) for b in results["results"]) == [

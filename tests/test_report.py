@@ -59,6 +59,21 @@ def test_wall_time_leaves_out_the_pauses_between_invocations():
   assert report.busy_seconds([(0.0, 10.0), (10.0, 12.0)]) == 12.0
 
 
+def test_sweep_eta_counts_what_is_left_on_the_workers():
+  assert report.sweep_eta([], queued=3, running=[], workers=2) is None  # nothing timed
+  # Two jobs of 100 s queued, one running for 40 s, two at a time: (200 + 60) / 2.
+  assert report.sweep_eta([100.0], queued=2, running=[40.0], workers=2) == 130.0
+  # The last job in flight, begun with the one that ended: about nothing left.
+  assert report.sweep_eta([700.0], queued=0, running=[699.0], workers=2) == 1.0
+
+
+def test_a_sweep_with_nothing_to_run_prints_no_eta(monkeypatch, capsys):
+  monkeypatch.setattr(report, "run_one", lambda variant, seed, args: False)
+  report.run_sweep(["syncmask", "random_masks"], [0], report.parse_args(["--jobs=2"]))
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and all("already done" in l and "ETA" not in l for l in lines)
+
+
 def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds,
               twins_products=200):
   os.makedirs(os.path.join(directory, "eval"))
@@ -157,6 +172,25 @@ def test_runs_on_different_twins_sets_are_not_compared(tmp_path):
   with pytest.raises(ValueError, match=r"\(200, 600\): syncmask seed 0; "
                      r"\(1000, 3000\): syncmask seed 1"):
     report.collect(str(root), ["syncmask"], [0, 1])
+
+
+def test_twins_plot_marks_each_groups_chance(tmp_path):
+  directory = str(tmp_path / "run")
+  _fake_run(directory, r_mean=10.0, patch=0.4, patch_random=0.25, fn_rate=0.0,
+            accuracy=50.0, seconds=1.0)
+  path = os.path.join(directory, "eval", "pretrain.json")
+  with open(path) as f:
+    pretrain = json.load(f)
+  twins = next(b for b in pretrain["results"] if b["protocol"] == "twins")
+  twins.update(r1_chance=6.9, r1_chance_colour=25.0, r1_chance_side=26.0)  # 1+15, 1+3
+  with open(path, "w") as f:
+    json.dump(pretrain, f)
+  runs = {"syncmask": {0: report.read_run(directory)}}
+  columns = report.twins_columns(runs)
+  assert [label for _, label in columns] == ["all visible", "colour", "side", "invisible"]
+  assert report.twins_chance(runs, columns) == [6.9, 25.0, 26.0, None]  # not recorded
+  report.plot_twins(runs, str(tmp_path / "twins.png"))
+  assert os.path.getsize(tmp_path / "twins.png") > 1000
 
 
 def test_report_goes_to_the_workdir_unless_published(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from syncmask_jax import retrieval
+from syncmask_jax import console, retrieval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -342,3 +342,17 @@ def test_retrieval_finetuning_through_main_itc_and_itc_itm(finetune_files):
   assert "train/loss_itc" in train_rows[-1] and "train/loss_itm" in train_rows[-1]
   assert "train/loss_mlm" not in train_rows[-1] and "train/loss_mim" not in train_rows[-1]
   assert any("eval/retrieval/one_plus_100/itc+itm/r_mean" in r for r in rows)
+
+
+def test_itm_pairs_are_scored_in_slices_that_the_countdown_follows():
+  calls = []
+
+  def itm(image, text):
+    calls.append(len(image))
+    return image * 1000.0 + text
+
+  countdown = console.Countdown("ITM re-ranking", 5000, "pairs")
+  image, text = np.arange(5000), np.arange(5000)[::-1]
+  scores = retrieval._counted(itm, countdown)(image, text)  # pylint: disable=protected-access
+  assert calls == [4096, 904] and countdown.done == 5000
+  np.testing.assert_array_equal(scores, image * 1000.0 + text)

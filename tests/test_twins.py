@@ -160,6 +160,10 @@ def test_twins_recall_perfect_and_blind_scorers_on_twin_records():
     if "_r1" in key:  # every visible row perfect; t2i ties on the invisible ones
       assert v == (0.0 if key.startswith("t2i") and key.endswith("_invisible") else 100.0), key
   assert out["num_queries_detail_colour_invisible"] > 0
+  # By chance: 1 in 1+2 against one attribute's twins (colour changes always show),
+  # 1 in at most 1+10 against all the visible ones.
+  assert out["r1_chance_colour"] == pytest.approx(100 / 3)
+  assert 100 / 11 <= out["r1_chance"] < out["r1_chance_colour"]
 
   # Blind to detail colour: those twins' texts and images are the product's.
   attr = g["member_attribute"]
@@ -194,6 +198,7 @@ def test_twins_recall_of_a_rotating_itm_scorer_is_one_in_k_plus_one():
   scorer = retrieval.Scorer("itc+itm", k=c, itm=lambda im, tx: logit[im, tx])
   out = retrieval.twins_recall(feat, feat, g, scorer)
   assert out["i2t_r1"] == out["t2i_r1"] == out["t2i_r1_colour"] == pytest.approx(100 / 3)
+  assert out["r1_chance"] == out["r1_chance_colour"] == pytest.approx(100 / 3)  # 1+2
   assert "i2t_r1_colour_invisible" not in out and out["num_queries_colour_invisible"] == 0
   # ITC alone ties every candidate: ties count against the query.
   out = retrieval.twins_recall(feat, feat, g, retrieval.Scorer("itc"))

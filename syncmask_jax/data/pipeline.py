@@ -51,6 +51,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from syncmask_jax import console, paths
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import grouping
 from syncmask_jax.data import synthfashion
@@ -601,6 +602,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--skip_bad_records", default=None,
                       type=lambda s: s.lower() in ("1", "true", "yes"))
   args = parser.parse_args(argv)
+  if not paths.path(args.manual_dir).is_dir():  # TFDS would fail on an assert, later
+    parser.error(f"--manual_dir {args.manual_dir}: no such directory (it holds the "
+                 "dataset's downloaded files)")
   configs = [args.config] if args.config else {
       "fashiongen": [None], "fashioniq": ["dress", "shirt", "toptee"],
       "coco": ["coco", "flickr30k"]}[args.name]
@@ -610,4 +614,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  console.one_line_errors(main)()

@@ -42,7 +42,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from syncmask_jax import caption_eval, config_lib, grounding, masking, paths, retrieval
+from syncmask_jax import caption_eval, config_lib, console, grounding, masking, paths
+from syncmask_jax import retrieval
 from syncmask_jax import sharding, tokenizer
 from syncmask_jax import visualize
 from syncmask_jax.data import pipeline, synthfashion
@@ -81,10 +82,13 @@ def eval_rows(fn: Callable[[Any, dict], dict], params: Any,
   """Runs `fn(params, batch) -> {name: (B, ...)}` over an eval iterator under one jit;
   yields each global batch's real rows (`valid`) on the host, in source order."""
   jitted = _jit_rows(fn, mesh)
+  countdown = console.Countdown(f"encoding {iterator.source!r}", iterator.steps_per_epoch,
+                                "batches")
   try:
     for host_batch in iterator:
       out = jax.device_get(jitted(params, pipeline.make_global_batch(host_batch, mesh)))
       valid = np.asarray(out.pop("valid"), bool)
+      countdown.add(1)
       yield {k: np.asarray(v)[valid] for k, v in out.items()}
   finally:
     iterator.close()

@@ -2,6 +2,9 @@
 
   python -m syncmask_jax.evaluate --config=configs/synthfashion.py --workdir=DIR [--step=N]
 
+A mistake in a flag, a field or a path ends in one line; SYNCMASK_TRACEBACK=1 shows the
+traceback.
+
 Pretraining runs are evaluated by `train.evaluate_checkpoint`, fine-tuning runs by
 `finetune.evaluate_checkpoint`; results go to `DIR/eval/<task>.json`.
 """
@@ -16,7 +19,7 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 
 from syncmask_jax import cli, evaluate, finetune, loop, train
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -41,6 +44,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
 def main() -> None:
   cli.define_config_flag()
+  flags.declare_key_flag("config")  # --help lists it beside this module's flags
   workdir_flag = flags.DEFINE_string("workdir", None, "The run's directory.")
   step_flag = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.mark_flags_as_required(["config", "workdir"])
@@ -55,7 +59,7 @@ def main() -> None:
       print("\n".join([f"evaluation:   {os.path.join(workdir_flag.value, 'eval', task)}.json"]
                       + evaluate.summary_lines(results)), flush=True)
 
-  app.run(run)
+  cli.run(run)
 
 
 if __name__ == "__main__":
