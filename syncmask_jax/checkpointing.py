@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
+
 import flax
 
 import jax

@@ -28,9 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 
-from syncmask_jax import checkpointing, cli, finetune, optim, paths, sharding, train
+from syncmask_jax import checkpointing, cli, console, finetune, optim, paths, sharding, train
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax.checkpoint_import import albef, files
 from syncmask_jax.data import pipeline
@@ -74,6 +74,7 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, out: str,
 
 def main() -> None:
   cli.define_config_flag()
+  flags.declare_key_flag("config")  # --help lists it beside this module's flags
   workdir = flags.DEFINE_string("workdir", None, "The run directory (import: a new one).")
   checkpoint = flags.DEFINE_string("checkpoint", None,
                                    "Import: a released ALBEF checkpoint file (.pth).")
@@ -85,7 +86,7 @@ def main() -> None:
   def run(argv):
     del argv
     if bool(checkpoint.value) == bool(export.value):
-      raise app.UsageError("give exactly one of --checkpoint (import) and --export")
+      console.exit_with("give exactly one of --checkpoint (import) and --export")
     if checkpoint.value:
       config = cli.resolved_config(flags.FLAGS["config"], checkpoints=checkpoint.value)
       path = import_checkpoint(config, checkpoint.value, workdir.value)
@@ -98,7 +99,7 @@ def main() -> None:
         print(f"exported step {step} of {workdir.value} -> {export.value} "
               f"(LAVIS Albef{layout.value.capitalize()} layout)", flush=True)
 
-  app.run(run)
+  cli.run(run)
 
 
 if __name__ == "__main__":

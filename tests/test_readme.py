@@ -13,6 +13,8 @@ import shlex
 import subprocess
 import sys
 
+import flax
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,3 +137,97 @@ def test_readme_laptop_finetuning_from_a_relative_checkpoint(repo):
   assert tuned["model"]["vision_depth"] == pre["model"]["vision_depth"] == 1
   assert tuned["data"]["vocab_path"] == pre["data"]["vocab_path"]
   assert tuned["model"]["vocab_size"] == pre["model"]["vocab_size"]
+
+
+# -- released checkpoints ------------------------------------------------------------------
+
+# The tiny model the stand-ins of ALBEF's files are made at; appended to the commands.
+TINY_MODEL = dict(image_size=32, patch_size=16, vision_width=32, vision_depth=1,
+                  vision_heads=2, vision_mlp_dim=64, text_width=32, text_layers=1,
+                  fusion_layers=1, text_heads=2, text_mlp_dim=64, max_positions=128,
+                  embed_dim=16)
+MODEL = [f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()] + [
+    "--config.model.dtype=float32"]
+SMALL_RUN = ["--config.total_steps=2", "--config.data.global_batch_size=4",
+             "--config.data.eval_batch_size=4", "--config.queue_size=16",
+             "--config.optim.warmup_steps=1", "--config.log_every=1",
+             "--config.checkpoint_every=2", "--config.data.read_threads=1"]
+
+
+def _stand_ins(repo) -> None:
+  """ckpt/: a vocabulary and stand-ins of ALBEF.pth, mscoco.pth and vqa.pth (ALBEF's
+  key layout, tiny random models, fakes.write_albef_checkpoint); data/: FashionGen,
+  COCO (Karpathy) and VQA in their real formats. torch writes the .pth files, in a
+  process of its own (tests/test_torch_parity.py says why)."""
+  sys.path.insert(0, os.path.dirname(__file__))
+  import fakes  # pylint: disable=g-import-not-at-top
+  os.makedirs(repo / "ckpt", exist_ok=True)
+  vocab = fakes.write_vocab(str(repo / "ckpt" / "vocab.txt"))
+  script = (
+      "import sys; sys.path.insert(0, sys.argv[1]); import fakes\n"
+      "from syncmask_jax import config_lib\n"
+      f"m = config_lib.model_config('tiny', vocab_size={len(open(vocab).read().split())})\n"
+      f"m.update({TINY_MODEL!r})\n"
+      "for name, kind in (('ALBEF', 'pretrain'), ('mscoco', 'retrieval'), ('vqa', 'vqa')):\n"
+      "  fakes.write_albef_checkpoint(f'ckpt/{name}.pth', m, kind)\n")
+  out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], cwd=repo,
+                       env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  for split in ("train", "validation"):
+    fakes.write_fashiongen(str(repo / "data" / "fashiongen"), n=12, split=split,
+                           seed=split == "validation", size=64)
+  fakes.write_karpathy(str(repo / "data" / "coco"))
+  fakes.write_vqa(str(repo / "data" / "vqa"))
+
+
+@pytest.mark.slow
+def test_readme_round_trip_through_albefs_layout(repo):
+  """The laptop block: the main job's run exported to LAVIS's ALBEF layout, imported
+  into a new run directory, evaluated. The imported parameters are the run's (LAVIS's
+  BERT has no token-type table: row 0 travels in the positions)."""
+  export = readme_command("syncmask_jax.convert", "--export=")
+  back = readme_command("syncmask_jax.convert", "--checkpoint=runs/synthfashion/albef.pth")
+  evaluate = readme_command("syncmask_jax.evaluate", "--workdir=runs/synthfashion_roundtrip")
+  run(export, repo)
+  run(back + TRAIN + ["--config.queue_size=16", "--config.model.vision_depth=1"], repo)
+  out = run(evaluate + DATA + ["--config.eval.pictures=0"], repo)
+  assert "retrieval full_gallery/itc" in out.stdout
+  from syncmask_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  flat = lambda tree: {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(
+      tree, sep="/").items()}
+  ours = flat(checkpointing.load_as_stored(str(repo / "runs/synthfashion/checkpoints"),
+                                           "params")[0])
+  back_params = flat(checkpointing.load_as_stored(
+      str(repo / "runs/synthfashion_roundtrip/checkpoints"), "params")[0])
+  shared = [k for k in ours if not k.startswith(("mim_", "vision/mask_token", "embeddings/"))]
+  assert len(shared) > 50
+  for k in shared:
+    np.testing.assert_array_equal(back_params[k], ours[k], err_msg=k)
+  np.testing.assert_allclose(back_params["embeddings/position"], ours["embeddings/position"]
+                             + ours["embeddings/token_type"][0], rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(back_params["embeddings/token_type"], 0.0)
+
+
+@pytest.mark.slow
+def test_readme_released_albef_commands_on_stand_ins(repo):
+  """The commands for ALBEF's released files, verbatim, on stand-ins with their key
+  layout: FashionGen pretraining from ALBEF.pth, the COCO retrieval checkpoint and the
+  VQA checkpoint (a 32-px stand-in read at 48 px: its position table is resized)
+  converted and evaluated."""
+  _stand_ins(repo)
+  pretrain = readme_command("syncmask_jax.main", "--config.init_checkpoint=ckpt/ALBEF.pth")
+  run(pretrain + MODEL + SMALL_RUN + ["--config.eval_at_end=False"], repo)
+  log = (repo / "runs" / "fg_albef" / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(log[-1])["step"] == 2
+  coco = [readme_command("syncmask_jax.convert", "ckpt/mscoco.pth"),
+          readme_command("syncmask_jax.evaluate", "--workdir=runs/albef_coco")]
+  run(coco[0] + MODEL + SMALL_RUN, repo)
+  out = run(coco[1] + ["--config.eval.itm_k=4", "--config.data.eval_batch_size=4"], repo)
+  assert "karpathy" in out.stdout
+  vqa = [readme_command("syncmask_jax.convert", "ckpt/vqa.pth"),
+         readme_command("syncmask_jax.evaluate", "--workdir=runs/albef_vqa")]
+  run(vqa[0] + MODEL + SMALL_RUN + ["--config.model.image_size=48", "--config.vqa.k_test=2"],
+      repo)
+  run(vqa[1] + ["--config.vqa.k_test=2", "--config.data.eval_batch_size=4"], repo)
+  assert (repo / "runs" / "albef_vqa" / "eval" / "vqa_test_results.json").exists()
