@@ -42,7 +42,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     table = os.path.join(workdir, "parameters.txt")
     paths.write_text(table, parameter_overview.get_parameter_overview(params) + "\n")
     logging.info("%s parameters (each: %s)",
-                 f"{parameter_overview.count_parameters(params):,}", table)
+                 f"{int(parameter_overview.count_parameters(params)):,}", table)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     keep=config.keep_checkpoints, keep_every=config.keep_every)
   if ckpt.latest_step() is not None:  # resume: init_checkpoint is not read again
