@@ -1,8 +1,9 @@
 """The command line's config, resolved into the values a run uses before anything is built.
 
 `main.py` and `evaluate/__main__.py` run through `run` (a mistyped flag or field, like
-every user's mistake, ends in one line: console.py) and read `--config=configs/<exp>.py[:key=value,...]` and
-`--config.<field>=<value>` through this module:
+every user's mistake, ends in one line: console.py) and read
+`--config=configs/<exp>.py[:key=value,...]` and `--config.<field>=<value>` through this
+module:
 
 * Tuple fields take the comma form the README shows, `--config.eval.scoring=itc,itc+itm`
   (ml_collections alone reads an unquoted `itc,itc+itm` as one string); `'("a", "b")'`

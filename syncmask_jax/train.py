@@ -16,7 +16,7 @@ from absl import logging
 from clu import parameter_overview
 
 from syncmask_jax import checkpoint_import, checkpointing, config_lib, evaluate, loop, optim
-from syncmask_jax import sharding
+from syncmask_jax import paths, sharding
 from syncmask_jax.checkpoint_import import released
 from syncmask_jax import train_state as train_state_lib
 from syncmask_jax import train_step as train_step_lib
@@ -40,7 +40,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       init_params=(lambda p: checkpoint_import.apply_inits(config, p))
       if (config.model.text_init or config.model.image_init) else None)
   if jax.process_index() == 0:
-    parameter_overview.log_parameter_overview(jax.device_get(state.params))
+    # The per-parameter table goes to the run's files; the console gets its total.
+    params = jax.device_get(state.params)
+    table = os.path.join(workdir, "parameters.txt")
+    paths.write_text(table, parameter_overview.get_parameter_overview(params) + "\n")
+    logging.info("%s parameters (each: %s)",
+                 f"{int(parameter_overview.count_parameters(params)):,}", table)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     keep=config.keep_checkpoints, keep_every=config.keep_every)
   if ckpt.latest_step() is not None:  # resume: init_checkpoint is not read again

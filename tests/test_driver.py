@@ -95,6 +95,7 @@ def test_sigterm_or_ctrl_c_saves_current_step_and_exits_cleanly(tmp_path, signum
   assert re.search(r"step 2/10000: loss \d+\.\d{4}, [\d.]+ steps/s, ETA \d+m\d\ds$", err,
                    re.M), err[-3000:]
   assert "grad_norm" not in err and "train/" not in err
+  assert "| Name" not in err and "embeddings/word" in open(f"{workdir}/parameters.txt").read()
   rows = [json.loads(l) for l in open(metrics)]
   assert {"train/loss", "train/grad_norm", "train/loss_itc", "steps_per_sec",
           "eta_seconds"} <= set().union(*rows)
