@@ -176,7 +176,7 @@ def _stand_ins(repo) -> None:
   assert out.returncode == 0, out.stderr[-4000:]
   for split in ("train", "validation"):
     fakes.write_fashiongen(str(repo / "data" / "fashiongen"), n=12, split=split,
-                           seed=split == "validation", size=64)
+                           seed=split == "validation")
   fakes.write_karpathy(str(repo / "data" / "coco"))
   fakes.write_vqa(str(repo / "data" / "vqa"))
 
@@ -222,12 +222,12 @@ def test_readme_released_albef_commands_on_stand_ins(repo):
   assert json.loads(log[-1])["step"] == 2
   coco = [readme_command("syncmask_jax.convert", "ckpt/mscoco.pth"),
           readme_command("syncmask_jax.evaluate", "--workdir=runs/albef_coco")]
-  run(coco[0] + MODEL + SMALL_RUN, repo)
+  run(coco[0] + MODEL + SMALL_RUN + ["--config.data.global_batch_size=2"], repo)
   out = run(coco[1] + ["--config.eval.itm_k=4", "--config.data.eval_batch_size=4"], repo)
   assert "karpathy" in out.stdout
   vqa = [readme_command("syncmask_jax.convert", "ckpt/vqa.pth"),
          readme_command("syncmask_jax.evaluate", "--workdir=runs/albef_vqa")]
-  run(vqa[0] + MODEL + SMALL_RUN + ["--config.model.image_size=48", "--config.vqa.k_test=2"],
-      repo)
+  run(vqa[0] + MODEL + SMALL_RUN + ["--config.model.image_size=48", "--config.vqa.k_test=2",
+                                     "--config.data.global_batch_size=2"], repo)
   run(vqa[1] + ["--config.vqa.k_test=2", "--config.data.eval_batch_size=4"], repo)
   assert (repo / "runs" / "albef_vqa" / "eval" / "vqa_test_results.json").exists()
