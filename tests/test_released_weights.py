@@ -457,3 +457,75 @@ def test_blip_caption_checkpoint_matches_lavis(ref):
   # transformers 4.26 ranks finished beams by summed log-prob / total length (prompt in).
   _close(np.asarray(scores[:, 0]) / expected["beam_tokens"].shape[1],
          expected["beam_scores"], "beam scores")
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _original_layout(tmp_path, token_type: np.ndarray) -> str:
+  """LAVIS's reference state dict in the original ALBEF code's layout: BERT with a
+  token-type table whose row 0 is `token_type[0]` (its positions less that row, so the
+  function is LAVIS's), under {"model": ...} as ALBEF's released files."""
+  state = files.read_torch(os.path.join(DATA, "albef_pretrain.pth"))
+  for text in ("text_encoder.bert.", "text_encoder_m.bert."):
+    state[text + "embeddings.token_type_embeddings.weight"] = token_type
+    state[text + "embeddings.position_embeddings.weight"] = (
+        state[text + "embeddings.position_embeddings.weight"] - token_type[0])
+  path = str(tmp_path / "ALBEF.pth")
+  files.save_torch(path, state, under="model")
+  return path
+
+
+@pytest.mark.parametrize("type_vocab_size", [2, 0])
+def test_original_layout_with_token_types_reads_right(ref, tmp_path, type_vocab_size):
+  """The original code's BERT adds token-type row 0 to every token: into a model with
+  the table (type_vocab_size 2) it is that table, into one without (0) it moves into the
+  positions; either way the forward is LAVIS's."""
+  token_type = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
+  path = _original_layout(tmp_path, token_type)
+  c = tiny_config()
+  c.model.type_vocab_size = type_vocab_size
+  graphdef, state = nnx.split(train_state_lib.build_model(c, 0))
+  imported = albef.import_albef(path, jax.tree.map(np.asarray, nnx.to_pure_dict(state)), c)
+  report = imported.report  # no momentum model or queue asked for: those are unused, why
+  assert report.unused and set(report.unused) <= set(report.reasons), report.summary()
+  assert all(k.startswith(("image_queue", "text_queue", "queue_ptr")) or "_m." in k
+             for k in report.unused), report.summary()
+  if type_vocab_size:
+    np.testing.assert_array_equal(imported.params["embeddings"]["token_type"], token_type)
+  ours = _forward(graphdef, imported.params, _batch(ref),
+                  jnp.asarray(ref.inputs["mlm_input_ids"], jnp.int32))
+  for name in ("text_embeds", "mlm_logits", "itm_logits"):
+    _close(ours[name], ref.forward[name], name)
+
+
+def test_bad_checkpoints_are_refused_naming_the_cause(ref, tmp_path):
+  c, path = ref.config, os.path.join(DATA, "albef_pretrain.pth")
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.split(
+      train_state_lib.build_model(c, 0))[1]))
+  before = jax.tree.map(np.copy, params)
+
+  def refused(checkpoint, message, config=c, error=ValueError):
+    with pytest.raises(error, match=message):
+      albef.import_albef(checkpoint, params, config, momentum=True, queue_size=8)
+
+  # Another model: BLIP's caption checkpoint, a lone BERT.
+  refused(os.path.join(HERE, "data", "lavis_extras", "blip_caption.pth"),
+          "not an ALBEF checkpoint")
+  bert = {k: v for k, v in files.read_torch(path).items() if k.startswith("text_encoder.")}
+  files.save_torch(str(tmp_path / "bert.pth"), bert)
+  refused(str(tmp_path / "bert.pth"), "not an ALBEF checkpoint.*no visual_encoder")
+  # A truncated download.
+  raw = open(path, "rb").read()
+  (tmp_path / "cut.pth").write_bytes(raw[:len(raw) // 2])
+  refused(str(tmp_path / "cut.pth"), "cannot read .*cut.pth.* truncated")
+  # Sizes that differ from the config name the config field.
+  for field, value, source in (("text_layers", 1, "before the first crossattention"),
+                               ("text_width", 64, "word_embeddings"),
+                               ("vision_depth", 3, "visual_encoder.blocks"),
+                               ("embed_dim", 16, "vision_proj.weight")):
+    other = tiny_config()
+    other.model[field] = value
+    refused(path, f"{source}.* gives {field}=.* but config.model.{field}={value}", other)
+  # Nothing was written into the parameters given.
+  jax.tree.map(np.testing.assert_array_equal, params, before)

@@ -157,8 +157,7 @@ def model_rules(layout: Layout, momentum: bool = False, ours_token_type: bool = 
   return rules
 
 
-# Checkpoint keys that are no parameter of ours, and why.
-_BUFFERS = {"embeddings.position_ids": "a buffer: positions 0..max_positions-1"}
+_QUEUE_KEYS = ("image_queue", "text_queue", "queue_ptr", "idx_queue")
 
 
 @dataclasses.dataclass
@@ -219,22 +218,20 @@ def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *
     new_momentum = jax.tree.map(np.array, new_params)
     report.warnings.append("no *_m copies in the checkpoint: the momentum model starts as "
                            "a copy of the parameters, as in ALBEF")
-  for key in tensors:
-    for suffix, reason in _BUFFERS.items():
-      if key.endswith(suffix):
-        used.add(key)
-    if key.startswith(("visual_encoder_m.", "text_encoder_m.", "vision_proj_m.",
-                       "text_proj_m.", "text_decoder_m.")) and not momentum:
-      report.reasons[key] = ("a momentum copy, not read: a fine-tuning run starts its momentum "
-                             "model, if any, as a copy of the parameters")
+  used |= {k for k in tensors if k.endswith(hf_bert.POSITION_IDS)}  # buffers, not weights
+  if not momentum:
+    report.reasons.update({
+        k: "a momentum copy, not read: a fine-tuning run starts its momentum model, if any, "
+           "as a copy of the parameters" for k in tensors
+        if k.startswith(("visual_encoder_m.", "text_encoder_m.", "vision_proj_m.",
+                         "text_proj_m.", "text_decoder_m."))})
   new_queue = None
-  if layout.queue:
-    used |= {"image_queue", "text_queue", "queue_ptr", "idx_queue"}
-    new_queue = _import_queue(tensors, queue_size, report) if queue_size else None
-    if not queue_size:
-      report.reasons.update({k: "the queue; this model has none" for k in (
-          "image_queue", "text_queue", "queue_ptr", "idx_queue") if k in tensors})
-      used -= set(report.reasons)
+  if layout.queue and queue_size:
+    used |= set(_QUEUE_KEYS)
+    new_queue = _import_queue(tensors, queue_size, report)
+  else:
+    report.reasons.update({k: "the queue: this model has none" for k in _QUEUE_KEYS
+                           if k in tensors})
   report.unused = sorted(k for k in tensors if k not in used)
   return Imported(new_params, report, new_momentum, new_queue)
 
