@@ -3,7 +3,7 @@
   python -m syncmask_jax.report --workdir=runs/study [--seeds=0,1,2,3,4] [--steps=1000]
       [--finetune_steps=300] [--variants=albef,syncmask,...] [--jobs=2] [--docs=DIR]
       [--no_run]   (report from the runs already in --workdir)
-  python -m syncmask_jax.report --study=published --jobs=2 --publish
+  python -m syncmask_jax.report --jobs=2 --study=published --publish
       (a named study of study.STUDIES: its budget, variants, seeds per variant and
       workdir; --publish writes docs/results.md, docs/results/ and README's block, and
       takes a named study only, so the README's command is the one that made its block)

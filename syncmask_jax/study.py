@@ -7,7 +7,7 @@ the package, so that the report reads it when installed; `configs/study.py` buil
 run's config from it.
 
   python -m syncmask_jax.report --workdir=runs/study                 # sweep + docs
-  python -m syncmask_jax.report --study=published --jobs=2 --publish # the published one
+  python -m syncmask_jax.report --jobs=2 --study=published --publish # the published one
   python -m syncmask_jax.main --config=configs/study.py:variant=full_subcategory,seed=1 \
     --workdir=runs/study/full_subcategory/seed1                      # one of its runs
 """

@@ -310,3 +310,23 @@ def test_a_named_study_fixes_its_budget_and_seeds(tmp_path, capsys):
   with pytest.raises(SystemExit):
     report.parse_args([f"--workdir={tmp_path}", "--publish"])
   assert "--publish writes the README's block" in capsys.readouterr().err
+
+
+def test_readme_block_names_the_command_that_made_it():
+  """The block's command, parsed, is the study in its table (runs per variant, steps),
+  and the README's launcher line runs exactly that command."""
+  with open(os.path.join(report.REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  block = readme.split(report.README_BEGIN)[1].split(report.README_END)[0]
+  command = block.split("From `python -m syncmask_jax.report ", 1)[1].split("`", 1)[0]
+  args = report.parse_args(command.split())
+  rows = [r.split("|") for r in block.splitlines() if r.startswith("| ")]
+  runs = {r[1].strip(): int(r[3]) for r in rows if r[3].strip().isdigit()}
+  assert {v: len(s) for v, s in args.seeds_of.items()} == runs
+  assert f"({args.steps} steps of the tiny model per run" in block
+  assert f"then {args.finetune_steps} fine-tuning steps" in block
+  launcher = readme.split("```bash\n./launch/study.sh ", 1)[1].split("\n", 1)[0]
+  with open(os.path.join(report.REPO, "launch", "study.sh"), encoding="utf-8") as f:
+    study_sh = f.read()
+  assert 'syncmask_jax.report --jobs=2 "$@"' in study_sh
+  assert command == f"--jobs=2 {launcher}"
