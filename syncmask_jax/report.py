@@ -60,7 +60,10 @@ from scipy import stats  # jax's own dependency
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from syncmask_jax import paths, study
+from absl import flags
+
+from syncmask_jax import cli, paths, study
+from syncmask_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOLS = (("full_gallery", "full gallery"), ("one_plus_100", "1+100"))
@@ -840,8 +843,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def variant_configs(steps: int, overrides: Sequence[str]) -> dict[str, Any]:
   """Every variant's pretraining config at `steps`, with `overrides` (--config.x=y),
   parsed as `python -m syncmask_jax.main` parses them."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from syncmask_jax import cli  # pylint: disable=g-import-not-at-top
   out = {}
   for v in study.VARIANTS:
     argv = ["report", f"--config={os.path.join(REPO, study.PRETRAIN)}:variant={v},seed=0,"
@@ -859,10 +860,12 @@ def refuse_same_models(args: argparse.Namespace) -> None:
   these overrides, or a swept variant's own switch does nothing so that it trains what
   another variant does (`study.same_models`); names the switches."""
   swept = args.seeds_of
+  configs = variant_configs(args.steps, args.override)
+  # Every variant reads the same train split (grouping orders it, never filters it).
+  train_records = len(pipeline.make_source(next(iter(configs.values())), "train"))
   lines = [f"{a} and {b} train the same model: "
            + "; ".join(dict.fromkeys(why_a + why_b) or ["their configs are equal"])
-           for a, b, why_a, why_b in study.same_models(
-               variant_configs(args.steps, args.override))
+           for a, b, why_a, why_b in study.same_models(configs, train_records)
            if (a in swept and b in swept) or (a in swept and why_a)
            or (b in swept and why_b)]
   if lines:

@@ -117,7 +117,7 @@ def _flat(c: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
 _RANDOM_MASK_FIELDS = ("masking.strategy", "masking.ratio_img", "masking.ratio_txt")
 
 
-def effective(c: ml_collections.ConfigDict, train_records: int | None = None
+def effective(c: ml_collections.ConfigDict, train_records: int
               ) -> tuple[dict[str, object], list[str]]:
   """The pretraining config `c` as its run sees it: every field flattened, a switch that
   never takes effect in `c.total_steps` set to what the run does instead, and fields no
@@ -125,7 +125,7 @@ def effective(c: ml_collections.ConfigDict, train_records: int | None = None
 
   Two variants whose effective configs are equal train the same model (a claim between
   them compares a model with itself). `train_records`: the train split's size, for the
-  embedding grouping (its first epoch is a shuffle); None reads it from the data.
+  embedding grouping (its first epoch is a shuffle).
   """
   f = _flat(c)
   why = []
@@ -157,15 +157,11 @@ def effective(c: ml_collections.ConfigDict, train_records: int | None = None
                f"{f['data.subcategories_per_batch']} in a batch of {batch}: one record per "
                "subcategory, so no two records of a subcategory share a batch")
     f["data.grouping"] = "none"
-  if f["data.grouping"] == "embedding":
-    if train_records is None:
-      from syncmask_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-      train_records = len(pipeline.make_source(c, "train"))
-    if steps <= train_records // batch:
-      why.append(f"data.grouping='embedding' orders epochs from the previous epoch's "
-                 f"embeddings, and {steps} steps end inside the first epoch "
-                 f"({train_records // batch} steps), a shuffle")
-      f["data.grouping"] = "none"
+  if f["data.grouping"] == "embedding" and steps <= train_records // batch:
+    why.append(f"data.grouping='embedding' orders epochs from the previous epoch's "
+               f"embeddings, and {steps} steps end inside the first epoch "
+               f"({train_records // batch} steps), a shuffle")
+    f["data.grouping"] = "none"
   if f["data.grouping"] != "subcategory":
     f["data.subcategories_per_batch"] = None
   if f["data.grouping"] != "embedding":
@@ -173,8 +169,7 @@ def effective(c: ml_collections.ConfigDict, train_records: int | None = None
   return f, why
 
 
-def same_models(configs: dict[str, ml_collections.ConfigDict],
-                train_records: int | None = None
+def same_models(configs: dict[str, ml_collections.ConfigDict], train_records: int
                 ) -> list[tuple[str, str, list[str], list[str]]]:
   """(a, b, why a, why b) for each pair of variants that would train the same model
   (`effective`), each `why` naming that side's switches that do nothing (both empty:
