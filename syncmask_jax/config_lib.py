@@ -40,7 +40,8 @@ EVAL_PROTOCOLS = ("full_gallery", "one_plus_100", "twins", "karpathy", "tgir")
 # What `config.eval.protocols=()` runs on each dataset (evaluate.eval_settings).
 DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100", "twins"),
                      "fashiongen": ("full_gallery", "one_plus_100"),
-                     "coco": ("karpathy",), "fashioniq": ("tgir",)}
+                     "coco": ("karpathy",), "fashioniq": ("tgir",),
+                     "synthfashion_tgir": ("tgir",)}
 
 # Logical axis names carried by parameters -> mesh axes. One table (MaxText style):
 # data parallel, FSDP and tensor parallel are edits of this table, not of code.
@@ -159,7 +160,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""
   c.data.image_root = ""  # COCO/Flickr image folder (default: root)
   c.data.karpathy_name = "coco"  # coco | flickr30k
-  c.data.fashioniq_category = "dress"  # dress | shirt | toptee
+  c.data.fashioniq_category = "dress"  # dress | shirt | toptee (synthfashion_tgir: an attribute)
   c.data.fashioniq_gallery = "split"  # split | val_union
   c.data.verify_images = True
   c.data.synth_train_products = 20000
@@ -281,11 +282,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.twins = ml_collections.ConfigDict(dict(num_products=200, num_twins=3))
   c.eval.pictures = 4  # SynthFashion pretraining: pairs drawn into eval/pictures (0: none)
   c.eval.picture_words = 2  # words whose cross-attention each picture shows
-  # FashionIQ TGIR (data.name='fashioniq': the tgir task; evaluate.tgir_blocks).
+  # TGIR (data.name='fashioniq' or 'synthfashion_tgir': the tgir task; evaluate.tgir_blocks).
   c.tgir = ml_collections.ConfigDict()
   c.tgir.categories = ("dress", "shirt", "toptee")  # trained together, reported each
   c.tgir.gallery_protocols = ("split", "val_union")  # both are reported
   c.tgir.ks = (10, 50)
+  c.tgir.synth_twins = 1  # synthfashion_tgir: twins per product and attribute
   # TensorBoard event files beside metrics.jsonl. TensorFlow writes them through its own
   # gfile, outside the path layer (loop.make_writer): off where that cannot reach the
   # workdir's store (a GCS emulator).

@@ -80,10 +80,15 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `initialise_only`: stop after the set-up, its state saved as step 0 (the converter)."""
   validate(config)
   pipeline.resolve_vocab(config)  # before config.json is written: it records the values
+  task = tasks.get(config)
+  # What a user names (the data, the pretrained run) is read before the workdir is
+  # made: a mistake there leaves no config.json or events behind.
+  source = task.train_source()
+  if source is None:
+    source = pipeline.make_source(config, "train")
   writer = loop.start_run(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
-  task = tasks.get(config)
-  train_iter = pipeline.make_train_iterator(config, source=task.train_source())
+  train_iter = pipeline.make_train_iterator(config, source=source)
   init, abstract, setup = create_state(task, mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     keep=config.keep_checkpoints, keep_every=config.keep_every)

@@ -3,10 +3,18 @@
   python -m syncmask_jax.report --workdir=runs/study [--seeds=0,1,2,3,4] [--steps=1000]
       [--finetune_steps=300] [--variants=albef,syncmask,...] [--jobs=2] [--docs=DIR]
       [--no_run]   (report from the runs already in --workdir)
-      [--publish]  (into the repository: docs/results.md, docs/results/, README's block)
+  python -m syncmask_jax.report --jobs=2 --study=published --publish
+      (a named study of study.STUDIES: its budget, variants, seeds per variant and
+      workdir; --publish writes docs/results.md, docs/results/ and README's block, and
+      takes a named study only, so the README's command is the one that made its block)
 
 The report goes to WORKDIR/report/ unless --publish (or --docs) says otherwise: a small
 or trial sweep never overwrites the published results.
+
+A sweep in which two variants would train the same model is refused before anything
+runs, naming the switch that does nothing (`study.effective`): e.g. at --steps=300 the
+SynthFashion warm-up (masking.warmup_steps=300) keeps SyncMask on random masks
+throughout, so `syncmask` and `random_masks` would agree to the last digit.
 
 Each (variant, seed) is one pretraining run (`python -m syncmask_jax.main
 --config=configs/study.py:variant=V,seed=S,steps=N`, evaluated at the end: retrieval
@@ -52,7 +60,10 @@ from scipy import stats  # jax's own dependency
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from syncmask_jax import console, paths, study
+from absl import flags
+
+from syncmask_jax import cli, console, paths, study
+from syncmask_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOLS = (("full_gallery", "full gallery"), ("one_plus_100", "1+100"))
@@ -228,8 +239,10 @@ def sweep_eta(durations: Sequence[float], queued: int, running: Sequence[float],
   return max(max(left, default=0.0), (queued * mean + sum(left)) / workers)
 
 
-def run_sweep(variants: Sequence[str], seeds: Sequence[int], args: argparse.Namespace) -> None:
-  jobs = [(v, s) for s in seeds for v in variants]
+def run_sweep(seeds: dict[str, Sequence[int]], args: argparse.Namespace) -> None:
+  """Runs what is missing of every (variant, seed) of `seeds` (variant -> its seeds)."""
+  everyone = sorted({s for v in seeds.values() for s in v})
+  jobs = [(v, s) for s in everyone for v in seeds if s in seeds[v]]
   lock, t0 = threading.Lock(), time.time()
   started: dict[tuple[str, int], float] = {}
   durations: list[float] = []  # of the jobs that ran something (not found complete)
@@ -338,11 +351,11 @@ def read_run(directory: str) -> dict[str, Any]:
   return out
 
 
-def collect(root: str, variants: Sequence[str], seeds: Sequence[int]
-            ) -> dict[str, dict[int, dict]]:
+def collect(root: str, seeds: dict[str, Sequence[int]]) -> dict[str, dict[int, dict]]:
+  """The finished runs of every (variant, seed) of `seeds` (variant -> its seeds)."""
   runs: dict[str, dict[int, dict]] = {}
-  for v in variants:
-    for s in seeds:
+  for v, variant_seeds in seeds.items():
+    for s in variant_seeds:
       d = run_dir(root, v, s)
       if paths.path(os.path.join(d, "eval", "pretrain.json")).exists():
         runs.setdefault(v, {})[s] = read_run(d)
@@ -605,6 +618,23 @@ RULE = ("A claim is a two-sided t-test at 5% on the difference d: *paired* over 
         "about one verdict in twenty is a false alarm.")
 
 
+def tally_line(judged: Sequence[tuple[Claim, dict[str, Any]]]) -> str:
+  """The claims' count by verdict (every claim judged is counted once), and which held
+  or went the other way."""
+  verdicts = [j["verdict"] for _, j in judged]
+  held = [c.text for c, j in judged if j["verdict"] == "held"]
+  other = [c.text for c, j in judged if j["verdict"] == "the other way"]
+  counts = [f"{verdicts.count('held')} held", f"{verdicts.count('the other way')} went the "
+            "other way", f"{verdicts.count('within the seed spread')} are within the seed "
+            "spread"]
+  unjudged = verdicts.count("no verdict (one seed)")
+  if unjudged:
+    counts.append(f"{unjudged} have no verdict (one seed a side: run two or more)")
+  return (f"Of {len(verdicts)} claims, {', '.join(counts[:-1])} and {counts[-1]}"
+          + (f". Held: {'; '.join(held)}" if held else "")
+          + (f". The other way: {'; '.join(other)}" if other else "") + ".")
+
+
 def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
                  args: argparse.Namespace, command: str) -> str:
   """docs/results.md, its PNGs and summary.json; returns the markdown's path."""
@@ -651,14 +681,7 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
         f"{_column(seeds_runs, 'subcategory_accuracy')} |")
   main_claims = CLAIMS_HEADER + [_claim_row(c, j) for c, j in judged if c.main]
   claims = CLAIMS_HEADER + [_claim_row(c, j) for c, j in judged if not c.main]
-  verdicts = [j["verdict"] for _, j in judged]
-  held = [c.text for c, j in judged if j["verdict"] == "held"]
-  other = [c.text for c, j in judged if j["verdict"] == "the other way"]
-  tally = (f"Of {len(verdicts)} claims, {verdicts.count('held')} held, "
-           f"{verdicts.count('the other way')} went the other way and "
-           f"{verdicts.count('within the seed spread')} are within the seed spread"
-           + (f". Held: {'; '.join(held)}" if held else "")
-           + (f". The other way: {'; '.join(other)}" if other else "") + ".")
+  tally = tally_line(judged)
   lines = [
       "# Results: the papers' claims on SynthFashion",
       "",
@@ -777,7 +800,8 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
   if args.readme:
     docs = os.path.relpath(args.docs, os.path.dirname(os.path.abspath(args.readme)))
     update_readme(args.readme, [
-        f"From `{command}` ({budget}; {m['cpus']} CPUs, {elapsed / 60:.0f} min). "
+        f"From `{command}` ({budget}; {m['cpus']} CPUs, {args.jobs} runs at a time: "
+        f"{elapsed / 60:.0f} min with runs in flight, {span / 60:.0f} min end to end). "
         f"All claims, tables, plots, mask overlays and commands: [{docs}/results.md]"
         f"({docs}/results.md).", "", tally, "", *overview, "", RULE, "",
         *main_claims, "",
@@ -806,7 +830,10 @@ def update_readme(path: str, block: Sequence[str]) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   variants = study.VARIANTS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", default="runs/study")
+  p.add_argument("--study", default=None, choices=sorted(study.STUDIES),
+                 help="a named study (study.STUDIES): sets --steps, --finetune_steps, "
+                 "--variants, the seeds of each variant and the default --workdir")
+  p.add_argument("--workdir", default=None, help="default: runs/study, or the study's")
   p.add_argument("--publish", action="store_true",
                  help="write into the repository: docs/results.md, docs/results/ and the "
                  "README's report block")
@@ -816,10 +843,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--readme", default=None,
                  help="README whose report markers receive the overview (default: none; "
                  "with --publish: the repository's README.md)")
-  p.add_argument("--variants", default=",".join(variants))
-  p.add_argument("--seeds", default="0,1,2,3,4")
-  p.add_argument("--steps", type=int, default=1000)
-  p.add_argument("--finetune_steps", type=int, default=300)
+  p.add_argument("--variants", default=None, help=f"default: {','.join(variants)}")
+  p.add_argument("--seeds", default=None, help="default: 0,1,2,3,4")
+  p.add_argument("--steps", type=int, default=None, help="default: 1000")
+  p.add_argument("--finetune_steps", type=int, default=None, help="default: 300")
   p.add_argument("--jobs", type=int, default=1, help="runs at a time")
   p.add_argument("--no_run", action="store_true", help="only report the existing runs")
   p.add_argument("--override", action="append", default=[],
@@ -827,6 +854,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--finetune_override", action="append", default=[],
                  help="extra --config.x=y for every fine-tuning run (repeatable)")
   args = p.parse_args(argv)
+  fixed = ("variants", "seeds", "steps", "finetune_steps")
+  if args.study:
+    sweep = study.STUDIES[args.study]
+    given = [f"--{k}" for k in fixed if getattr(args, k) is not None]
+    if given:
+      p.error(f"--study={args.study} fixes {', '.join(given)}: leave them out, or run "
+              "without --study")
+    args.steps, args.finetune_steps = sweep.steps, sweep.finetune_steps
+    args.workdir = args.workdir or sweep.workdir
+    args.seeds_of = {v: list(s) for v, s in sweep.seeds.items()}
+    args.variants = ",".join(sweep.seeds)
+    args.seeds = ",".join(map(str, sorted({s for v in sweep.seeds.values() for s in v})))
+  else:
+    if args.publish:
+      p.error("--publish writes the README's block, which names the command that made "
+              f"it: publish a named study (--study={'|'.join(sorted(study.STUDIES))}; "
+              "add one to study.STUDIES)")
+    defaults = {"variants": ",".join(variants), "seeds": "0,1,2,3,4", "steps": 1000,
+                "finetune_steps": 300}
+    for k in fixed:
+      if getattr(args, k) is None:
+        setattr(args, k, defaults[k])
+    args.workdir = args.workdir or "runs/study"
+    try:
+      seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+      p.error(f"--seeds={args.seeds}: expected integers separated by commas")
+    args.seeds_of = {v: seeds for v in args.variants.split(",")}
   unknown = sorted(set(args.variants.split(",")) - set(variants))
   if unknown:
     p.error(f"--variants: unknown {unknown}; expected some of {sorted(variants)}")
@@ -841,13 +896,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return args
 
 
+def variant_configs(steps: int, overrides: Sequence[str]) -> dict[str, Any]:
+  """Every variant's pretraining config at `steps`, with `overrides` (--config.x=y),
+  parsed as `python -m syncmask_jax.main` parses them."""
+  out = {}
+  for v in study.VARIANTS:
+    argv = ["report", f"--config={os.path.join(REPO, study.PRETRAIN)}:variant={v},seed=0,"
+            f"steps={steps}", *overrides]
+    flag_values = flags.FlagValues()
+    # The config file is read from argv as the flag is defined: its fields' flags exist.
+    holder = cli.define_config_flag(flag_values, argv)
+    flag_values(argv)
+    out[v] = holder.value
+  return out
+
+
+def refuse_same_models(args: argparse.Namespace) -> None:
+  """SystemExit when two swept variants would train the same model at this budget and
+  these overrides, or a swept variant's own switch does nothing so that it trains what
+  another variant does (`study.same_models`); names the switches."""
+  swept = args.seeds_of
+  configs = variant_configs(args.steps, args.override)
+  # Every variant reads the same train split (grouping orders it, never filters it).
+  train_records = len(pipeline.make_source(next(iter(configs.values())), "train"))
+  lines = [f"{a} and {b} train the same model: "
+           + "; ".join(dict.fromkeys(why_a + why_b) or ["their configs are equal"])
+           for a, b, why_a, why_b in study.same_models(configs, train_records)
+           if (a in swept and b in swept) or (a in swept and why_a)
+           or (b in swept and why_b)]
+  if lines:
+    raise SystemExit(f"--steps={args.steps}: a claim would compare a model with itself: "
+                     + "; ".join(lines) + ". Use more steps (the trial: --variants="
+                     "syncmask,random_masks --seeds=0,1 --steps=600), or change the switch "
+                     "with --override")
+
+
 def main(argv: Sequence[str] | None = None) -> str:
   args = parse_args(argv)
-  names = args.variants.split(",")
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = sorted({s for v in args.seeds_of.values() for s in v})
+  refuse_same_models(args)
   if not args.no_run:
-    run_sweep(names, seeds, args)
-  runs = collect(args.workdir, names, seeds)
+    run_sweep(args.seeds_of, args)
+  runs = collect(args.workdir, args.seeds_of)
   if not runs:
     raise SystemExit(f"no finished runs under {args.workdir}")
   command = "python -m syncmask_jax.report " + " ".join(

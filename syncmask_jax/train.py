@@ -29,11 +29,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `initialise_only`: stop after the set-up, its state saved as step 0 (the converter)."""
   config_lib.validate(config)
   tokens = pipeline.resolve_vocab(config)
+  # The data is opened before the workdir is made: a wrong root leaves nothing behind.
+  source = pipeline.make_source(config, "train")
   writer = loop.start_run(config, workdir)
 
   # --- data, model, state --------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
-  train_iter = pipeline.make_train_iterator(config)
+  train_iter = pipeline.make_train_iterator(config, source=source)
   steps_per_epoch = train_iter.steps_per_epoch
   state, setup = train_state_lib.create_train_state(
       config, mesh, lambda p: optim.make_optimizer(config.optim, p, config.total_steps),

@@ -13,7 +13,7 @@ from flax import nnx
 
 from syncmask_jax import checkpointing, finetune, optim, sharding, train
 from syncmask_jax import train_state as train_state_lib
-from syncmask_jax.data import pipeline
+from syncmask_jax.data import pipeline, synthfashion_tgir
 from syncmask_jax.tasks import category as category_task
 
 import fakes  # pylint: disable=g-bad-import-order
@@ -167,6 +167,56 @@ def test_tgir_few_steps_both_gallery_protocols(finetune_files):
     assert b["r10"] == pytest.approx(100.0 * (4 if gallery == "split" else 5) / 5)
 
 
+def test_tgir_trains_and_evaluates_on_synthfashion(finetune_files):
+  """configs/finetune_tgir.py:data=synthfashion at test size: SynthFashion-TGIR's
+  triplets through the tgir task, a block per attribute and their mean."""
+  tmp = finetune_files["tmp"]
+  c = fakes.finetune_config("tgir", tmp)
+  c.data.name = "synthfashion_tgir"
+  c.data.synth_train_products = 6
+  c.data.synth_val_products = 3
+  c.tgir = ml_collections.ConfigDict(dict(categories=("colour", "detail_side"),
+                                          gallery_protocols=("split",), ks=(1, 10),
+                                          synth_twins=1))
+  workdir = str(tmp / "synthfashion_tgir")
+  finetune.finetune_and_evaluate(c, workdir)
+  out = _json(os.path.join(workdir, "eval", "tgir.json"))
+  assert out["dataset"] == "synthfashion_tgir" and out["split"] == "val"
+  blocks = {b["category"]: b for b in out["results"]}
+  assert set(blocks) == {"colour", "detail_side", "mean"}
+  for attribute in ("colour", "detail_side"):
+    triplets, gallery = synthfashion_tgir.sources("val", 3, 0, c.model.image_size,
+                                                  attribute)
+    b = blocks[attribute]
+    assert b["protocol"] == "synthfashion_tgir" and b["gallery"] == "split"
+    assert b["num_queries"] == len(triplets) > 0 and b["num_gallery"] == len(gallery)
+    assert b["queries_target_not_in_gallery"] == 0
+    assert 0.0 <= b["r1"] <= b["r10"] <= 100.0
+  assert blocks["mean"]["r10"] == pytest.approx(
+      np.mean([blocks[a]["r10"] for a in ("colour", "detail_side")]))
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))
+           if "train/loss" in l]
+  assert steps == [1, 2]
+
+
+def test_a_failed_start_leaves_no_workdir(finetune_files):
+  """A missing data root or pretrained run is found before the workdir is made."""
+  tmp = finetune_files["tmp"]
+  c = fakes.finetune_config("tgir", tmp)
+  c.data.name = "fashioniq"
+  c.data.root = str(tmp / "no_fashioniq_here")
+  c.tgir.categories = ("dress", "shirt")
+  workdir = tmp / "failed_start"
+  with pytest.raises(FileNotFoundError, match="no_fashioniq_here"):
+    finetune.finetune_and_evaluate(c, str(workdir))
+  assert not workdir.exists()
+  c.data.root = str(tmp / "fashioniq")
+  c.init_checkpoint = str(tmp / "no_such_run" / "checkpoints")
+  with pytest.raises(FileNotFoundError, match=r"config.init_checkpoint='.*no_such_run"):
+    finetune.finetune_and_evaluate(c, str(workdir))
+  assert not workdir.exists()
+
+
 def test_validate_names_the_task_fields(finetune_files):
   tmp = finetune_files["tmp"]
   c = fakes.finetune_config("retrieval", tmp)
@@ -176,6 +226,13 @@ def test_validate_names_the_task_fields(finetune_files):
   c.data.name = "fashiongen"
   c.data.grouping = "embedding"
   with pytest.raises(ValueError, match="config.data.grouping='embedding'"):
+    finetune.validate(c)
+  c.task = "tgir"
+  c.data.grouping = "none"
+  with pytest.raises(ValueError, match="the tgir task reads one of"):
+    finetune.validate(c)
+  c.data.name = "synthfashion_tgir"
+  with pytest.raises(ValueError, match=r"config.tgir.categories=\('dress'"):
     finetune.validate(c)
   c.task = "segmentation"
   with pytest.raises(ValueError, match="config.task='segmentation'"):

@@ -118,7 +118,7 @@ def test_report_from_run_files(tmp_path):
   readme = tmp_path / "README.md"
   readme.write_text(f"# x\n{report.README_BEGIN}\nold\n{report.README_END}\n## next\n")
   path = report.main([f"--workdir={root}", f"--docs={docs}", "--variants=syncmask,random_masks",
-                      "--seeds=0,1", "--no_run", "--steps=10", f"--readme={readme}"])
+                      "--seeds=0,1", "--no_run", "--steps=400", f"--readme={readme}"])
   text = open(path).read()
   # Means and sample stds of the runs' own numbers (r_mean is block value + 6).
   assert "| syncmask | SyncMask masks, ungrouped batches | 2 | 0.450 ± 0.071 |" in text
@@ -171,7 +171,7 @@ def test_runs_on_different_twins_sets_are_not_compared(tmp_path):
               twins_products=products)
   with pytest.raises(ValueError, match=r"\(200, 600\): syncmask seed 0; "
                      r"\(1000, 3000\): syncmask seed 1"):
-    report.collect(str(root), ["syncmask"], [0, 1])
+    report.collect(str(root), {"syncmask": [0, 1]})
 
 
 def test_twins_plot_marks_each_groups_chance(tmp_path):
@@ -204,7 +204,7 @@ def test_report_goes_to_the_workdir_unless_published(tmp_path):
   assert path == str(root / "report" / "results.md")
   assert os.path.getsize(root / "report" / "results" / "recall.png") > 1000
   assert [os.path.getmtime(p) for p in published] == before
-  args = report.parse_args([f"--workdir={root}", "--publish"])
+  args = report.parse_args([f"--workdir={root}", "--study=published", "--publish"])
   assert args.docs == os.path.join(report.REPO, "docs")
   assert args.readme == os.path.join(report.REPO, "README.md")
   assert report.parse_args([f"--workdir={root}"]).readme == ""
@@ -241,6 +241,8 @@ def test_real_sweep_end_to_end(tmp_path):
            "--override=--config.eval.twins.num_products=4"]  # the study's 1000: minutes
   path = report.main([f"--workdir={tmp_path / 'runs'}", f"--docs={tmp_path / 'docs'}",
                       "--variants=syncmask", "--seeds=0", "--steps=3",
+                      # SyncMask's masks from step 1 (the SynthFashion warm-up is 300).
+                      "--override=--config.masking.warmup_steps=1",
                       "--finetune_steps=2", "--finetune_override=--config.log_every=1",
                       "--finetune_override=--config.data.synth_train_products=64",
                       "--finetune_override=--config.data.synth_val_products=24",
@@ -260,3 +262,105 @@ def test_readme_without_markers_is_an_error_naming_it(tmp_path):
   with pytest.raises(ValueError, match="README.md: no .*report:begin"):
     report.update_readme(str(readme), ["x"])
   assert readme.read_text() == "# no markers\n"
+
+
+def test_a_sweep_that_compares_a_model_with_itself_is_refused(tmp_path):
+  """At 300 steps SynthFashion's warm-up keeps SyncMask on random masks throughout:
+  syncmask and random_masks would agree to the last digit. Refused before any run, naming
+  the switch; 600 steps (the trial study.sh suggests) passes the check."""
+  root = tmp_path / "runs"
+  with pytest.raises(SystemExit, match=r"random_masks and syncmask train the same model: "
+                     r"masking.warmup_steps=300 >= 300 steps keeps masking.strategy="
+                     r"'syncmask' on random masks"):
+    report.main([f"--workdir={root}", "--variants=syncmask,random_masks", "--seeds=0,1",
+                 "--steps=300", "--no_run"])
+  assert not root.exists()
+  # syncmask alone is refused too: its own switch does nothing.
+  with pytest.raises(SystemExit, match="random_masks and syncmask train the same model"):
+    report.main([f"--workdir={root}", "--variants=syncmask", "--seeds=0", "--steps=30",
+                 "--no_run"])
+  # A warm-up shorter than the run: nothing to refuse (and no runs to report).
+  with pytest.raises(SystemExit, match="no finished runs"):
+    report.main([f"--workdir={root}", "--variants=syncmask,random_masks", "--seeds=0,1",
+                 "--steps=600", "--no_run"])
+  with pytest.raises(SystemExit, match="no finished runs"):
+    report.main([f"--workdir={root}", "--variants=syncmask", "--seeds=0", "--steps=30",
+                 "--override=--config.masking.warmup_steps=10", "--no_run"])
+
+
+def test_switches_that_do_nothing_are_named():
+  configs = report.variant_configs(1000, [])
+  assert report.study.same_models(configs, train_records=6000) == []
+  # No ITM loss: the miner's mode is never read, the negatives ablations are one model.
+  configs = report.variant_configs(1000, ["--config.loss.itm=0"])
+  pairs = {(a, b): why_a + why_b
+           for a, b, why_a, why_b in report.study.same_models(configs, train_records=6000)}
+  assert pairs[("full_subcategory", "negatives_random")] == [
+      "loss.itm=0: no loss reads the mined negatives (negatives.mode='semi_hard')",
+      "loss.itm=0: no loss reads the mined negatives (negatives.mode='random')"]
+  assert ("syncmask", "ungrouped_hard") in pairs
+  # One record per subcategory in a batch: grouping puts no two of one together.
+  configs = report.variant_configs(1000, ["--config.data.subcategories_per_batch=32"])
+  (a, b, why_a, why_b), = [p for p in report.study.same_models(configs, train_records=6000)
+                           if "full_subcategory" in p[:2]]
+  assert (a, b) == ("syncmask", "full_subcategory") and not why_a
+  assert why_b == ["data.grouping='subcategory' with data.subcategories_per_batch=32 in a "
+                   "batch of 32: one record per subcategory, so no two records of a "
+                   "subcategory share a batch"]
+  # Embedding grouping orders an epoch by the previous one's embeddings: a run inside
+  # its first epoch (6000 records / 32 = 187 steps) is a shuffle.
+  configs = report.variant_configs(150, ["--config.masking.warmup_steps=0"])
+  pairs = report.study.same_models(configs, train_records=6000)
+  assert [(a, b) for a, b, _, _ in pairs] == [("syncmask", "full_embedding")]
+  assert "187 steps" in pairs[0][3][0]
+  configs = report.variant_configs(200, ["--config.masking.warmup_steps=0"])
+  assert report.study.same_models(configs, train_records=6000) == []
+
+
+def test_tally_counts_claims_without_a_verdict():
+  one = report.judge([1.0], [0.5])
+  two = report.judge([1.0, 1.1], [0.5, 1.4])
+  judged = [(c, j) for c, j in zip(report.CLAIMS, [one, one, two])]
+  assert report.tally_line(judged) == (
+      "Of 3 claims, 0 held, 0 went the other way, 1 are within the seed spread and 2 have "
+      "no verdict (one seed a side: run two or more).")
+  assert report.tally_line(judged[2:]) == (
+      "Of 1 claims, 0 held, 0 went the other way and 1 are within the seed spread.")
+
+
+def test_a_named_study_fixes_its_budget_and_seeds(tmp_path, capsys):
+  args = report.parse_args(["--study=published", "--jobs=2", "--publish"])
+  published = report.study.STUDIES["published"]
+  assert (args.steps, args.finetune_steps) == (3000, 300)
+  assert args.workdir == os.path.join(os.getcwd(), "runs", "study3000")
+  assert args.seeds_of["syncmask"] == list(range(10))
+  assert args.seeds_of["negatives_hard"] == [0, 1, 2]
+  assert list(args.seeds_of) == list(published.seeds)
+  with pytest.raises(SystemExit):
+    report.parse_args(["--study=published", "--steps=1000"])
+  assert "--study=published fixes --steps" in capsys.readouterr().err
+  # --publish writes the README's block: only from a named study, so the command the
+  # block names makes it again.
+  with pytest.raises(SystemExit):
+    report.parse_args([f"--workdir={tmp_path}", "--publish"])
+  assert "--publish writes the README's block" in capsys.readouterr().err
+
+
+def test_readme_block_names_the_command_that_made_it():
+  """The block's command, parsed, is the study in its table (runs per variant, steps),
+  and the README's launcher line runs exactly that command."""
+  with open(os.path.join(report.REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  block = readme.split(report.README_BEGIN)[1].split(report.README_END)[0]
+  command = block.split("From `python -m syncmask_jax.report ", 1)[1].split("`", 1)[0]
+  args = report.parse_args(command.split())
+  rows = [r.split("|") for r in block.splitlines() if r.startswith("| ")]
+  runs = {r[1].strip(): int(r[3]) for r in rows if r[3].strip().isdigit()}
+  assert {v: len(s) for v, s in args.seeds_of.items()} == runs
+  assert f"({args.steps} steps of the tiny model per run" in block
+  assert f"then {args.finetune_steps} fine-tuning steps" in block
+  launcher = readme.split("```bash\n./launch/study.sh ", 1)[1].split("\n", 1)[0]
+  with open(os.path.join(report.REPO, "launch", "study.sh"), encoding="utf-8") as f:
+    study_sh = f.read()
+  assert 'syncmask_jax.report --jobs=2 "$@"' in study_sh
+  assert command == f"--jobs=2 {launcher}"

@@ -58,9 +58,11 @@ class FashionIQIndex:
   """The JSON part of one category: caption triplets and split lists per split."""
 
   def __init__(self, category: str, captions: dict[str, list[dict[str, Any]]],
-               splits: dict[str, list[str]], origin: str):
-    if category not in CATEGORIES:
-      raise ValueError(f"FashionIQ category {category!r}: expected one of {CATEGORIES}")
+               splits: dict[str, list[str]], origin: str,
+               categories: tuple[str, ...] = CATEGORIES):
+    # `categories`: another set for records written in this format (synthfashion_tgir).
+    if category not in categories:
+      raise ValueError(f"FashionIQ category {category!r}: expected one of {categories}")
     self.category = category
     self.captions = captions
     self.splits = splits

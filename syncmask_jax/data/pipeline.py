@@ -55,19 +55,25 @@ from syncmask_jax import console, paths
 from syncmask_jax import tokenizer as tokenizer_lib
 from syncmask_jax.data import grouping
 from syncmask_jax.data import synthfashion
+from syncmask_jax.data import synthfashion_tgir
 from syncmask_jax.data import synthfashion_vqa
 from syncmask_jax.data import transforms
 from syncmask_jax.data import vqa
 
-DATASETS = ("synthfashion", "fashiongen", "fashioniq", "coco", "vqa", "synthfashion_vqa")
+DATASETS = ("synthfashion", "fashiongen", "fashioniq", "coco", "vqa", "synthfashion_vqa",
+            "synthfashion_tgir")
 # Which sources ("parts") a dataset has; the first is what training reads.
 # Captioning's parts: "captions" (one record per caption), "caption_images" (per image).
 PARTS = {"synthfashion": ("pairs", "captions", "caption_images"), "fashiongen": ("pairs",),
          "fashioniq": ("queries", "gallery"),
          "coco": ("pairs", "images", "texts", "captions", "caption_images"),
-         "vqa": ("questions",), "synthfashion_vqa": ("questions",)}
+         "vqa": ("questions",), "synthfashion_vqa": ("questions",),
+         "synthfashion_tgir": ("queries", "gallery")}
 EVAL_SPLIT = {"synthfashion": "val", "fashiongen": "validation", "fashioniq": "val",
-              "coco": "test", "vqa": "test", "synthfashion_vqa": "val"}
+              "coco": "test", "vqa": "test", "synthfashion_vqa": "val",
+              "synthfashion_tgir": "val"}
+# The datasets generated from SynthFashion's products: its vocabulary by default.
+SYNTHETIC = ("synthfashion", "synthfashion_vqa", "synthfashion_tgir")
 _AUGMENT_TAG = 0xA06  # folds "augmentation" into the per-example seed
 # Host-only field of train examples: the records replaced at read time (see _LoadTrain).
 SKIPPED_FIELD = "skipped_records"
@@ -82,7 +88,7 @@ def vocab_path(config: ml_collections.ConfigDict) -> str:
   SynthFashion vocabulary for SynthFashion."""
   path = config.data.vocab_path
   if not path:
-    if config.data.name not in ("synthfashion", "synthfashion_vqa"):
+    if config.data.name not in SYNTHETIC:
       raise ValueError(f"config.data.vocab_path is empty: {config.data.name} needs a "
                        "BERT vocab.txt or tokenizer.json (the SynthFashion vocabulary "
                        "only knows the generator's words)")
@@ -202,9 +208,15 @@ def make_source(config: ml_collections.ConfigDict, split: str,
     if use_tfds:
       return fashiongen.FashionGenTfds(tfds_dir, split)
     return fashiongen.source(d.root, split, skip_bad_records=skip)
-  if name == "fashioniq":
-    triplets, gallery = _fashioniq(d.root, d.fashioniq_category, split,
-                                   d.fashioniq_gallery, skip, verify, tfds_dir)
+  if name in ("fashioniq", "synthfashion_tgir"):
+    if name == "synthfashion_tgir":  # fashioniq_category: a twin attribute
+      triplets, gallery = synthfashion_tgir.sources(
+          split, d[f"synth_{split}_products"], int(d.synth_seed),
+          int(config.model.image_size), d.fashioniq_category, int(config.tgir.synth_twins),
+          d.fashioniq_gallery)
+    else:
+      triplets, gallery = _fashioniq(d.root, d.fashioniq_category, split,
+                                     d.fashioniq_gallery, skip, verify, tfds_dir)
     if part == "gallery" and gallery is None:
       raise ValueError(f"FashionIQ {split}: no gallery (no split list)")
     return triplets if part == "queries" else gallery

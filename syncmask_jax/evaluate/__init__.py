@@ -371,12 +371,15 @@ def retrieval_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: A
   name = config.data.name
   if name == "coco":
     return karpathy_retrieval(config, graphdef, params, mesh)
-  if name == "fashioniq":
+  if name in TGIR_PROTOCOL:
     return tgir_blocks(config, graphdef, params, mesh)
   return fashion_retrieval(config, graphdef, params, mesh)[0]
 
 
-# -- FashionIQ TGIR ---------------------------------------------------------------------
+# -- TGIR: FashionIQ, SynthFashion-TGIR ---------------------------------------------------
+
+# The block's protocol name per dataset of the tgir task.
+TGIR_PROTOCOL = {"fashioniq": "fashioniq_tgir", "synthfashion_tgir": "synthfashion_tgir"}
 
 
 def with_data(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
@@ -392,6 +395,8 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
   """R@10/R@50 per category and their mean, per gallery protocol (scoring `itc`: the
   cosine of the projected fused query and the projected gallery image)."""
   t = config.tgir
+  protocol_name = TGIR_PROTOCOL[config.data.name]
+  split = pipeline.EVAL_SPLIT[config.data.name]
   ks = tuple(int(k) for k in t.ks)
   chunk = eval_settings(config).query_chunk
   scorer = retrieval.Scorer("itc")
@@ -419,8 +424,8 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
                                      query_is_image=False, chunk=chunk,
                                      names=("query_feat", "image_feat"))
       missing = ~np.isin(queries["product_id"], gallery["product_id"])
-      blocks.append({"protocol": "fashioniq_tgir", "gallery": protocol, "scoring": "itc",
-                     "category": category, "split": pipeline.EVAL_SPLIT["fashioniq"],
+      blocks.append({"protocol": protocol_name, "gallery": protocol, "scoring": "itc",
+                     "category": category, "split": split,
                      "num_queries": int(len(ranks)), "num_gallery": int(len(gallery["index"])),
                      "queries_target_not_in_gallery": int(missing.sum()),
                      "skipped_records": {**skipped,
@@ -428,8 +433,8 @@ def tgir_blocks(config: ml_collections.ConfigDict, graphdef: Any, params: Any,
                      **retrieval.recall_at_k(ranks, ks)})
   for protocol in t.gallery_protocols:
     per = [b for b in blocks if b["gallery"] == protocol]
-    blocks.append({"protocol": "fashioniq_tgir", "gallery": protocol, "scoring": "itc",
-                   "category": "mean", "split": pipeline.EVAL_SPLIT["fashioniq"],
+    blocks.append({"protocol": protocol_name, "gallery": protocol, "scoring": "itc",
+                   "category": "mean", "split": split,
                    "categories": [b["category"] for b in per],
                    **{f"r{k}": float(np.mean([b[f"r{k}"] for b in per])) for k in ks}})
   return blocks
@@ -595,7 +600,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     else:
       recalls = "  ".join(f"R@{k[1:]} {v:.1f}" for k, v in b.items()
                           if k[:1] == "r" and k[1:].isdigit())
-      lines.append(f"{label}: {recalls}")
+      size = (f" ({b['num_queries']} queries x {b['num_gallery']} images)"
+              if "num_gallery" in b else "")
+      lines.append(f"{label}{size}: {recalls}")
   plural = {"patch": "patches", "token": "tokens"}
   trained = results.get("masks_trained", ())
   precisions = [f"{plural[kind]} {results[f'mask_precision_{kind}_method']:.3f} vs "

@@ -1,4 +1,6 @@
-"""FashionIQ text-guided image retrieval (TGIR, docs/method.md 7), `config.task='tgir'`.
+"""Text-guided image retrieval (TGIR, docs/method.md 7), `config.task='tgir'`, on FashionIQ
+(`data.name='fashioniq'`) or on SynthFashion's twins (`'synthfashion_tgir'`,
+data/synthfashion_tgir.py: the same records, the twin attributes as categories).
 
 Query = text_proj of the fused [CLS] of (reference image, "caption1 and caption2"),
 L2-normalised; InfoNCE of each query against the in-batch target images' projected
@@ -18,7 +20,7 @@ from flax import nnx
 
 from syncmask_jax import evaluate, losses
 from syncmask_jax import train_state as train_state_lib
-from syncmask_jax.data import pipeline
+from syncmask_jax.data import pipeline, synthfashion_tgir
 from syncmask_jax.models.vlp import VLP
 from syncmask_jax.tasks import base
 
@@ -61,9 +63,23 @@ class Tgir(base.Task):
   name = "tgir"
 
   def validate(self) -> None:
-    name = self.config.data.name
-    if name != "fashioniq":
-      raise ValueError(f"config.data.name={name!r}: the tgir task reads fashioniq")
+    # fashioniq.py imports TFDS: only a tgir run pays for it.
+    from syncmask_jax.data import fashioniq  # pylint: disable=g-import-not-at-top
+    # The datasets the task reads -> their categories (config.tgir.categories).
+    datasets = {"fashioniq": fashioniq.CATEGORIES,
+                "synthfashion_tgir": synthfashion_tgir.ATTRIBUTES}
+    name, t = self.config.data.name, self.config.tgir
+    if name not in datasets:
+      raise ValueError(f"config.data.name={name!r}: the tgir task reads one of "
+                       f"{tuple(datasets)}")
+    unknown = [c for c in t.categories if c not in datasets[name]]
+    if unknown or not t.categories:
+      raise ValueError(f"config.tgir.categories={tuple(t.categories)!r}: {name} has "
+                       f"{datasets[name]}")
+    unknown = [g for g in t.gallery_protocols if g not in fashioniq.GALLERY_PROTOCOLS]
+    if unknown or not t.gallery_protocols:
+      raise ValueError(f"config.tgir.gallery_protocols={tuple(t.gallery_protocols)!r}: "
+                       f"expected some of {fashioniq.GALLERY_PROTOCOLS}")
 
   def build_model(self) -> VLP:
     return VLP(self.config.model, rngs=nnx.Rngs(params=self.config.seed))
