@@ -102,7 +102,7 @@ def _stored_params(directory: str, step: int | None = None, item: str = "params"
   directory = paths.resolve(directory)  # Orbax has no metadata for a relative path
   if not paths.path(directory).is_dir():
     raise FileNotFoundError(f"{directory!r}: no such directory (expected a run's "
-                            "checkpoints/ directory or a released weights file)")
+                            "checkpoints/ directory)")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True, create=False), item_names=("state", "data"))
   step = manager.latest_step() if step is None else step

@@ -49,7 +49,7 @@ def import_blip_caption(path: str, params: Params, config: ml_collections.Config
                         ) -> tuple[Params, keymap.ImportReport]:
   """A BLIP caption checkpoint file into the captioning model's `params` (a pure dict,
   not modified), checked against config.model and config.captioning."""
-  hf_config, tensors = files.read_checkpoint(path, require_config=False)
+  hf, tensors = files.read_checkpoint(path, require_config=False)
   if not is_blip_caption(tensors):
     sample = ", ".join(sorted(tensors)[:4])
     raise ValueError(f"{path!r} is not a BLIP caption checkpoint: it needs visual_encoder.* "
@@ -72,7 +72,7 @@ def import_blip_caption(path: str, params: Params, config: ml_collections.Config
       raise ValueError(f"checkpoint {path!r} gives {got} for {field}, the model has {want} "
                        f"({keymap.mismatch_cause([field])})")
   imp = keymap.Importer(path, params, tensors, scopes=tuple(params))
-  keymap.check_eps(hf_config.get("vision_config", {"layer_norm_eps": vit.TIMM_LN_EPS}),
+  keymap.check_eps(hf.get("vision_config", {"layer_norm_eps": vit.TIMM_LN_EPS}),
                    m.vision_ln_eps, "vision_ln_eps", imp.report)
   vit.prepare_vit(imp, vision[0], vision[1], m.image_size // m.patch_size)
   token_type = "token_type" in params["text_decoder"]["embeddings"]
