@@ -43,6 +43,12 @@ ATTRIBUTES = ("colour", "pattern", "detail_presence", "detail_colour", "detail_s
 DETAILS = ("detail_presence", "detail_colour", "detail_side")
 TARGET = (55.0, 80.0)  # twins R@1 (%) on every detail attribute, chance 25
 MIN_SEEDS = 3  # per baseline, for a setting to count as calibrated
+# The study's setting as published (summary.json of a report): (label, path, steps).
+PUBLISHED = (
+    ("budget1000 (twins on 200 products)",
+     os.path.join(HERE, "..", "budget1000", "results", "summary.json"), 1000),
+    ("results (twins on 1000 products)",
+     os.path.join(HERE, "..", "results", "summary.json"), 3000))
 
 # The plan, in the order it is tried: the cheapest levers first (the same cost per step
 # as today), then more patches, then a bigger model. `overrides` are --config flags.
@@ -165,11 +171,23 @@ def write_doc() -> str:
       "random MLM + MIM masks; `albef`: the ALBEF recipe) at "
       f"{TARGET[0]:.0f}-{TARGET[1]:.0f}% twins R@1 on every detail attribute (1+3 twins, "
       "mean of i2t and t2i, chance 25%), over at least "
-      f"{MIN_SEEDS} seeds each, with colour below 100%. At the study's setting every "
-      "variant sits at 42-50% on the details and 97-100% on colour "
-      "([results.md](../results.md), [budget1000](../budget1000/results.md)), so no "
-      "masking can show a detail effect there. Only baselines run here: the setting is "
-      "fixed in a named config and committed before any SyncMask run at it.",
+      f"{MIN_SEEDS} seeds each, with colour below 100%. At the study's setting the "
+      "baselines sit well below that on the details and near 100% on colour (the table "
+      "below, from the published reports' summary.json), so no masking can show a detail "
+      "effect there. Only baselines run here: the setting is fixed in a named config and "
+      "committed before any SyncMask run at it.",
+      "",
+      "| published report | steps | variant | seeds | " + " | ".join(ATTRIBUTES) + " |",
+      "|---|---|---|---|" + "---|" * len(ATTRIBUTES)]
+  for label, path, steps in PUBLISHED:
+    with open(path, encoding="utf-8") as f:
+      summary = json.load(f)
+    for variant in BASELINES:
+      runs = summary[variant].values()
+      lines.append(f"| {label} | {steps} | {variant} | {len(runs)} | " + " | ".join(
+          f"{np.mean([r[f'{report.TWINS}_{a}'] for r in runs]):.1f}" for a in ATTRIBUTES)
+          + " |")
+  lines += [
       "",
       "## The plan",
       "",
@@ -193,19 +211,21 @@ def write_doc() -> str:
       "Twins R@1 (%) per changed attribute, i2t / t2i and their mean; 1+3 twins on the "
       "eval split's first 1000 products (the study's set). Wall time: the whole run "
       "(compilation, training, every end-of-run evaluation) on 2 CPU cores shared with "
-      "other jobs; load: the machine's 5-minute load average before and after. "
+      "other jobs; load: the machine's 5-minute load average before and after; "
+      "*finished* gives the order the runs were made in (not every planned setting has "
+      "run). "
       "*target*: every detail attribute in "
       f"{TARGET[0]:.0f}-{TARGET[1]:.0f} and colour below 100.",
       ""]
   if not records:
     lines += ["No run has finished yet.", ""]
   else:
-    lines += ["| setting | variant | seed | steps | wall (min) | load | "
+    lines += ["| setting | variant | seed | steps | finished | wall (min) | load | "
               + " | ".join(ATTRIBUTES) + " | target |",
-              "|---|---|---|---|---|---|" + "---|" * len(ATTRIBUTES) + "---|"]
+              "|---|---|---|---|---|---|---|" + "---|" * len(ATTRIBUTES) + "---|"]
     for r in records:
       head = (f"| {r['setting']} | {r['variant']} | {r['seed']} | {r['steps']} | "
-              f"{r['wall_seconds'] / 60:.1f} | {r['load_average_5min'][0]:.1f}-"
+              f"{r['finished']} | {r['wall_seconds'] / 60:.1f} | {r['load_average_5min'][0]:.1f}-"
               f"{r['load_average_5min'][1]:.1f} | ")
       if r["status"] != "done":
         lines.append(head + f"failed (exit {r['exit_code']}; see [{r['file']}]"
