@@ -88,6 +88,14 @@ SETTINGS = {
         why=("size1.6 with twice the width and depth of the tiny model (vision 128 x 4, "
              "text 128 x 2, fusion 2, ITC 64): is the tiny model too small? The most "
              "expensive lever, several times the step time")),
+    # Added after the first runs: size2_contrast150 lifted a detail's presence the most
+    # of the data levers, so the model levers are stacked on it from here on.
+    "max_text2_embed64": dict(overrides=[
+        "--config.data.synth_detail_size=2.0", "--config.data.synth_detail_contrast=150",
+        "--config.model.text_layers=2", "--config.model.embed_dim=64"],
+        why=("size2_contrast150 with text2_embed64's model: the data levers at their "
+             "most, then the cheap model lever for what they leave (a detail's colour "
+             "and side need a word bound to a detail noun)")),
 }
 
 
@@ -95,8 +103,21 @@ def result_path(setting: str, variant: str, seed: int, steps: int) -> str:
   return os.path.join(RESULTS, f"{setting}-{variant}-seed{seed}-steps{steps}.json")
 
 
-def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str) -> dict:
-  """One baseline pretraining run at `setting`; its result record (also written)."""
+STOPPED = "stopped at step"  # main.py's last line when a signal stopped a run
+
+
+def status(record: dict) -> str:
+  """done | stopped (a signal stopped it, its checkpoint saved: rerunning resumes it) |
+  failed."""
+  if record["status"] == "done":
+    return "done"
+  return "stopped" if STOPPED in record.get("log_tail", "") else "failed"
+
+
+def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str,
+            earlier: dict | None = None) -> dict:
+  """One baseline pretraining run at `setting`, resuming the `earlier` record's stopped
+  run if given (its wall time is added); its result record (also written)."""
   if variant not in BASELINES:
     raise ValueError(f"variant={variant!r}: the calibration runs baselines only "
                      f"{BASELINES} (issue 30: no SyncMask run before the setting is fixed)")
@@ -112,7 +133,7 @@ def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str) -> 
   load_before, t0 = os.getloadavg()[1], time.time()
   with open(log, "w", encoding="utf-8") as f:
     proc = subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
-  seconds = time.time() - t0
+  seconds = time.time() - t0 + (earlier["wall_seconds"] if earlier else 0.0)
   record = dict(setting=setting, overrides=overrides, variant=variant, seed=seed,
                 steps=steps, wall_seconds=round(seconds, 1),
                 load_average_5min=[round(load_before, 2), round(os.getloadavg()[1], 2)],
@@ -124,7 +145,9 @@ def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str) -> 
   if proc.returncode != 0 or not os.path.exists(
       os.path.join(directory, "eval", "pretrain.json")):
     with open(log, encoding="utf-8") as f:
-      record.update(status="failed", exit_code=proc.returncode, log_tail=f.read()[-2000:])
+      tail = f.read()[-2000:]
+    record.update(status="stopped" if STOPPED in tail else "failed",
+                  exit_code=proc.returncode, log_tail=tail)
   else:
     figures = report.read_run(directory)
     record.update(status="done", twins_size=figures.get("twins_size"), twins_r1={
@@ -227,9 +250,13 @@ def write_doc() -> str:
       head = (f"| {r['setting']} | {r['variant']} | {r['seed']} | {r['steps']} | "
               f"{r['finished']} | {r['wall_seconds'] / 60:.1f} | {r['load_average_5min'][0]:.1f}-"
               f"{r['load_average_5min'][1]:.1f} | ")
-      if r["status"] != "done":
-        lines.append(head + f"failed (exit {r['exit_code']}; see [{r['file']}]"
-                     f"(calibration/{r['file']}))" + " |" * len(ATTRIBUTES) + " no |")
+      if status(r) != "done":
+        # A stopped run measured nothing yet (the session's note says why it stopped);
+        # rerunning its command resumes it from its checkpoint.
+        how = (r["log_tail"][r["log_tail"].index(STOPPED):].split(",")[0] + " (resumable)"
+               if status(r) == "stopped" else f"failed (exit {r['exit_code']})")
+        lines.append(head + f"{how}; see [{r['file']}](calibration/{r['file']})"
+                     + " |" * len(ATTRIBUTES) + " no |")
         continue
       values = {a: mean_r1(r, a) for a in ATTRIBUTES}
       lines.append(head + " | ".join(
@@ -292,11 +319,16 @@ def main() -> None:
                    "runs no SyncMask, SemMIM or grouped variant")
     for seed in (int(s) for s in args.seeds.split(",")):
       for variant in variants:
-        if os.path.exists(result_path(args.setting, variant, seed, args.steps)):
-          print(f"{args.setting} {variant} seed {seed}: recorded already, skipped")
-          continue
-        r = run_one(args.setting, variant, seed, args.steps, args.workdir)
-        print(f"{args.setting} {variant} seed {seed} {args.steps} steps: {r['status']} in "
+        path = result_path(args.setting, variant, seed, args.steps)
+        earlier = None
+        if os.path.exists(path):
+          with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+          if status(earlier) != "stopped":
+            print(f"{args.setting} {variant} seed {seed}: recorded already, skipped")
+            continue
+        r = run_one(args.setting, variant, seed, args.steps, args.workdir, earlier)
+        print(f"{args.setting} {variant} seed {seed} {args.steps} steps: {status(r)} in "
               f"{r['wall_seconds'] / 60:.1f} min", flush=True)
         write_doc()
   print(f"wrote {write_doc()}")
