@@ -96,6 +96,14 @@ SETTINGS = {
         why=("size2_contrast150 with text2_embed64's model: the data levers at their "
              "most, then the cheap model lever for what they leave (a detail's colour "
              "and side need a word bound to a detail noun)")),
+    # Added after max_text2_embed64 left a detail's colour and side where
+    # size2_contrast150 had them: the text side is not what holds them back at this size.
+    "max_px96": dict(overrides=[
+        "--config.data.synth_detail_size=2.0", "--config.data.synth_detail_contrast=150",
+        "--config.model.image_size=96"],
+        why=("size2_contrast150 at 96 px with 8-px patches (a pocket 21 px, about 3x3 "
+             "patches; the neck opening that tells a front view from a back one twice as "
+             "many pixels): is it the resolution, for the side and colour?")),
 }
 
 
