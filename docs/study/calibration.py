@@ -111,6 +111,19 @@ def result_path(setting: str, variant: str, seed: int, steps: int) -> str:
   return os.path.join(RESULTS, f"{setting}-{variant}-seed{seed}-steps{steps}.json")
 
 
+def twins_figures(directory: str) -> dict:
+  """A finished run's twins R@1 per attribute (the report's reading of its files) and
+  how many queries each attribute's figure rests on (a setting changes the twins set:
+  bigger details leave fewer mirror placements, so fewer side twins)."""
+  figures = report.read_run(directory)
+  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
+    block = next(b for b in json.load(f)["results"]
+                 if b.get("protocol") == "twins" and b.get("scoring") == "itc")
+  return dict(twins_size=figures.get("twins_size"), twins_r1={
+      a: {side: round(figures[f"twins/{side}_r1_{a}"], 2) for side in ("i2t", "t2i")}
+      for a in ATTRIBUTES}, twins_queries={a: block[f"num_queries_{a}"] for a in ATTRIBUTES})
+
+
 STOPPED = "stopped at step"  # main.py's last line when a signal stopped a run
 
 
@@ -157,10 +170,8 @@ def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str,
     record.update(status="stopped" if STOPPED in tail else "failed",
                   exit_code=proc.returncode, log_tail=tail)
   else:
-    figures = report.read_run(directory)
-    record.update(status="done", twins_size=figures.get("twins_size"), twins_r1={
-        a: {side: round(figures[f"twins/{side}_r1_{a}"], 2) for side in ("i2t", "t2i")}
-        for a in ATTRIBUTES})
+    record.update(status="done", directory=os.path.relpath(directory, ROOT),
+                  **twins_figures(directory))
   os.makedirs(RESULTS, exist_ok=True)
   with open(result_path(setting, variant, seed, steps), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1)
@@ -244,7 +255,8 @@ def write_doc() -> str:
       "(compilation, training, every end-of-run evaluation) on 2 CPU cores shared with "
       "other jobs; load: the machine's 5-minute load average before and after; "
       "*finished* gives the order the runs were made in (not every planned setting has "
-      "run). "
+      "run); *detail queries*: the views each detail attribute's R@1 rests on (presence / "
+      "colour / side; a setting changes the twins set). "
       "*target*: every detail attribute in "
       f"{TARGET[0]:.0f}-{TARGET[1]:.0f} and colour below 100.",
       ""]
@@ -252,8 +264,8 @@ def write_doc() -> str:
     lines += ["No run has finished yet.", ""]
   else:
     lines += ["| setting | variant | seed | steps | finished | wall (min) | load | "
-              + " | ".join(ATTRIBUTES) + " | target |",
-              "|---|---|---|---|---|---|---|" + "---|" * len(ATTRIBUTES) + "---|"]
+              + " | ".join(ATTRIBUTES) + " | detail queries | target |",
+              "|---|---|---|---|---|---|---|" + "---|" * len(ATTRIBUTES) + "---|---|"]
     for r in records:
       head = (f"| {r['setting']} | {r['variant']} | {r['seed']} | {r['steps']} | "
               f"{r['finished']} | {r['wall_seconds'] / 60:.1f} | {r['load_average_5min'][0]:.1f}-"
@@ -264,12 +276,13 @@ def write_doc() -> str:
         how = (r["log_tail"][r["log_tail"].index(STOPPED):].split(",")[0] + " (resumable)"
                if status(r) == "stopped" else f"failed (exit {r['exit_code']})")
         lines.append(head + f"{how}; see [{r['file']}](calibration/{r['file']})"
-                     + " |" * len(ATTRIBUTES) + " no |")
+                     + " |" * len(ATTRIBUTES) + " | no |")
         continue
       values = {a: mean_r1(r, a) for a in ATTRIBUTES}
       lines.append(head + " | ".join(
           f"{r['twins_r1'][a]['i2t']:.1f} / {r['twins_r1'][a]['t2i']:.1f} "
           f"(**{values[a]:.1f}**)" for a in ATTRIBUTES)
+          + " | " + "/".join(str(r["twins_queries"][a]) for a in DETAILS)
           + f" | {'yes' if on_target(values) else 'no'} |")
     lines += ["", "## Per setting", "",
               "Mean over seeds of the runs above (mean of i2t and t2i), per setting, "
@@ -318,6 +331,8 @@ def main() -> None:
   run.add_argument("--steps", type=int, default=1000)
   run.add_argument("--workdir", default=os.path.join(ROOT, "runs", "calibration"))
   sub.add_parser("doc", help="rewrite docs/study/calibration.md from the result files")
+  sub.add_parser("refresh", help="reread the twins figures of every finished run from its "
+                 "run directory into its result file (after the record grew a field)")
   args = parser.parse_args()
   if args.command == "run":
     variants = args.variants.split(",")
@@ -339,6 +354,18 @@ def main() -> None:
         print(f"{args.setting} {variant} seed {seed} {args.steps} steps: {status(r)} in "
               f"{r['wall_seconds'] / 60:.1f} min", flush=True)
         write_doc()
+  if args.command == "refresh":
+    for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
+      with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+      if record["status"] != "done":
+        continue
+      directory = record.get("directory") or os.path.relpath(report.run_dir(os.path.join(
+          ROOT, "runs", "calibration", record["setting"], f"steps{record['steps']}"),
+          record["variant"], record["seed"]), ROOT)
+      record.update(directory=directory, **twins_figures(os.path.join(ROOT, directory)))
+      with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
   print(f"wrote {write_doc()}")
 
 
