@@ -37,6 +37,13 @@ NEGATIVE_EXCLUDES = ("false_negatives", "self")  # config.negatives.exclude
 MIM_TARGETS = ("pixels", "momentum_features", "prototypes")  # config.loss.mim_target
 EVAL_SCORINGS = ("itc", "itc+itm")  # config.eval.scoring (retrieval.Scorer)
 EVAL_PROTOCOLS = ("full_gallery", "one_plus_100", "twins", "karpathy", "tgir")
+# SynthFashion's detail levers (synthfashion.DetailStyle), as [low, high]. Size: a scale
+# of the small details' boxes; above 2 a pair of pockets no longer fits a panel side by
+# side nor one in a profile. Contrast: the least RGB distance of a detail's colour from
+# the body, in (0, 150]; above about 159 a grey patterned body leaves a detail fewer than
+# two colours, and then no detail-colour twin.
+SYNTH_DETAIL_SIZES = (0.5, 2.0)
+SYNTH_DETAIL_CONTRASTS = (0.0, 150.0)
 # What `config.eval.protocols=()` runs on each dataset (evaluate.eval_settings).
 DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100", "twins"),
                      "fashiongen": ("full_gallery", "one_plus_100"),
@@ -167,6 +174,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.synth_val_products = 1000
   c.data.synth_test_products = 1000
   c.data.synth_seed = 0  # the generator's seed, separate from the training seed
+  # [ours] How visible SynthFashion's details are (synthfashion.DetailStyle): a scale of
+  # the small details and the least RGB distance of a detail's colour from the body.
+  # The defaults draw the original set; SYNTH_DETAIL_SIZES and _CONTRASTS bound them.
+  c.data.synth_detail_size = 1.0
+  c.data.synth_detail_contrast = 110.0
   c.data.embedding_search_size = 4096  # GRIT-VLP search window for embedding grouping
   c.data.read_threads = 4
   c.data.prefetch_batches = 4
@@ -377,6 +389,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in ("num_products", "num_twins"):
     _check(1 <= c.eval.twins[name] <= 1_000_000_000, f"eval.twins.{name}",
            c.eval.twins[name], "must be in [1, 1e9]")
+  validate_detail_style(c.data)
   if c.recipe == "semmim":
     _validate_semmim(c)
   validate_mim_target(c)
@@ -423,6 +436,22 @@ def validate_masking(m: ml_collections.ConfigDict) -> None:
          m.layers, "expected a non-empty tuple of ints")
   _check(isinstance(m.warmup_steps, int) and m.warmup_steps >= 0, "masking.warmup_steps",
          m.warmup_steps, "expected an int >= 0")
+
+
+def validate_detail_style(d: ml_collections.ConfigDict) -> None:
+  """SynthFashion's detail levers: in range, and only where they are read (the
+  synthfashion data and its captions; the VQA set draws its own products)."""
+  lo, hi = SYNTH_DETAIL_SIZES
+  _check(lo <= d.synth_detail_size <= hi, "data.synth_detail_size", d.synth_detail_size,
+         f"must be in [{lo}, {hi}]")
+  lo, hi = SYNTH_DETAIL_CONTRASTS
+  _check(lo < d.synth_detail_contrast <= hi, "data.synth_detail_contrast",
+         d.synth_detail_contrast, f"must be in ({lo}, {hi}]")
+  default = default_config().data
+  for name in ("synth_detail_size", "synth_detail_contrast"):
+    _check(d.name == "synthfashion" or d[name] == default[name], f"data.{name}", d[name],
+           f"only data.name='synthfashion' reads it (here {d.name!r}): leave it at "
+           f"{default[name]!r}")
 
 
 def check_queue_size(queue_size: int, global_batch: int) -> None:

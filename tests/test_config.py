@@ -1,6 +1,7 @@
 """config_lib as the one place of defaults and allowed values: no config field is read
-with a default of its own, the masking shares take their one range, and a config.json
-written before a field existed reads as that field's default."""
+with a default of its own, the masking shares and SynthFashion's detail levers take their
+one range, and a config.json written before a field existed reads as that field's
+default."""
 
 import ast
 import json
@@ -49,18 +50,26 @@ def test_no_config_field_is_read_with_a_hidden_default(tmp_path):
   assert [f.split(":")[1] for f in config_gets(source, "m.py")] == ["1", "2", "4", "5"]
 
 
-@pytest.mark.parametrize("field,value,ok", [
-    ("ratio_img", 0.0, True), ("ratio_img", 0.999, True), ("ratio_img", 1.0, False),
-    ("ratio_img", -0.01, False), ("ratio_txt", 0.0, True), ("ratio_txt", 1.0, False),
-    ("random_fraction", 1.0, True), ("random_fraction", 1.01, False)])
-def test_masking_shares_take_one_range(field, value, ok):
-  m = config_lib.default_config().masking
-  m[field] = value
+@pytest.mark.parametrize("block,field,value,ok", [
+    ("masking", "ratio_img", 0.0, True), ("masking", "ratio_img", 0.999, True),
+    ("masking", "ratio_img", 1.0, False), ("masking", "ratio_img", -0.01, False),
+    ("masking", "ratio_txt", 0.0, True), ("masking", "ratio_txt", 1.0, False),
+    ("masking", "random_fraction", 1.0, True), ("masking", "random_fraction", 1.01, False),
+    ("data", "synth_detail_size", 0.5, True), ("data", "synth_detail_size", 2.0, True),
+    ("data", "synth_detail_size", 0.49, False), ("data", "synth_detail_size", 2.01, False),
+    ("data", "synth_detail_contrast", 150.0, True),
+    ("data", "synth_detail_contrast", 0.0, False),
+    ("data", "synth_detail_contrast", 150.5, False)])
+def test_shares_and_levers_take_one_range(block, field, value, ok):
+  validate = {"masking": config_lib.validate_masking,
+              "data": config_lib.validate_detail_style}[block]
+  b = config_lib.default_config()[block]
+  b[field] = value
   if ok:
-    config_lib.validate_masking(m)
+    validate(b)
   else:
-    with pytest.raises(ValueError, match=f"config.masking.{field}={value}"):
-      config_lib.validate_masking(m)
+    with pytest.raises(ValueError, match=f"config.{block}.{field}={value}"):
+      validate(b)
 
 
 def test_a_config_json_without_a_newer_field_reads_as_its_default():
@@ -92,3 +101,10 @@ def test_albef_base_is_albefs():
                                                                 30522, 2)
   assert (m.embed_dim, c.queue_size, c.momentum, m.temp_init) == (256, 65536, 0.995, 0.07)
   assert (m.vision_ln_eps, m.text_ln_eps) == (1e-6, 1e-12)
+
+
+def test_detail_levers_only_where_they_are_read():
+  d = config_lib.default_config().data
+  d.name, d.synth_detail_size = "synthfashion_vqa", 1.5
+  with pytest.raises(ValueError, match="config.data.synth_detail_size=1.5: only"):
+    config_lib.validate_detail_style(d)

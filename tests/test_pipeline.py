@@ -134,6 +134,15 @@ def test_two_views_keep_the_first_view_unaugmented_for_synthfashion():
   np.testing.assert_array_equal(b["image"][0], eval_t(src[int(b["index"][0])])["image"])
 
 
+def test_synthfashion_sources_draw_the_configs_details():
+  c = config_lib.default_config()
+  c.data.synth_detail_size, c.data.synth_detail_contrast = 1.6, 150.0
+  style = synthfashion.DetailStyle(size=1.6, contrast=150.0)
+  # The pretraining pairs (and, through them, the twins evaluation) and the captions.
+  assert pipeline.make_source(c, "val").style == style
+  assert pipeline.make_source(c, "val", "captions").views.style == style
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_sees_every_example_exactly_once(process_count):
   c = synth_config()

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from syncmask_jax import config_lib
 from syncmask_jax.data import synthfashion as sf
 from syncmask_jax.tokenizer import clean_text
 
@@ -88,6 +89,66 @@ def test_deterministic_in_any_order_and_instance(ds, records):
   assert [r["text"] for r in records[:20]] != [other_seed[i]["text"] for i in range(20)]
 
 
+# sha256 of `_default_set_digest()` computed with the generator before DetailStyle existed
+# (commit 9d17474): the default style must draw that set bit for bit.
+_ORIGINAL_SET_DIGEST = "18892048a727f3cb09e180a4d2d169e7461f281aa84a32351e54a6823f85e7fd"
+
+
+def _default_set_digest() -> str:
+  """Train records at the study's 64 px / 8 px, and the twins of a few eval products."""
+  h = hashlib.sha256()
+  train = sf.SynthFashion("train", num_products=30, seed=0, image_size=64, patch_size=8)
+  for i in range(len(train)):
+    h.update(_digest(train[i]).encode())
+  twins = sf.twin_records(0, sf.split_product_ids("val", 6), num_twins=3, image_size=64)
+  h.update(twins["image"].tobytes())
+  h.update("\n".join(twins["text"]).encode())
+  return h.hexdigest()
+
+
+def test_default_style_draws_the_original_set():
+  assert _default_set_digest() == _ORIGINAL_SET_DIGEST
+
+
+def _instance_pixels(style: sf.DetailStyle, kind: int) -> float:
+  """Mean pixels of one drawn instance of a detail of `kind`, over 60 products at 128 px."""
+  pixels, instances = 0, 0
+  for pid in range(60):
+    p = sf.make_product(0, pid, style)
+    for view in p.views:
+      drawn = [d for d in p.details if d.kind == kind and d.side == view]
+      if drawn:
+        pixels += int((sf.render(p, view, 128)[1] == 2 + kind).sum())
+        instances += drawn[0].count
+  return pixels / instances
+
+
+def test_bigger_details_cover_more_pixels():
+  # Free details scale in both sides, so their area with the square of the size.
+  for kind in (sf.POCKET, sf.LOGO):
+    ratio = (_instance_pixels(sf.DetailStyle(size=1.5), kind)
+             / _instance_pixels(sf.DetailStyle(), kind))
+    assert 2.0 < ratio < 2.5, (sf.DETAIL_NAMES[kind], ratio)
+  # Collar and hood keep their boxes.
+  assert (_instance_pixels(sf.DetailStyle(size=1.5), sf.COLLAR)
+          == _instance_pixels(sf.DetailStyle(), sf.COLLAR))
+
+
+def test_contrast_bounds_the_detail_colours():
+  lo, hi = config_lib.SYNTH_DETAIL_CONTRASTS
+  style = sf.DetailStyle(contrast=hi)
+  for pid in range(40):
+    p = sf.make_product(0, pid, style)
+    for d in p.details:
+      assert np.linalg.norm(np.subtract(sf.COLOURS[d.colour][1], sf.COLOURS[p.colour][1])) >= hi
+  # At the highest contrast allowed every body still leaves a detail two colours.
+  assert min(len(sf.detail_colours(c, patterned, hi)) for c in range(len(sf.COLOURS))
+             for patterned in (False, True)) == 2
+  for field, value in (("size", 2.5), ("contrast", 0.0)):
+    with pytest.raises(ValueError, match=f"DetailStyle.{field}={value}"):
+      sf.DetailStyle(**{field: value})
+
+
 def test_deterministic_across_processes(records):
   code = ("import hashlib, numpy as np; from syncmask_jax.data import synthfashion as sf; "
           "ds = sf.SynthFashion('train', num_products=40, seed=7); "
@@ -120,9 +181,11 @@ def test_metadata_matches_records(ds, records):
   assert np.all(meta["view"][first] == sf.FRONT)
 
 
-def test_products_carry_two_to_four_placed_details():
+@pytest.mark.parametrize("style", [sf.DetailStyle(), sf.DetailStyle(size=0.5),
+                                   sf.DetailStyle(size=2.0, contrast=150.0)])
+def test_products_carry_two_to_four_placed_details(style):
   for pid in range(300):
-    p = sf.make_product(0, pid)
+    p = sf.make_product(0, pid, style)
     assert 2 <= len(p.details) <= 4
     assert len({(d.kind, d.side) for d in p.details}) == len(p.details)
     for d in p.details:

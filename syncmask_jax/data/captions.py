@@ -255,12 +255,12 @@ class _SynthFashionViews:
   captions."""
 
   def __init__(self, split: str, num_products: int | None, seed: int, image_size: int,
-               captions_per_view: int):
+               captions_per_view: int, style: synthfashion.DetailStyle):
     if captions_per_view < 1:
       raise ValueError(f"captions_per_view={captions_per_view}: must be >= 1")
     # Patches are not used here: one patch spanning the image passes the size check.
     self.views = synthfashion.SynthFashion(split, num_products, seed, image_size,
-                                           patch_size=image_size)
+                                           patch_size=image_size, style=style)
     self.seed, self.image_size = seed, image_size
     self.captions_per_view = captions_per_view
 
@@ -283,8 +283,9 @@ class SynthFashionCaptionPairs(_SynthFashionViews):
 
   def __init__(self, split: str = "train", num_products: int | None = None, seed: int = 0,
                image_size: int = 64, captions_per_view: int = CAPTIONS_PER_VIEW,
-               max_words: int = MAX_WORDS):
-    super().__init__(split, num_products, seed, image_size, captions_per_view)
+               max_words: int = MAX_WORDS,
+               style: synthfashion.DetailStyle = synthfashion.DetailStyle()):
+    super().__init__(split, num_products, seed, image_size, captions_per_view, style)
     self.max_words = max_words
 
   def __len__(self) -> int:
@@ -307,8 +308,9 @@ class SynthFashionCaptionImages(_SynthFashionViews):
   """One record per view of a held-out split; `references()` its captions."""
 
   def __init__(self, split: str = "val", num_products: int | None = None, seed: int = 0,
-               image_size: int = 64, captions_per_view: int = CAPTIONS_PER_VIEW):
-    super().__init__(split, num_products, seed, image_size, captions_per_view)
+               image_size: int = 64, captions_per_view: int = CAPTIONS_PER_VIEW,
+               style: synthfashion.DetailStyle = synthfashion.DetailStyle()):
+    super().__init__(split, num_products, seed, image_size, captions_per_view, style)
 
   def __len__(self) -> int:
     return len(self.views)

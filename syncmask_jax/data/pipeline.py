@@ -140,6 +140,12 @@ def _karpathy(root: str, name: str, split: str, part: str, image_root: str, skip
 _vqa = functools.lru_cache(maxsize=8)(vqa.load)
 
 
+def detail_style(d: ml_collections.ConfigDict) -> synthfashion.DetailStyle:
+  """SynthFashion's detail levers of a `config.data` block."""
+  return synthfashion.DetailStyle(size=float(d.synth_detail_size),
+                                  contrast=float(d.synth_detail_contrast))
+
+
 def _caption_source(config: ml_collections.ConfigDict, split: str, part: str, skip: bool,
                     verify: bool, tfds_dir: str) -> Any:
   """data/captions.py's sources: SynthFashion views or BLIP's COCO Karpathy files."""
@@ -149,7 +155,7 @@ def _caption_source(config: ml_collections.ConfigDict, split: str, part: str, sk
   if d.name == "synthfashion":
     kw = dict(num_products=d[f"synth_{split}_products"], seed=int(d.synth_seed),
               image_size=int(config.model.image_size),
-              captions_per_view=int(d.captions_per_view))
+              captions_per_view=int(d.captions_per_view), style=detail_style(d))
     if part == "captions":
       return captions.SynthFashionCaptionPairs(split, max_words=max_words, **kw)
     return captions.SynthFashionCaptionImages(split, **kw)
@@ -193,7 +199,8 @@ def make_source(config: ml_collections.ConfigDict, split: str,
   if name == "synthfashion":
     return synthfashion.SynthFashion(
         split, num_products=d[f"synth_{split}_products"], seed=int(d.synth_seed),
-        image_size=int(config.model.image_size), patch_size=int(config.model.patch_size))
+        image_size=int(config.model.image_size), patch_size=int(config.model.patch_size),
+        style=detail_style(d))
   if name in ("vqa", "synthfashion_vqa"):  # split: "+"-joined parts (vqa.load)
     answers = dict(max_answers=int(d.max_answers))
     if name == "synthfashion_vqa":

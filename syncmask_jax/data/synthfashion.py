@@ -17,6 +17,10 @@ What a view shows [ours]:
 * the garment type, colour and pattern show in every view; gender and fabric are
   never drawn (they are words no image can confirm, like much of a real listing).
 
+How visible details are (`DetailStyle`, config `data.synth_detail_size` and
+`data.synth_detail_contrast`) [ours]: a scale of the small details' boxes and the least
+RGB distance of a detail's colour from the body; the defaults draw the original set.
+
 Which words are visible (`gt_visible_spans`) [ours]: the garment noun, the body colour
 word and the pattern word in every view; for a detail drawn in the view, its count
 numeral ("two"), colour word, noun and side word ("front", "left"). Never: gender
@@ -57,7 +61,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from syncmask_jax import tokenizer
+from syncmask_jax import config_lib, tokenizer
 
 FRONT, BACK, LEFT, RIGHT = 0, 1, 2, 3
 VIEW_NAMES = ("front", "back", "left", "right")
@@ -116,8 +120,8 @@ DETAIL_SIDES = {
     HOOD: (BACK,), PATCH: (FRONT, BACK, LEFT, RIGHT), BOW: (FRONT, BACK),
 }
 _FREE_SIZE = {POCKET: (0.11, 0.11), LOGO: (0.11, 0.11), PATCH: (0.11, 0.11),
-              BOW: (0.15, 0.09)}  # (w, h) as a fraction of the canvas
-_COLUMN_WIDTH = {ZIPPER: 0.05, BUTTONS: 0.07}
+              BOW: (0.15, 0.09)}  # (w, h) as a fraction of the canvas, at DetailStyle.size 1
+_COLUMN_WIDTH = {ZIPPER: 0.05, BUTTONS: 0.07}  # at DetailStyle.size 1
 _NUMERALS = {2: "two", 3: "three", 4: "four"}
 _MARGIN = 0.015  # gap kept between details on one side
 _SIDE_SQUEEZE = 0.6  # profile width relative to the front silhouette
@@ -253,6 +257,34 @@ def vocabulary() -> list[str]:
     t = _SLOT.sub(" ", t).replace(".", " . ").replace(",", " , ")
     words.update(t.split())
   return sorted(words)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetailStyle:
+  """How visible the details are [ours]: two levers of how hard the detail attributes
+  are to learn (issue 30's calibration). The defaults are the generator's original
+  values, which draw the original set bit for bit.
+
+  `size` scales the details that are small on a patch grid: the boxes of pockets, logos,
+  patches and bows, and the width of the zipper and buttons columns (their length spans
+  the panel). Collar and hood keep their boxes: they already span several patches.
+  Placement is drawn among the boxes that fit at that size, so a size changes which
+  placements (and hence which products) are drawn, never their overlap.
+
+  `contrast` is the least RGB distance of a detail's colour from the body colour; from
+  the pattern's shade it is 70/110 of that (the original 110 and 70). A higher contrast
+  leaves fewer colours a detail may take.
+  """
+  size: float = 1.0
+  contrast: float = 110.0
+
+  def __post_init__(self):
+    lo, hi = config_lib.SYNTH_DETAIL_SIZES
+    if not lo <= self.size <= hi:
+      raise ValueError(f"DetailStyle.size={self.size!r}: must be in [{lo}, {hi}]")
+    lo, hi = config_lib.SYNTH_DETAIL_CONTRASTS
+    if not lo < self.contrast <= hi:
+      raise ValueError(f"DetailStyle.contrast={self.contrast!r}: must be in ({lo}, {hi}]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,9 +453,10 @@ def _side_panel(garment: GarmentType, side: int) -> tuple[float, float, float, f
 
 
 @functools.lru_cache(maxsize=None)
-def _candidates(category: int, kind: int, side: int, count: int
+def _candidates(category: int, kind: int, side: int, count: int, size: float
                 ) -> tuple[tuple[tuple[float, float, float, float], ...], ...]:
-  """Every placement (a box per instance) of a detail on `side` that fits the panel."""
+  """Every placement (a box per instance) of a detail on `side` that fits the panel, at
+  `DetailStyle.size` `size`."""
   garment = GARMENTS[category]
   px0, py0, px1, py1 = _side_panel(garment, side)
   n = garment.neck_y
@@ -432,9 +465,9 @@ def _candidates(category: int, kind: int, side: int, count: int
   if kind == HOOD:
     return (((0.36, n - 0.12, 0.64, n + 0.12),),)
   if kind in _COLUMN_WIDTH:
-    w = _COLUMN_WIDTH[kind]
+    w = _COLUMN_WIDTH[kind] * size
     return (((0.5 - w / 2, py0 + 0.01, 0.5 + w / 2, py1 - 0.01),),)
-  w, h = _FREE_SIZE[kind]
+  w, h = (v * size for v in _FREE_SIZE[kind])
   side_by_side = count == 2 and side in (FRONT, BACK)  # a mirrored pair
   stacked = count == 2 and not side_by_side  # one above the other, in profile
   ys = np.linspace(py0 + h / 2, py1 - h / 2 - stacked * (h + _MARGIN), 5)
@@ -457,10 +490,11 @@ def _candidates(category: int, kind: int, side: int, count: int
 
 
 def _place(kind: int, side: int, count: int, category: int,
-           taken: list[tuple[float, ...]], rng: np.random.Generator
+           taken: list[tuple[float, ...]], rng: np.random.Generator, size: float
            ) -> tuple[tuple[float, float, float, float], ...] | None:
-  """A random placement of a detail on `side` clear of `taken`; None if none fits."""
-  candidates = _candidates(category, kind, side, count)
+  """A random placement of a detail on `side` clear of `taken`, at `DetailStyle.size`
+  `size`; None if none fits."""
+  candidates = _candidates(category, kind, side, count, size)
   order = rng.permutation(len(candidates)) if len(candidates) > 1 else range(len(candidates))
   for i in order:
     boxes = candidates[i]
@@ -616,17 +650,22 @@ def view_caption(product: Product, view: int, rng: np.random.Generator) -> str:
   return b.text()
 
 
-def _contrasting_colours(colour: int, patterned: bool) -> np.ndarray:
-  """Detail colours that stand out from the body (and its pattern): else unseeable."""
+@functools.lru_cache(maxsize=None)
+def detail_colours(colour: int, patterned: bool, contrast: float = DetailStyle.contrast
+                   ) -> np.ndarray:
+  """The colours a detail may take on a body of `colour` (patterned or not): those at
+  RGB distance >= `contrast` from the body and (patterned) >= 70/110 of it from the
+  pattern's shade. Closer ones are hard to see. At most contrast
+  `config_lib.SYNTH_DETAIL_CONTRASTS[1]`, every body leaves a detail two colours, so that
+  it has a detail-colour twin (`test_synthfashion` checks the bound)."""
   body = _COLOUR_RGB[colour]
-  ok = np.linalg.norm(_COLOUR_RGB - body, axis=1) >= 110
+  ok = np.linalg.norm(_COLOUR_RGB - body, axis=1) >= contrast
   if patterned:
-    ok &= np.linalg.norm(_COLOUR_RGB - SHADE_RGB[colour], axis=1) >= 70
-  return np.flatnonzero(ok)
-
-
-_DETAIL_COLOURS = {(c, patterned): _contrasting_colours(c, patterned)
-                   for c in range(len(COLOURS)) for patterned in (False, True)}
+    # contrast * 70 / 110 is exactly 70.0 at the default 110 (the original threshold).
+    ok &= np.linalg.norm(_COLOUR_RGB - SHADE_RGB[colour], axis=1) >= contrast * 70.0 / 110.0
+  out = np.flatnonzero(ok)
+  out.flags.writeable = False  # shared by the cache
+  return out
 
 
 def _detail_count(kind: int, rng: np.random.Generator) -> int:
@@ -638,7 +677,8 @@ def _detail_count(kind: int, rng: np.random.Generator) -> int:
   return 1
 
 
-def _draw_product(seed: int, product_id: int) -> tuple[dict[str, Any], np.random.Generator]:
+def _draw_product(seed: int, product_id: int, style: DetailStyle
+                  ) -> tuple[dict[str, Any], np.random.Generator]:
   """The attributes and details of a product, and its generator as `_describe` gets it
   (twins replay that generator's draws to word a changed product the same way)."""
   table = product_table(seed, product_id)
@@ -649,7 +689,7 @@ def _draw_product(seed: int, product_id: int) -> tuple[dict[str, Any], np.random
   colour = int(rng.integers(len(COLOURS)))
   pattern = int(rng.integers(len(PATTERNS)))
   fabric = int(rng.integers(len(FABRICS)))
-  detail_colours = _DETAIL_COLOURS[colour, pattern != PLAIN]
+  allowed = detail_colours(colour, pattern != PLAIN, style.contrast)
 
   num_details = int(rng.integers(2, 5))
   options = [(k, s) for k in garment.details for s in DETAIL_SIDES[k]]
@@ -660,11 +700,11 @@ def _draw_product(seed: int, product_id: int) -> tuple[dict[str, Any], np.random
       break
     kind, side = options[i]
     count = _detail_count(kind, rng)
-    boxes = _place(kind, side, count, category, taken[side], rng)
+    boxes = _place(kind, side, count, category, taken[side], rng, style.size)
     if boxes is None:
       continue
     taken[side].extend(boxes)
-    details.append(Detail(kind, side, int(detail_colours[rng.integers(len(detail_colours))]),
+    details.append(Detail(kind, side, int(allowed[rng.integers(len(allowed))]),
                           count, boxes))
   if len(details) < 2:
     raise RuntimeError(f"product {product_id}: only {len(details)} details fit")
@@ -673,9 +713,10 @@ def _draw_product(seed: int, product_id: int) -> tuple[dict[str, Any], np.random
 
 
 @functools.lru_cache(maxsize=512)
-def make_product(seed: int, product_id: int) -> Product:
-  """The product `product_id` of the set generated from `seed` (pure, cached)."""
-  fields, rng = _draw_product(seed, product_id)
+def make_product(seed: int, product_id: int, style: DetailStyle = DetailStyle()) -> Product:
+  """The product `product_id` of the set generated from `seed` with details drawn in
+  `style` (pure, cached)."""
+  fields, rng = _draw_product(seed, product_id, style)
   return _with_text(fields, rng)
 
 
@@ -863,7 +904,8 @@ class SynthFashion:
   part_names = ("background", "body") + DETAIL_NAMES
 
   def __init__(self, split: str = "train", num_products: int | None = None, seed: int = 0,
-               image_size: int = 64, patch_size: int = 16):
+               image_size: int = 64, patch_size: int = 16,
+               style: DetailStyle = DetailStyle()):
     if split not in SPLIT_ID_BASE:
       raise ValueError(f"split={split!r}: expected one of {sorted(SPLIT_ID_BASE)}")
     num_products = DEFAULT_NUM_PRODUCTS[split] if num_products is None else num_products
@@ -874,7 +916,7 @@ class SynthFashion:
     if image_size % patch_size:
       raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
     self.split, self.num_products, self.seed = split, num_products, seed
-    self.image_size, self.patch_size = image_size, patch_size
+    self.image_size, self.patch_size, self.style = image_size, patch_size, style
     self.product_ids = split_product_ids(split, num_products)
     table = product_table(seed, self.product_ids)
     self._views = table["views"]
@@ -885,7 +927,8 @@ class SynthFashion:
 
   def __repr__(self) -> str:
     return (f"SynthFashion(split={self.split!r}, num_products={self.num_products}, "
-            f"seed={self.seed}, image_size={self.image_size}, patch_size={self.patch_size})")
+            f"seed={self.seed}, image_size={self.image_size}, patch_size={self.patch_size}, "
+            f"style={self.style})")
 
   def locate(self, index: int) -> tuple[int, int]:
     """Record index -> (product index within the split, view)."""
@@ -896,7 +939,7 @@ class SynthFashion:
 
   def product(self, p: int) -> Product:
     """The p-th product of this split."""
-    return make_product(self.seed, int(self.product_ids[p]))
+    return make_product(self.seed, int(self.product_ids[p]), self.style)
 
   def metadata(self) -> dict[str, np.ndarray]:
     """Per-record product_id, category, subcategory, view (for samplers; no rendering)."""
@@ -986,7 +1029,8 @@ class _Draws:
 
 @dataclasses.dataclass(frozen=True)
 class Twin:
-  """A product that differs from `make_product(seed, product.product_id)` in ONE attribute.
+  """A product that differs from `make_product(seed, product.product_id, style)` in ONE
+  attribute.
 
   `attribute` is one of TWIN_ATTRIBUTES, `k` its rank among that attribute's twins.
   `words` / `twin_words` are the content words of the original's / the twin's text
@@ -1007,8 +1051,8 @@ class Twin:
     return view in self.visible_views
 
 
-def _twin_edits(seed: int, fields: dict[str, Any], product: Product, attribute: str
-                ) -> list[tuple[int, Any]]:
+def _twin_edits(seed: int, fields: dict[str, Any], product: Product, attribute: str,
+                style: DetailStyle) -> list[tuple[int, Any]]:
   """Every valid one-attribute change of a product, as (detail index or -1, new value):
   a colour or pattern index, a Detail (replacing detail i, or added when i is the
   number of details), or None (detail i removed). Valid means `make_product` could have
@@ -1016,7 +1060,8 @@ def _twin_edits(seed: int, fields: dict[str, Any], product: Product, attribute: 
   (kind, side), placements clear of each other."""
   colour, details = fields["colour"], fields["details"]
   patterned = fields["pattern"] != PLAIN
-  contrasting = lambda c, p: all(d.colour in _DETAIL_COLOURS[c, p] for d in details)  # noqa: E731
+  allowed = lambda c, p: detail_colours(c, p, style.contrast)  # noqa: E731
+  contrasting = lambda c, p: all(d.colour in allowed(c, p) for d in details)  # noqa: E731
   if attribute == "colour":
     return [(-1, c) for c in range(len(COLOURS))
             if c != colour and contrasting(c, patterned)]
@@ -1029,7 +1074,7 @@ def _twin_edits(seed: int, fields: dict[str, Any], product: Product, attribute: 
             if p != fields["pattern"] and contrasting(colour, p != PLAIN)]
   if attribute == "detail_colour":
     return [(j, dataclasses.replace(d, colour=int(c))) for j, d in enumerate(details)
-            for c in _DETAIL_COLOURS[colour, patterned] if c != d.colour]
+            for c in allowed(colour, patterned) if c != d.colour]
   if attribute == "detail_side":
     # The mirror side only (front <-> back, left <-> right): the same frame, so the same
     # boxes, and the same phrase template with its side word changed.
@@ -1054,9 +1099,9 @@ def _twin_edits(seed: int, fields: dict[str, Any], product: Product, attribute: 
           rng = np.random.default_rng([seed, fields["product_id"], _SALT_TWIN, kind, side])
           count = _detail_count(kind, rng)
           taken = [b for d in details if d.side == side for b in d.boxes]
-          boxes = _place(kind, side, count, fields["category"], taken, rng)
+          boxes = _place(kind, side, count, fields["category"], taken, rng, style.size)
           if boxes is not None:
-            options = _DETAIL_COLOURS[colour, patterned]
+            options = allowed(colour, patterned)
             out.append((len(details), Detail(kind, side, int(options[rng.integers(len(options))]),
                                              count, boxes)))
     return out
@@ -1075,13 +1120,14 @@ def _attribute_words(product: Product, attribute: str, detail: int | None
                if w.detail == detail and (role is None or w.role == role))
 
 
-def _twin(seed: int, product_id: int, attribute: str, k: int, edit: tuple[int, Any]) -> Twin:
+def _twin(seed: int, product_id: int, attribute: str, k: int, edit: tuple[int, Any],
+          style: DetailStyle) -> Twin:
   """The twin made by `edit` (`_twin_edits`), worded by replaying the original's draws,
   and checked: its text differs from the original's in the attribute's words alone."""
-  fields, rng = _draw_product(seed, product_id)
+  fields, rng = _draw_product(seed, product_id, style)
   draws = _Draws(rng)
   original = _with_text(fields, draws)
-  if original.text != make_product(seed, product_id).text:
+  if original.text != make_product(seed, product_id, style).text:
     raise RuntimeError(f"product {product_id}: recorded draws do not reproduce its text")
   queues = draws.queues
   j, value = edit
@@ -1131,8 +1177,10 @@ def _twin(seed: int, product_id: int, attribute: str, k: int, edit: tuple[int, A
   return Twin(twin, attribute, k, words, twin_words, visible)
 
 
-def make_twins(seed: int, product_id: int, attribute: str, num: int) -> list[Twin]:
-  """The first min(num, available) twins of a product for one attribute (TWIN_ATTRIBUTES).
+def make_twins(seed: int, product_id: int, attribute: str, num: int,
+               style: DetailStyle = DetailStyle()) -> list[Twin]:
+  """The first min(num, available) twins of a product for one attribute (TWIN_ATTRIBUTES),
+  in the set drawn with details in `style`.
 
   Deterministic in (seed, product_id, attribute, k): twin k is the k-th of every valid
   one-attribute change (`_twin_edits`) in an order drawn from (seed, product_id,
@@ -1147,18 +1195,19 @@ def make_twins(seed: int, product_id: int, attribute: str, num: int) -> list[Twi
     raise ValueError(f"attribute={attribute!r}: expected one of {TWIN_ATTRIBUTES}")
   if num < 0:
     raise ValueError(f"num={num}: must be >= 0")
-  fields, _ = _draw_product(seed, product_id)
-  edits = _twin_edits(seed, fields, make_product(seed, product_id), attribute)
+  fields, _ = _draw_product(seed, product_id, style)
+  edits = _twin_edits(seed, fields, make_product(seed, product_id, style), attribute, style)
   rng = np.random.default_rng([seed, product_id, _SALT_TWIN,
                                TWIN_ATTRIBUTES.index(attribute)])
   order = rng.permutation(len(edits))[:num]
-  return [_twin(seed, product_id, attribute, k, edits[i]) for k, i in enumerate(order)]
+  return [_twin(seed, product_id, attribute, k, edits[i], style) for k, i in enumerate(order)]
 
 
 def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_size: int = 64,
-                 attributes: Sequence[str] = TWIN_ATTRIBUTES) -> dict[str, Any]:
+                 attributes: Sequence[str] = TWIN_ATTRIBUTES,
+                 style: DetailStyle = DetailStyle()) -> dict[str, Any]:
   """Images, texts and per-query candidate groups of the 1+K twins protocol
-  (`retrieval.twins_recall`) for held-out products.
+  (`retrieval.twins_recall`) for held-out products of the set drawn in `style`.
 
   Texts: each product's own text, then its twins' (up to `num_twins` per attribute).
   Images: every view of each product, and of each twin whose change that view shows;
@@ -1199,7 +1248,7 @@ def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_si
     return len(images) - 1
 
   for pid in product_ids:
-    product = make_product(seed, int(pid))
+    product = make_product(seed, int(pid), style)
     twins: list[Twin | None] = [None] * width
     member_text = np.full(width, len(texts), np.int64)
     member_attribute = np.full(width, -1, np.int32)
@@ -1207,7 +1256,7 @@ def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_si
     text_product_id.append(product.product_id)
     text_attribute.append(-1)
     for a, attribute in enumerate(attributes):
-      for twin in make_twins(seed, product.product_id, attribute, num_twins):
+      for twin in make_twins(seed, product.product_id, attribute, num_twins, style):
         slot = 1 + a * num_twins + twin.k
         twins[slot], member_text[slot], member_attribute[slot] = twin, len(texts), a
         texts.append(twin.product.text)

@@ -320,7 +320,7 @@ def _twins_features(config: ml_collections.ConfigDict, ev: ml_collections.Config
   (`synthfashion.twin_records`) and encoded like any eval split."""
   product_ids = synthfashion.split_product_ids(source.split, int(ev.twins.num_products))
   groups = synthfashion.twin_records(source.seed, product_ids, int(ev.twins.num_twins),
-                                     image_size=source.image_size)
+                                     image_size=source.image_size, style=source.style)
   encode = _encode_fn(graphdef, tokens=with_tokens)
   parts = {}
   for part, records in (
