@@ -118,7 +118,7 @@ def resolved_config(flag: flags.Flag, checkpoints: str = "") -> ml_collections.C
   tasks) `config.init_checkpoint`.
   """
   filename, _, arg = flag.config_filename.partition(":")
-  if not os.path.isfile(filename):  # ml_collections defers this error to the first use
+  if not paths.path(filename).is_file():  # ml_collections defers this error to first use
     raise FileNotFoundError(f"--config={flag.config_filename}: no file {filename} (relative "
                             f"paths start in the current directory, {os.getcwd()})")
   config = flag.value

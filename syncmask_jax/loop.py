@@ -122,12 +122,12 @@ def start_run(config: ml_collections.ConfigDict, workdir: str) -> metric_writers
   compilation cache, returns the writer. A missing `config.init_checkpoint` is refused
   before the workdir is made (a resume, whose workdir holds checkpoints, never reads it),
   so that mistake leaves nothing behind."""
-  if (config.init_checkpoint and not paths.path(config.init_checkpoint).is_dir()
+  if (config.init_checkpoint and not paths.path(config.init_checkpoint).exists()
       and not paths.path(os.path.join(workdir, "checkpoints")).is_dir()):
     raise FileNotFoundError(
         f"config.init_checkpoint={config.init_checkpoint!r}: no such directory (expected "
         "a pretraining run's checkpoints/, e.g. runs/synthfashion/checkpoints from "
-        "./launch/local.sh)")
+        "./launch/local.sh, or a released checkpoint file such as ALBEF.pth)")
   use_compilation_cache(config)
   if paths.path(workdir).exists() and not paths.path(workdir).is_dir():
     raise NotADirectoryError(f"--workdir={workdir} is a file; a workdir is a directory "

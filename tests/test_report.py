@@ -69,7 +69,7 @@ def test_sweep_eta_counts_what_is_left_on_the_workers():
 
 def test_a_sweep_with_nothing_to_run_prints_no_eta(monkeypatch, capsys):
   monkeypatch.setattr(report, "run_one", lambda variant, seed, args: False)
-  report.run_sweep(["syncmask", "random_masks"], [0], report.parse_args(["--jobs=2"]))
+  report.run_sweep({"syncmask": [0], "random_masks": [0]}, report.parse_args(["--jobs=2"]))
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2 and all("already done" in l and "ETA" not in l for l in lines)
 

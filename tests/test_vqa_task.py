@@ -183,7 +183,8 @@ def _vqa_config(tmp):
   c.data.synth_val_products = 2
   c.vqa = config_lib.ml_collections.ConfigDict(dict(
       train_split="train", eval_splits=("val",), answer_list="", inference="rank",
-      k_test=4, count_first_token_twice=True, beam_size=1, distill=True))
+      k_test=4, count_first_token_twice=True, rank_label_smoothing=0.0, beam_size=1,
+      distill=True))
   c.queue_size = 8
   return c
 
