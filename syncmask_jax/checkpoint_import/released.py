@@ -1,4 +1,4 @@
-"""A released checkpoint (ALBEF's `.pth` files, LAVIS's) as a run's starting point.
+"""A released checkpoint (ALBEF's and LAVIS's `.pth` files, BLIP's) as a run's starting point.
 
 `config.init_checkpoint` names either a run's `checkpoints/` directory (Orbax,
 `checkpointing.load_pretrained`) or a released weights file; `Pretrained` reads either
