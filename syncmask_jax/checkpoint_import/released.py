@@ -8,6 +8,7 @@ the same way (train.init_from_checkpoint, finetune.init_from).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -70,7 +71,7 @@ class Pretrained:
     caption checkpoint's is used as it is, a pretraining one's starts from the fusion)."""
     if not self.released:
       return checkpointing.holds(self.source, prefix)
-    tensors = self._tensors()
+    tensors = self._tensors
     if blip.is_blip_caption(tensors):
       return prefix in ("vision", "text_decoder")
     return prefix != "answer_decoder" or bool(albef.detect(tensors, self.source).decoder_layers)
@@ -88,14 +89,16 @@ class Pretrained:
     new_queue = queue if imported.queue is None else _place(imported.queue, queue)
     return (_place(imported.params, params), _place(imported.momentum, momentum), new_queue)
 
+  @functools.cached_property
   def _tensors(self) -> dict[str, np.ndarray]:
+    """The file's tensors, read once however often `holds` and `_import` ask."""
     return files.read_checkpoint(self.source, require_config=False)[1]
 
   def _import(self, target: Params, **kw) -> albef.Imported:
     """ALBEF's checkpoints, or BLIP's caption ones (parameters only)."""
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)) if hasattr(x, "__array__")
                         else np.zeros(x.shape, x.dtype), target)
-    if blip.is_blip_caption(self._tensors()):
+    if blip.is_blip_caption(self._tensors):
       if kw.get("momentum"):
         raise ValueError(f"config.init_checkpoint={self.source!r} is a BLIP caption "
                          "checkpoint: it starts the captioning task, not pretraining")
