@@ -296,7 +296,8 @@ def read_run(directory: str) -> dict[str, Any]:
       out["twins_attributes"] = list(block["attributes"])
       if "num_products" in block:
         out["twins_size"] = (int(block["num_products"]), int(block["num_queries"]))
-      for tail in ["", "_invisible"] + [f"_{a}" for a in block["attributes"]]:
+      for tail in ["", "_invisible"] + [f"_{a}{split}" for a in block["attributes"]
+                                        for split in ("", "_in_product", "_in_twin")]:
         if f"i2t_r1{tail}" in block and f"t2i_r1{tail}" in block:
           out[f"{TWINS}{tail}"] = (float(block[f"i2t_r1{tail}"])
                                    + float(block[f"t2i_r1{tail}"])) / 2

@@ -14,7 +14,8 @@ positive of a query when their keys are equal":
 * `twins` (SynthFashion): per product view, the product against its twins, products
   one attribute (colour, pattern, a detail's presence, colour or side) away
   (`synthfashion.twin_records`); R@1 per attribute, the twins the view cannot show
-  counted apart (`twins_recall`). The other protocols are mostly won on garment type
+  counted apart, and a detail's presence and side split by which image shows the
+  changed detail (`twins_recall`). The other protocols are mostly won on garment type
   and colour; this one isolates details.
 
 A product's text is the text of its first record (FashionGen repeats the description
@@ -46,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from syncmask_jax import config_lib, console
-from syncmask_jax.data import pipeline
+from syncmask_jax.data import pipeline, synthfashion
 
 NO_POSITIVE = np.iinfo(np.int64).max  # rank of a query without positives: never a hit
 # (image_index (P,), text_index (P,)) -> (P,) ITM positive logits.
@@ -353,8 +354,12 @@ def twins_recall(image_feat: np.ndarray, text_feat: np.ndarray, groups: dict[str
   reported row then ranks slot 0 among a subset of it: all visible twins
   (`{d}_r{k}`), one attribute's visible twins (`{d}_r{k}_{attribute}`), and the same
   for the twins the view does not show (`..._invisible`: chance is the best a model can
-  do; t2i ties there by construction, the images being the same). A query joins a row
-  when it has at least one twin in it (`num_queries...`); a row without queries is left
+  do; t2i ties there by construction, the images being the same). With member_shown
+  (`Twin.shown_by`), each attribute's visible twins are also split by which image of the
+  view shows the change: `..._in_product` (the product's view shows it, the twin's
+  lacks it: a detail removed, or moved to the mirror side) and `..._in_twin` (the
+  twin's view shows it and the product's lacks it: a detail added, or moved here; the
+  product must be told by what its image lacks). A query joins a row when it has at least one twin in it (`num_queries...`); a row without queries is left
   out. Ties count against the query (`best_positive_rank`): a model blind to an
   attribute scores identical twins equal and gets R@1 = 0 on it, not 1/(K+1).
   `r1_chance...`: each row's R@1 by chance (a scorer that orders a row at random), the
@@ -383,8 +388,15 @@ def twins_recall(image_feat: np.ndarray, text_feat: np.ndarray, groups: dict[str
                          "twin_slots": int(attribute.shape[1] - 1), "attributes": list(names)}
   twin = attribute >= 0
   selections = [("", twin)] + [(f"_{n}", attribute == a) for a, n in enumerate(names)]
+  splits = [(visible, ""), (~visible, "_invisible")]
+  if "member_shown" in groups:
+    shown_by = np.asarray(groups["member_shown"])
+    splits += [(shown_by == synthfashion.SHOWN_IN_PRODUCT, "_in_product"),
+               (shown_by == synthfashion.SHOWN_IN_TWIN, "_in_twin")]
   for suffix, selected in selections:
-    for shown, tail in ((visible, ""), (~visible, "_invisible")):
+    for shown, tail in splits:
+      if not suffix and tail in ("_in_product", "_in_twin"):
+        continue  # per attribute only: colour and pattern changes are shown in both
       mask = selected & shown
       mask[:, 0] = True
       rows = np.flatnonzero(mask[:, 1:].any(axis=1))

@@ -33,3 +33,15 @@ def test_a_stopped_run_is_told_from_a_failed_one():
                  "saved; rerun the same command to resume\n")
   assert calibration.status(stopped) == "stopped"
   assert calibration.status(dict(status="failed", log_tail="Traceback ...")) == "failed"
+
+
+def test_the_split_prediction_reads_each_half_as_the_mean_of_i2t_and_t2i():
+  half = lambda i2t, t2i: dict(i2t=i2t, t2i=t2i, chance=50.0, queries=10)  # noqa: E731
+  record = dict(twins_split=dict(
+      detail_side_in_product=half(70.0, 80.0), detail_side_in_twin=half(20.0, 30.0),
+      detail_presence_in_product=half(90.0, 90.0), detail_presence_in_twin=half(75.0, 65.0)))
+  assert calibration.split_holds(record)  # 75 / 25 / a 20-point gap: on every line
+  side_twin = dict(record["twins_split"], detail_side_in_twin=half(20.0, 31.0))
+  assert not calibration.split_holds(dict(twins_split=side_twin))
+  gap = dict(record["twins_split"], detail_presence_in_twin=half(75.0, 66.0))
+  assert not calibration.split_holds(dict(twins_split=gap))

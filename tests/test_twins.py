@@ -112,6 +112,31 @@ def test_visibility_of_hand_picked_twins():
   assert sf.make_twins(0, 1, "colour", 1)[0].visible_views == (0, 1, 2, 3)
 
 
+def test_shown_by_names_the_image_that_shows_the_change(twins):
+  # Derived from the details' sides, not from the word spans `_twin` reads.
+  for (pid, a), ts in twins.items():
+    orig = sf.make_product(SEED, pid)
+    for t in ts:
+      shown = [t.shown_by(v) for v in range(len(sf.VIEW_NAMES))]
+      if a in ("colour", "pattern"):
+        assert shown == [sf.SHOWN_IN_BOTH] * 4, (pid, a)
+        continue
+      gone = set(orig.details) - set(t.product.details)  # the original's changed detail
+      new = set(t.product.details) - set(orig.details)  # the twin's
+      expect = [sf.SHOWN_IN_PRODUCT * any(d.side == v for d in gone)
+                + sf.SHOWN_IN_TWIN * any(d.side == v for d in new) for v in range(4)]
+      assert shown == expect, (pid, a, t.k)
+      if a == "detail_side":  # each side of the mirror pair shows one of the two
+        assert sorted(s for s in shown if s) == [sf.SHOWN_IN_PRODUCT, sf.SHOWN_IN_TWIN]
+      if a == "detail_colour":
+        assert sorted(s for s in shown if s) == [sf.SHOWN_IN_BOTH]
+      if a == "detail_presence":
+        assert sorted(s for s in shown if s) == (
+            [sf.SHOWN_IN_TWIN] if len(t.product.details) > len(orig.details)
+            else [sf.SHOWN_IN_PRODUCT])
+      assert t.visible_views == tuple(v for v in range(4) if shown[v])
+
+
 def test_rendering_changes_only_the_attribute_pixels(twins):
   for (pid, a), ts in twins.items():
     if pid >= 3:
@@ -180,6 +205,46 @@ def test_twins_recall_perfect_and_blind_scorers_on_twin_records():
   in_overall = (g["member_visible"] & (attr >= 0)).any(1)
   has_blind = (g["member_visible"] & blind).any(1)[in_overall]
   assert out["i2t_r1"] == out["t2i_r1"] == pytest.approx(100 * np.mean(~has_blind))
+
+
+def test_twins_recall_splits_detail_twins_by_the_image_that_shows_them():
+  # A scorer that finds a detail where it is shown but cannot tell what an image lacks:
+  # every twin whose view shows the change only in the twin ties with the product.
+  g = sf.twin_records(SEED, list(PIDS), num_twins=3, image_size=16)
+  image_feat, text_feat = _one_hot_features(g)
+  out = retrieval.twins_recall(image_feat, text_feat, g, retrieval.Scorer("itc"))
+  shown, attr = g["member_shown"], g["member_attribute"]
+  assert g["member_visible"].tolist() == (shown != sf.SHOWN_NOWHERE).tolist()
+  lacks = shown == sf.SHOWN_IN_TWIN
+  for d in ("i2t", "t2i"):  # the perfect scorer is perfect on both halves
+    assert out[f"{d}_r1_detail_side_in_twin"] == out[f"{d}_r1_detail_side_in_product"] == 100
+  # t2i: each in-twin slot's image (one per view) is the product's view. i2t (a text
+  # serves every view of its product, so the view's image carries the blindness): the
+  # product's view matches its own text and its in-twin twins' texts equally.
+  blind_image = image_feat.copy()
+  blind_image[g["member_image"][lacks]] = image_feat[np.broadcast_to(
+      g["member_image"][:, :1], lacks.shape)[lacks]]
+  t2i = retrieval.twins_recall(blind_image, text_feat, g, retrieval.Scorer("itc"))
+  blind_view = image_feat.copy()
+  for q in np.flatnonzero(lacks.any(1)):
+    blind_view[g["query_image"][q], g["member_text"][q][lacks[q]]] = 1.0
+  i2t = retrieval.twins_recall(blind_view, text_feat, g, retrieval.Scorer("itc"))
+  out = {k: v for k, v in t2i.items() if not k.startswith("i2t")}
+  out.update({k: v for k, v in i2t.items() if k.startswith("i2t")})
+  for a in ("detail_presence", "detail_side"):
+    mine = attr == ATTRS.index(a)
+    rows_product = (mine & (shown == sf.SHOWN_IN_PRODUCT)).any(1)
+    rows_twin = (mine & lacks).any(1)
+    assert out[f"num_queries_{a}_in_product"] == rows_product.sum() > 0
+    assert out[f"num_queries_{a}_in_twin"] == rows_twin.sum() > 0
+    rows = (mine & g["member_visible"]).any(1)
+    for d in ("i2t", "t2i"):
+      assert out[f"{d}_r1_{a}_in_product"] == 100.0 and out[f"{d}_r1_{a}_in_twin"] == 0.0
+      # The attribute's row: a query is lost when any of its twins is an in-twin one.
+      assert out[f"{d}_r1_{a}"] == pytest.approx(100 * np.mean(~rows_twin[rows]))
+  for a in ("colour", "pattern", "detail_colour"):  # changes shown by both images
+    assert out[f"num_queries_{a}_in_product"] == out[f"num_queries_{a}_in_twin"] == 0
+    assert out[f"i2t_r1_{a}"] == out[f"t2i_r1_{a}"] == 100.0
 
 
 def test_twins_recall_of_a_rotating_itm_scorer_is_one_in_k_plus_one():

@@ -19,6 +19,12 @@ Run from the repository root, one run at a time:
 
   python docs/study/calibration.py run --setting=size1.6 --variants=random_masks --seeds=0
   python docs/study/calibration.py doc      # docs/study/calibration.md from the results
+
+Runs finished before the twins protocol split a detail's presence and side by which
+image shows the change (`retrieval.twins_recall`'s `_in_product` / `_in_twin`) get the
+split by evaluating their last checkpoint's twins again, into RUN/twins_split/:
+
+  python docs/study/calibration.py split
 """
 import argparse
 import datetime
@@ -41,6 +47,9 @@ DOC = os.path.join(HERE, "calibration.md")
 BASELINES = ("random_masks", "albef")
 ATTRIBUTES = ("colour", "pattern", "detail_presence", "detail_colour", "detail_side")
 DETAILS = ("detail_presence", "detail_colour", "detail_side")
+# Detail attributes whose twins a view can show in one image only (`Twin.shown_by`).
+SPLIT = ("detail_presence", "detail_side")
+HALVES = ("in_product", "in_twin")
 TARGET = (55.0, 80.0)  # twins R@1 (%) on every detail attribute, chance 25
 MIN_SEEDS = 3  # per baseline, for a setting to count as calibrated
 # The study's setting as published (summary.json of a report): (label, path, steps).
@@ -107,6 +116,37 @@ SETTINGS = {
 }
 
 
+# Fixed before the split was measured on any run (the commit that adds it; the runs
+# then get the split with `split`): why the detail side sits near 50% whatever lever.
+SPLIT_HYPOTHESIS = (
+    "A side twin moves one detail to the mirror side, so of a product's two views of "
+    "that pair one shows the product's detail (*in product*: the twin's view lacks it) "
+    "and the other shows the twin's (*in twin*: the product's view lacks it, and only "
+    "what is not there tells the product). A model that finds a named detail where it "
+    "is shown, but neither binds the side word to it nor tells a product by what its "
+    "view lacks, ranks the image that shows the detail (t2i), or the text whose side "
+    "word fits the view (i2t), first: right on every in-product view, wrong on every "
+    "in-twin one, about 50% overall. The same holds for a detail's presence: a removed "
+    "detail is in product, an added one in twin. **Prediction**, for every finished "
+    "run of the table above: detail side R@1 (mean of i2t and t2i) at least "
+    f"{{side_product:.0f}} in product and at most {{side_twin:.0f}} in twin; detail "
+    "presence in twin at least {presence_gap:.0f} points below in product. If it holds, "
+    "the side (and part of presence) measures whether a model reads absence and binds "
+    "a side word, which no lever tried so far moves; if it fails, the side's 50% is "
+    "something else.")
+SPLIT_PREDICTION = dict(side_product=75.0, side_twin=25.0, presence_gap=20.0)
+
+
+def split_holds(record: dict) -> bool:
+  """Whether one run's split meets SPLIT_PREDICTION."""
+  half = {k: (v["i2t"] + v["t2i"]) / 2 for k, v in record["twins_split"].items()}
+  p = SPLIT_PREDICTION
+  return (half["detail_side_in_product"] >= p["side_product"]
+          and half["detail_side_in_twin"] <= p["side_twin"]
+          and half["detail_presence_in_twin"]
+          <= half["detail_presence_in_product"] - p["presence_gap"])
+
+
 def result_path(setting: str, variant: str, seed: int, steps: int) -> str:
   return os.path.join(RESULTS, f"{setting}-{variant}-seed{seed}-steps{steps}.json")
 
@@ -119,9 +159,41 @@ def twins_figures(directory: str) -> dict:
   with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
     block = next(b for b in json.load(f)["results"]
                  if b.get("protocol") == "twins" and b.get("scoring") == "itc")
-  return dict(twins_size=figures.get("twins_size"), twins_r1={
+  out = dict(twins_size=figures.get("twins_size"), twins_r1={
       a: {side: round(figures[f"twins/{side}_r1_{a}"], 2) for side in ("i2t", "t2i")}
       for a in ATTRIBUTES}, twins_queries={a: block[f"num_queries_{a}"] for a in ATTRIBUTES})
+  if f"i2t_r1_{SPLIT[0]}_{HALVES[0]}" in block:  # evaluated since the split exists
+    out["twins_split"] = {f"{a}_{h}": dict(
+        i2t=round(block[f"i2t_r1_{a}_{h}"], 2), t2i=round(block[f"t2i_r1_{a}_{h}"], 2),
+        chance=round(block[f"r1_chance_{a}_{h}"], 2), queries=block[f"num_queries_{a}_{h}"])
+        for a in SPLIT for h in HALVES}
+  return out
+
+
+def split_again(record: dict) -> dict:
+  """The twins split of a run finished before it existed: its last checkpoint's twins
+  evaluated again (`python -m syncmask_jax.evaluate`, twins protocol only, no pictures)
+  into RUN/twins_split/eval/pretrain.json, the checkpoints linked, not copied. The run's
+  own figures are kept; the split's overall R@1 per attribute must equal them (the
+  twins and the model are the same), or this raises."""
+  directory = os.path.join(ROOT, record["directory"])
+  scratch = os.path.join(directory, "twins_split")
+  os.makedirs(scratch, exist_ok=True)
+  link = os.path.join(scratch, "checkpoints")
+  if not os.path.islink(link):
+    os.symlink(os.path.join("..", "checkpoints"), link)
+  argv = [sys.executable, "-m", "syncmask_jax.evaluate",
+          f"--config={study.PRETRAIN}:variant={record['variant']},seed={record['seed']},"
+          f"steps={record['steps']}", f"--workdir={scratch}", *record["overrides"],
+          "--config.eval.protocols=twins", "--config.eval.pictures=0"]
+  with open(os.path.join(scratch, "evaluate.log"), "w", encoding="utf-8") as f:
+    subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
+  again = twins_figures(scratch)
+  if again["twins_r1"] != record["twins_r1"]:
+    raise RuntimeError(f"{scratch}: the twins evaluated again differ from the run's own "
+                       f"({again['twins_r1']} vs {record['twins_r1']})")
+  return dict(record, twins_split=again["twins_split"],
+              twins_split_from=os.path.relpath(scratch, ROOT))
 
 
 STOPPED = "stopped at step"  # main.py's last line when a signal stopped a run
@@ -316,6 +388,30 @@ def write_doc() -> str:
     calibrated = [f"{s} at {n} steps" for s, n, ok in verdicts if ok]
     lines += ["", "**Calibrated settings:** " + (", ".join(calibrated) if calibrated
                                                  else "none yet") + ".", ""]
+    lines += ["## Which image shows the detail", "",
+              SPLIT_HYPOTHESIS.format(**SPLIT_PREDICTION), ""]
+    split = [r for r in records if "twins_split" in r]
+    if not split:
+      lines += ["No run has the split yet.", ""]
+    else:
+      lines += ["Twins R@1 (%), i2t / t2i (**mean**) and, in brackets, by chance (each "
+                "row's queries ranked at random; ties count against the query); a query "
+                "joins a half when its view shows at least one of its twins that way.", "",
+                "| setting | variant | seed | steps | " + " | ".join(
+                    f"{a} {h.replace('_', ' ')}" for a in SPLIT for h in HALVES)
+                + " | queries | prediction |",
+                "|---|---|---|---|" + "---|" * (len(SPLIT) * len(HALVES)) + "---|---|"]
+      for r in split:
+        cells = [f"{v['i2t']:.1f} / {v['t2i']:.1f} (**{(v['i2t'] + v['t2i']) / 2:.1f}**) "
+                 f"[{v['chance']:.0f}]" for v in (r["twins_split"][f"{a}_{h}"]
+                                                  for a in SPLIT for h in HALVES)]
+        lines.append(f"| {r['setting']} | {r['variant']} | {r['seed']} | {r['steps']} | "
+                     + " | ".join(cells) + " | " + "/".join(
+                         str(r["twins_split"][f"{a}_{h}"]["queries"])
+                         for a in SPLIT for h in HALVES)
+                     + f" | {'holds' if split_holds(r) else 'fails'} |")
+      lines += ["", f"The prediction holds on {sum(map(split_holds, split))} of "
+                f"{len(split)} runs.", ""]
   with open(DOC, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return DOC
@@ -331,6 +427,8 @@ def main() -> None:
   run.add_argument("--steps", type=int, default=1000)
   run.add_argument("--workdir", default=os.path.join(ROOT, "runs", "calibration"))
   sub.add_parser("doc", help="rewrite docs/study/calibration.md from the result files")
+  sub.add_parser("split", help="evaluate the twins of finished runs that lack the split "
+                 "again (twins only), and record it")
   sub.add_parser("refresh", help="reread the twins figures of every finished run from its "
                  "run directory into its result file (after the record grew a field)")
   args = parser.parse_args()
@@ -354,6 +452,18 @@ def main() -> None:
         print(f"{args.setting} {variant} seed {seed} {args.steps} steps: {status(r)} in "
               f"{r['wall_seconds'] / 60:.1f} min", flush=True)
         write_doc()
+  if args.command == "split":
+    for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
+      with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+      if record["status"] != "done" or "twins_split" in record:
+        continue
+      t0 = time.time()
+      record = split_again(record)
+      with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+      print(f"{os.path.basename(path)}: split in {time.time() - t0:.0f} s", flush=True)
+      write_doc()
   if args.command == "refresh":
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
       with open(path, encoding="utf-8") as f:

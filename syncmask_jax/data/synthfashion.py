@@ -976,6 +976,9 @@ class SynthFashion:
 # Twins: products one attribute away from a product (the attribute-swap protocol).
 
 TWIN_ATTRIBUTES = ("colour", "pattern", "detail_presence", "detail_colour", "detail_side")
+# Which image of a view shows a twin's change (`Twin.shown_by`): bit 1 the product's,
+# bit 2 the twin's.
+SHOWN_NOWHERE, SHOWN_IN_PRODUCT, SHOWN_IN_TWIN, SHOWN_IN_BOTH = 0, 1, 2, 3
 _SALT_TWIN = 0x7A
 _MIRROR_SIDE = {FRONT: BACK, BACK: FRONT, LEFT: RIGHT, RIGHT: LEFT}
 # `_describe`'s integers draws before the detail phrases (head, fabric form, colour,
@@ -1038,7 +1041,8 @@ class Twin:
   order. `visible_views` are the views whose image shows the change: those where one
   of those words is visible (`Product.visible_spans`); any other view of the twin is
   drawn pixel for pixel as the original's (the twin keeps the product id, from which
-  `render` draws the framing).
+  `render` draws the framing). `shown` says, per view, which image shows the change
+  (`shown_by`).
   """
   product: Product
   attribute: str
@@ -1046,9 +1050,19 @@ class Twin:
   words: tuple[WordSpan, ...]
   twin_words: tuple[WordSpan, ...]
   visible_views: tuple[int, ...]
+  shown: tuple[int, ...]  # per view: SHOWN_NOWHERE, SHOWN_IN_PRODUCT, SHOWN_IN_TWIN or both
 
   def visible(self, view: int) -> bool:
     return view in self.visible_views
+
+  def shown_by(self, view: int) -> int:
+    """Which image of `view` shows the changed words: SHOWN_IN_BOTH (a colour or pattern
+    changed in place: both show it), SHOWN_IN_PRODUCT (the original's detail is on this
+    side and the twin's is not: a detail removed, or moved to the mirror side),
+    SHOWN_IN_TWIN (only the twin's: a detail added, or moved here from the mirror
+    side), SHOWN_NOWHERE (the view does not show the change). In SHOWN_IN_TWIN views a
+    model must tell the product by what its image lacks."""
+    return self.shown[view]
 
 
 def _twin_edits(seed: int, fields: dict[str, Any], product: Product, attribute: str,
@@ -1171,10 +1185,12 @@ def _twin(seed: int, product_id: int, attribute: str, k: int, edit: tuple[int, A
     raise RuntimeError(f"product {product_id}: the {attribute} twin {k}'s text does not "
                        f"differ from the original's in the {attribute} words alone:\n"
                        f"{original.text}\n{twin.text}")
-  visible = tuple(v for v in range(len(VIEW_NAMES)) if any(
-      (w.start, w.end) in {tuple(s) for s in p.visible_spans(v)}
-      for p, ws in ((original, words), (twin, twin_words)) for w in ws))
-  return Twin(twin, attribute, k, words, twin_words, visible)
+  shows = lambda p, ws, v: any((w.start, w.end) in {tuple(s) for s in p.visible_spans(v)}  # noqa: E731
+                                for w in ws)
+  shown = tuple(SHOWN_IN_PRODUCT * shows(original, words, v)
+                + SHOWN_IN_TWIN * shows(twin, twin_words, v) for v in range(len(VIEW_NAMES)))
+  visible = tuple(v for v, s in enumerate(shown) if s != SHOWN_NOWHERE)
+  return Twin(twin, attribute, k, words, twin_words, visible, shown)
 
 
 def make_twins(seed: int, product_id: int, attribute: str, num: int,
@@ -1221,7 +1237,8 @@ def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_si
   of T str), text_product_id (T,), text_attribute (T,) (index into `attributes`, -1 for
   a product's own text), attributes (tuple), and per query (Q,) query_image,
   query_text, query_product_id, query_view, and (Q, C) member_image, member_text,
-  member_attribute, member_visible (whether the query's view shows the slot's change).
+  member_attribute, member_visible (whether the query's view shows the slot's change),
+  member_shown (which image of the query's view shows it: `Twin.shown_by`).
   """
   attributes = tuple(attributes)
   unknown = [a for a in attributes if a not in TWIN_ATTRIBUTES]
@@ -1239,7 +1256,7 @@ def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_si
   texts, text_product_id, text_attribute = [], [], []
   rows: dict[str, list[Any]] = {k: [] for k in (
       "query_image", "query_text", "query_product_id", "query_view", "member_image",
-      "member_text", "member_attribute", "member_visible")}
+      "member_text", "member_attribute", "member_visible", "member_shown")}
 
   def add_image(product: Product, view: int) -> int:
     images.append(render(product, view, image_size, seed)[0])
@@ -1265,13 +1282,16 @@ def twin_records(seed: int, product_ids: Sequence[int], num_twins: int, image_si
     for view in product.views:
       own = add_image(product, view)
       member_image = np.full(width, own, np.int64)
-      visible = np.array([t is not None and t.visible(view) for t in twins])
+      shown = np.array([SHOWN_NOWHERE if t is None else t.shown_by(view) for t in twins],
+                       np.int8)
+      visible = shown != SHOWN_NOWHERE
       for slot in np.flatnonzero(visible):
         member_image[slot] = add_image(twins[slot].product, view)
       for k, v in (("query_image", own), ("query_text", member_text[0]),
                    ("query_product_id", product.product_id), ("query_view", view),
                    ("member_image", member_image), ("member_text", member_text),
-                   ("member_attribute", member_attribute), ("member_visible", visible)):
+                   ("member_attribute", member_attribute), ("member_visible", visible),
+                   ("member_shown", shown)):
         rows[k].append(v)
   out = {k: np.asarray(v) for k, v in rows.items()}
   out.update(image=np.stack(images), image_product_id=np.asarray(image_product_id, np.int64),
