@@ -45,3 +45,16 @@ def test_the_split_prediction_reads_each_half_as_the_mean_of_i2t_and_t2i():
   assert not calibration.split_holds(dict(twins_split=side_twin))
   gap = dict(record["twins_split"], detail_presence_in_twin=half(75.0, 66.0))
   assert not calibration.split_holds(dict(twins_split=gap))
+
+
+def test_the_itm_prediction_needs_both_side_and_detail_colour_to_gain():
+  itc = dict(colour=98.0, pattern=40.0, detail_presence=58.0, detail_colour=52.0,
+             detail_side=49.0)
+  both = lambda v: dict(i2t=v, t2i=v)  # noqa: E731
+  itm = {a: both(v) for a, v in itc.items()}
+  record = dict(twins_r1={a: both(v) for a, v in itc.items()}, twins_itm=dict(r1=itm))
+  assert not calibration.itm_holds(record)
+  gained = dict(itm, detail_colour=both(57.0), detail_side=dict(i2t=50.0, t2i=58.0))
+  assert calibration.itm_holds(dict(record, twins_itm=dict(r1=gained)))  # +5 and +5
+  short = dict(gained, detail_side=dict(i2t=50.0, t2i=57.9))
+  assert not calibration.itm_holds(dict(record, twins_itm=dict(r1=short)))

@@ -147,37 +147,71 @@ def split_holds(record: dict) -> bool:
           <= half["detail_presence_in_product"] - p["presence_gap"])
 
 
+# Fixed before any run was scored with ITM (the commit that adds it; `itm` then scores).
+ITM_HYPOTHESIS = (
+    "ALBEF ranks retrieval candidates by ITC, then re-ranks its top k by the ITM head "
+    "on the fusion encoder, where each word attends to the patches: the one place in "
+    "the model where a side or colour word can meet its detail and the view, and the "
+    "part SyncMask's masks train (MLM and MIM are fusion losses). The tables above "
+    "score twins by ITC alone (one 32-d vector per image and per text). **Prediction**: "
+    "on more than half of the runs scored both ways, itc+itm (k = 256: the ITM head "
+    "ranks the whole row) lifts detail side and detail colour R@1 (mean of i2t and "
+    "t2i) by at least {gain:.0f} points each over ITC. If it holds, the calibration's "
+    "target and the study's detail claims are read with itc+itm, ALBEF's own protocol; "
+    "if not, with ITC as before.")
+ITM_PREDICTION = dict(gain=5.0)
+
+
+def itm_holds(record: dict) -> bool:
+  """Whether one run's itc+itm twins meet ITM_PREDICTION."""
+  gain = lambda a: (mean_r1(dict(twins_r1=record["twins_itm"]["r1"]), a)  # noqa: E731
+                    - mean_r1(record, a))
+  return all(gain(a) >= ITM_PREDICTION["gain"] for a in ("detail_side", "detail_colour"))
+
+
 def result_path(setting: str, variant: str, seed: int, steps: int) -> str:
   return os.path.join(RESULTS, f"{setting}-{variant}-seed{seed}-steps{steps}.json")
+
+
+def twins_block(directory: str, scoring: str = "itc") -> dict:
+  """The twins block of a run's eval/pretrain.json for one scoring."""
+  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
+    return next(b for b in json.load(f)["results"]
+                if b.get("protocol") == "twins" and b.get("scoring") == scoring)
+
+
+def split_figures(block: dict) -> dict:
+  """R@1 of each SPLIT attribute's halves (i2t, t2i, by chance, queries) of a twins
+  block evaluated since the split exists."""
+  return {f"{a}_{h}": dict(
+      i2t=round(block[f"i2t_r1_{a}_{h}"], 2), t2i=round(block[f"t2i_r1_{a}_{h}"], 2),
+      chance=round(block[f"r1_chance_{a}_{h}"], 2), queries=block[f"num_queries_{a}_{h}"])
+      for a in SPLIT for h in HALVES}
 
 
 def twins_figures(directory: str) -> dict:
   """A finished run's twins R@1 per attribute (the report's reading of its files) and
   how many queries each attribute's figure rests on (a setting changes the twins set:
-  bigger details leave fewer mirror placements, so fewer side twins)."""
+  bigger details leave fewer mirror placements, so fewer side twins), and the split
+  (`split_figures`) where the run was evaluated since it exists."""
   figures = report.read_run(directory)
-  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
-    block = next(b for b in json.load(f)["results"]
-                 if b.get("protocol") == "twins" and b.get("scoring") == "itc")
+  block = twins_block(directory)
   out = dict(twins_size=figures.get("twins_size"), twins_r1={
       a: {side: round(figures[f"twins/{side}_r1_{a}"], 2) for side in ("i2t", "t2i")}
       for a in ATTRIBUTES}, twins_queries={a: block[f"num_queries_{a}"] for a in ATTRIBUTES})
-  if f"i2t_r1_{SPLIT[0]}_{HALVES[0]}" in block:  # evaluated since the split exists
-    out["twins_split"] = {f"{a}_{h}": dict(
-        i2t=round(block[f"i2t_r1_{a}_{h}"], 2), t2i=round(block[f"t2i_r1_{a}_{h}"], 2),
-        chance=round(block[f"r1_chance_{a}_{h}"], 2), queries=block[f"num_queries_{a}_{h}"])
-        for a in SPLIT for h in HALVES}
+  if f"i2t_r1_{SPLIT[0]}_{HALVES[0]}" in block:
+    out["twins_split"] = split_figures(block)
   return out
 
 
-def split_again(record: dict) -> dict:
-  """The twins split of a run finished before it existed: its last checkpoint's twins
-  evaluated again (`python -m syncmask_jax.evaluate`, twins protocol only, no pictures)
-  into RUN/twins_split/eval/pretrain.json, the checkpoints linked, not copied. The run's
-  own figures are kept; the split's overall R@1 per attribute must equal them (the
+def evaluate_twins_again(record: dict, folder: str, *flags: str) -> str:
+  """A finished run's last checkpoint's twins evaluated again (`python -m
+  syncmask_jax.evaluate`, twins protocol only, no pictures, `flags` added) into
+  RUN/folder/eval/pretrain.json, the checkpoints linked, not copied; that folder. The
+  run's own figures are kept; the ITC figures evaluated again must equal them (the
   twins and the model are the same), or this raises."""
   directory = os.path.join(ROOT, record["directory"])
-  scratch = os.path.join(directory, "twins_split")
+  scratch = os.path.join(directory, folder)
   os.makedirs(scratch, exist_ok=True)
   link = os.path.join(scratch, "checkpoints")
   if not os.path.islink(link):
@@ -185,15 +219,33 @@ def split_again(record: dict) -> dict:
   argv = [sys.executable, "-m", "syncmask_jax.evaluate",
           f"--config={study.PRETRAIN}:variant={record['variant']},seed={record['seed']},"
           f"steps={record['steps']}", f"--workdir={scratch}", *record["overrides"],
-          "--config.eval.protocols=twins", "--config.eval.pictures=0"]
+          "--config.eval.protocols=twins", "--config.eval.pictures=0", *flags]
   with open(os.path.join(scratch, "evaluate.log"), "w", encoding="utf-8") as f:
     subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
-  again = twins_figures(scratch)
-  if again["twins_r1"] != record["twins_r1"]:
+  again = twins_figures(scratch)["twins_r1"]
+  if again != record["twins_r1"]:
     raise RuntimeError(f"{scratch}: the twins evaluated again differ from the run's own "
-                       f"({again['twins_r1']} vs {record['twins_r1']})")
-  return dict(record, twins_split=again["twins_split"],
+                       f"({again} vs {record['twins_r1']})")
+  return scratch
+
+
+def split_again(record: dict) -> dict:
+  """The twins split of a run finished before it existed (`evaluate_twins_again`)."""
+  scratch = evaluate_twins_again(record, "twins_split")
+  return dict(record, twins_split=split_figures(twins_block(scratch)),
               twins_split_from=os.path.relpath(scratch, ROOT))
+
+
+def itm_again(record: dict) -> dict:
+  """A finished run's twins scored by ALBEF's ITC top-k + ITM re-ranking as well
+  (`evaluate_twins_again` with `eval.scoring=itc,itc+itm`; k = eval.itm_k, 256, covers
+  every 1+15 row, so the ITM head ranks the whole row)."""
+  scratch = evaluate_twins_again(record, "twins_itm", "--config.eval.scoring=itc,itc+itm")
+  block = twins_block(scratch, "itc+itm")
+  return dict(record, twins_itm=dict(
+      r1={a: {d: round(block[f"{d}_r1_{a}"], 2) for d in ("i2t", "t2i")}
+          for a in ATTRIBUTES}, split=split_figures(block)),
+      twins_itm_from=os.path.relpath(scratch, ROOT))
 
 
 STOPPED = "stopped at step"  # main.py's last line when a signal stopped a run
@@ -412,6 +464,28 @@ def write_doc() -> str:
                      + f" | {'holds' if split_holds(r) else 'fails'} |")
       lines += ["", f"The prediction holds on {sum(map(split_holds, split))} of "
                 f"{len(split)} runs.", ""]
+    lines += ["## Twins scored by ITM", "", ITM_HYPOTHESIS.format(**ITM_PREDICTION), ""]
+    itm = [r for r in records if "twins_itm" in r]
+    if not itm:
+      lines += ["No run is scored with ITM yet.", ""]
+    else:
+      lines += ["Twins R@1 (%), mean of i2t and t2i: ITC -> itc+itm; then the side's "
+                "halves with itc+itm, i2t / t2i (**mean**).", "",
+                "| setting | variant | seed | steps | " + " | ".join(ATTRIBUTES)
+                + " | side in product (itm) | side in twin (itm) | prediction |",
+                "|---|---|---|---|" + "---|" * len(ATTRIBUTES) + "---|---|---|"]
+      for r in itm:
+        ranked = dict(twins_r1=r["twins_itm"]["r1"])
+        halves = [r["twins_itm"]["split"][f"detail_side_{h}"] for h in HALVES]
+        lines.append(
+            f"| {r['setting']} | {r['variant']} | {r['seed']} | {r['steps']} | "
+            + " | ".join(f"{mean_r1(r, a):.1f} -> **{mean_r1(ranked, a):.1f}**"
+                         for a in ATTRIBUTES) + " | "
+            + " | ".join(f"{v['i2t']:.1f} / {v['t2i']:.1f} (**{(v['i2t'] + v['t2i']) / 2:.1f}**)"
+                         for v in halves)
+            + f" | {'holds' if itm_holds(r) else 'fails'} |")
+      lines += ["", f"The prediction holds on {sum(map(itm_holds, itm))} of {len(itm)} runs.",
+                ""]
   with open(DOC, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return DOC
@@ -429,6 +503,8 @@ def main() -> None:
   sub.add_parser("doc", help="rewrite docs/study/calibration.md from the result files")
   sub.add_parser("split", help="evaluate the twins of finished runs that lack the split "
                  "again (twins only), and record it")
+  sub.add_parser("itm", help="score the twins of finished runs with itc+itm as well, and "
+                 "record it")
   sub.add_parser("refresh", help="reread the twins figures of every finished run from its "
                  "run directory into its result file (after the record grew a field)")
   args = parser.parse_args()
@@ -452,17 +528,20 @@ def main() -> None:
         print(f"{args.setting} {variant} seed {seed} {args.steps} steps: {status(r)} in "
               f"{r['wall_seconds'] / 60:.1f} min", flush=True)
         write_doc()
-  if args.command == "split":
+  if args.command in ("split", "itm"):
+    again, key = ((split_again, "twins_split") if args.command == "split"
+                  else (itm_again, "twins_itm"))
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
       with open(path, encoding="utf-8") as f:
         record = json.load(f)
-      if record["status"] != "done" or "twins_split" in record:
+      if record["status"] != "done" or key in record:
         continue
       t0 = time.time()
-      record = split_again(record)
+      record = again(record)
       with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
-      print(f"{os.path.basename(path)}: split in {time.time() - t0:.0f} s", flush=True)
+      print(f"{os.path.basename(path)}: {args.command} in {time.time() - t0:.0f} s",
+            flush=True)
       write_doc()
   if args.command == "refresh":
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
