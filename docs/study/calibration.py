@@ -180,6 +180,11 @@ def twins_block(directory: str, scoring: str = "itc") -> dict:
                 if b.get("protocol") == "twins" and b.get("scoring") == scoring)
 
 
+def attribute_figures(block: dict) -> dict:
+  """R@1 (i2t, t2i) of each attribute of a twins block."""
+  return {a: {d: round(block[f"{d}_r1_{a}"], 2) for d in ("i2t", "t2i")} for a in ATTRIBUTES}
+
+
 def split_figures(block: dict) -> dict:
   """R@1 of each SPLIT attribute's halves (i2t, t2i, by chance, queries) of a twins
   block evaluated since the split exists."""
@@ -222,7 +227,7 @@ def evaluate_twins_again(record: dict, folder: str, *flags: str) -> str:
           "--config.eval.protocols=twins", "--config.eval.pictures=0", *flags]
   with open(os.path.join(scratch, "evaluate.log"), "w", encoding="utf-8") as f:
     subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
-  again = twins_figures(scratch)["twins_r1"]
+  again = attribute_figures(twins_block(scratch))
   if again != record["twins_r1"]:
     raise RuntimeError(f"{scratch}: the twins evaluated again differ from the run's own "
                        f"({again} vs {record['twins_r1']})")
@@ -243,8 +248,7 @@ def itm_again(record: dict) -> dict:
   scratch = evaluate_twins_again(record, "twins_itm", "--config.eval.scoring=itc,itc+itm")
   block = twins_block(scratch, "itc+itm")
   return dict(record, twins_itm=dict(
-      r1={a: {d: round(block[f"{d}_r1_{a}"], 2) for d in ("i2t", "t2i")}
-          for a in ATTRIBUTES}, split=split_figures(block)),
+      r1=attribute_figures(block), split=split_figures(block)),
       twins_itm_from=os.path.relpath(scratch, ROOT))
 
 
