@@ -728,7 +728,10 @@ def write_report(runs: dict[str, dict[int, dict]], seeds: Sequence[int],
   lines += ["", "## Fine-grained retrieval: 1+K twins (ITC)", "",
             "R@1 (%), mean of i2t and t2i, by what the twin changes. *all visible*: the "
             "product ranked against all its twins whose change its view shows, at once; "
-            "an attribute: against that attribute's K twins only (chance 1 / (1 + K)). "
+            "an attribute: against that attribute's twins the view shows only (by chance "
+            "1 / (1 + their number): about 25% on colour and pattern, whose 3 twins every "
+            "view shows, but 41-49% on a detail's presence, colour and side, whose twins a "
+            "view mostly shows one of; docs/study/calibration.md, *By chance*). "
             "*invisible*: twins whose change the query's view cannot show (a back detail "
             "seen from the front): they tie with the product at best, so they are "
             "reported apart and left out of the other columns.", "",
