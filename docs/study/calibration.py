@@ -38,6 +38,8 @@ import sys
 import time
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, ROOT)
@@ -133,6 +135,15 @@ SETTINGS = {
              "a queue of 1024 about one time in two (0.13 at 256), a false negative that "
              "ALBEF's pretraining also accepts. Costs nothing per step beyond the queue's "
              "similarities")),
+}
+
+
+# Step budgets other than the screening's 1000, by (setting, steps).
+BUDGETS = {
+    ("size2_contrast150", 3000): (
+        "the study's budget, at the setting that lifted a detail's presence the most for "
+        "no cost per step: do the details come with steps? At the study's setting they "
+        "did not (1000 and 3000 steps alike near chance)"),
 }
 
 
@@ -388,6 +399,34 @@ def load_results() -> list[dict]:
                                         else len(order), r["steps"], r["variant"], r["seed"]))
 
 
+def plot_cost(records: list[dict], chances: dict[str, dict], path: str) -> None:
+  """Each detail attribute's R@1 above its R@1 by chance (mean of i2t and t2i) against
+  the run's wall time, one point per finished run whose twins set's chance is known,
+  labelled by setting. The dashed line at 0 is nothing learnt."""
+  fig = Figure(figsize=(9, 4.5))
+  axes = fig.subplots(1, len(DETAILS), sharey=True)
+  for ax, attribute in zip(axes, DETAILS):
+    for r in records:
+      chance = chances.get(twins_set(r["setting"]))
+      if r["status"] != "done" or chance is None:
+        continue
+      x, y = r["wall_seconds"] / 60, mean_r1(r, attribute) - chance[attribute]
+      ax.scatter([x], [y], s=18, color="tab:blue" if r["variant"] == "random_masks"
+                 else "tab:orange")
+      ax.annotate(r["setting"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axhline(0.0, color="black", linestyle="dashed", linewidth=1)
+    ax.set_title(attribute, fontsize=9)
+    ax.set_xlabel("wall time of the run (min, 2 shared cores)", fontsize=7)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("twins R@1 minus R@1 by chance (points)")
+  axes[0].scatter([], [], color="tab:blue", label="random_masks")
+  axes[0].scatter([], [], color="tab:orange", label="albef")
+  axes[0].legend(fontsize=7)
+  fig.suptitle("Calibration: what each lever buys on the details, against its cost", fontsize=10)
+  fig.tight_layout()
+  FigureCanvasAgg(fig).print_png(path)
+
+
 def write_doc() -> str:
   records = load_results()
   lines = [
@@ -443,6 +482,9 @@ def write_doc() -> str:
   for name, s in SETTINGS.items():
     overrides = " ".join(f"`{o}`" for o in s["overrides"]) or "(none)"
     lines.append(f"| {name} | {overrides} | {s['why']} |")
+  lines += ["", "Budgets other than 1000 steps, each fixed before its runs:", "",
+            "| setting | steps | why |", "|---|---|---|"]
+  lines += [f"| {name} | {steps} | {why} |" for (name, steps), why in BUDGETS.items()]
   lines += [
       "",
       "## The runs",
@@ -526,6 +568,9 @@ def write_doc() -> str:
       lines.append(f"| {name} | {', '.join(users)} | "
                    + " | ".join(f"{chance[a]:.1f}" for a in ATTRIBUTES) + " |")
     lines += [""]
+    if chances:
+      plot_cost(records, chances, os.path.join(HERE, "calibration_cost.png"))
+      lines += ["![detail R@1 above chance against cost](calibration_cost.png)", ""]
     lines += ["## Which image shows the detail", "",
               SPLIT_HYPOTHESIS.format(**SPLIT_PREDICTION), ""]
     split = [r for r in records if "twins_split" in r]
