@@ -571,6 +571,17 @@ def write_doc() -> str:
     if chances:
       plot_cost(records, chances, os.path.join(HERE, "calibration_cost.png"))
       lines += ["![detail R@1 above chance against cost](calibration_cost.png)", ""]
+      above = {a: [mean_r1(r, a) - chances[twins_set(r["setting"])][a] for r in records
+                   if r["status"] == "done" and twins_set(r["setting"]) in chances]
+               for a in DETAILS}
+      if above[DETAILS[0]]:
+        lines += [f"Across the {len(above[DETAILS[0]])} finished runs, twins R@1 above "
+                  "its R@1 by chance (points, mean of i2t and t2i): " + "; ".join(
+                      f"{a} {min(v):+.1f} to {max(v):+.1f}" for a, v in above.items())
+                  + f". The target's floor, {TARGET[0]:.0f}%, is " + ", ".join(
+                      f"{TARGET[0] - chances[twins_set('size2_contrast150')][a]:+.1f}"
+                      for a in DETAILS) + " points above chance on size2_contrast150's "
+                  "twins set (the same order).", ""]
     lines += ["## Which image shows the detail", "",
               SPLIT_HYPOTHESIS.format(**SPLIT_PREDICTION), ""]
     split = [r for r in records if "twins_split" in r]
