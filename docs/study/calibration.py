@@ -437,7 +437,8 @@ def load_results() -> list[dict]:
 def plot_cost(records: list[dict], chances: dict[str, dict], path: str) -> None:
   """Each detail attribute's R@1 above its R@1 by chance (mean of i2t and t2i) against
   the run's wall time, one point per finished run whose twins set's chance is known,
-  labelled by setting. The dashed line at 0 is nothing learnt."""
+  labelled by setting (and budget, where not 1000 steps). The dashed line at 0 is
+  nothing learnt."""
   fig = Figure(figsize=(9, 4.5))
   axes = fig.subplots(1, len(DETAILS), sharey=True)
   for ax, attribute in zip(axes, DETAILS):
@@ -448,7 +449,8 @@ def plot_cost(records: list[dict], chances: dict[str, dict], path: str) -> None:
       x, y = r["wall_seconds"] / 60, mean_r1(r, attribute) - chance[attribute]
       ax.scatter([x], [y], s=18, color="tab:blue" if r["variant"] == "random_masks"
                  else "tab:orange")
-      ax.annotate(r["setting"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+      label = r["setting"] + (f" ({r['steps']} steps)" if r["steps"] != 1000 else "")
+      ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.axhline(0.0, color="black", linestyle="dashed", linewidth=1)
     ax.set_title(attribute, fontsize=9)
     ax.set_xlabel("wall time of the run (min, 2 shared cores)", fontsize=7)
