@@ -12,16 +12,6 @@ import numpy as np
 import pytest
 
 
-def pytest_collection_modifyitems(items):
-  """The end-to-end tests (marked `slow`) first. Under xdist (`--dist=loadgroup`, in
-  pyproject.toml) every test is a unit of work handed to whichever worker is free; started
-  first, the long ones overlap the hundreds of short ones instead of leaving one worker
-  alone with a long test at the end (longest first, the classic rule for two machines).
-  Tests of one `xdist_group` (those sharing an expensive module fixture) go to one worker
-  together, so the fixture runs once."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
-
-
 def toy_batch(batch: int = 8, seq: int = 12, image_size: int = 64, vocab: int = 100,
               seed: int = 0) -> dict:
   """A batch in the pipeline's layout: [CLS]=2 ... [SEP]=3, [PAD]=0, half padded."""

@@ -95,7 +95,7 @@ def _layout(tmp_path_factory, name: str):
 def repo(tmp_path_factory):
   """A checkout's layout with the README's main job, ./launch/local.sh, run in it: 2 steps
   of tiny data, one ViT block (which the commands below must take from the run's
-  config.json: none of them says so). Its tests are one xdist group: one worker, one run."""
+  config.json: none of them says so)."""
   repo = _layout(tmp_path_factory, "repo")
   local = readme_command("./launch/local.sh")
   assert local == ["./launch/local.sh"]
@@ -105,7 +105,6 @@ def repo(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("readme_run")
 def test_pretraining_config_json_is_the_resolved_config(repo):
   config = _json(repo / "runs" / "synthfashion" / "config.json")
   with open(config["data"]["vocab_path"], encoding="utf-8") as f:
@@ -114,7 +113,6 @@ def test_pretraining_config_json_is_the_resolved_config(repo):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("readme_run")
 def test_readme_evaluate_with_both_scorings(repo):
   argv = readme_command("syncmask_jax.evaluate", "--config.eval.scoring=")
   assert "--workdir=runs/synthfashion" in argv
@@ -129,7 +127,6 @@ def test_readme_evaluate_with_both_scorings(repo):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("readme_run")
 def test_readme_laptop_finetuning_from_a_relative_checkpoint(repo):
   argv = readme_command("syncmask_jax.main", "finetune_category.py", "data=synthfashion")
   assert "--config.init_checkpoint=runs/synthfashion/checkpoints" in argv
@@ -194,7 +191,6 @@ def stand_ins(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("readme_run")
 def test_readme_round_trip_through_albefs_layout(repo):
   """The laptop block: the main job's run exported to LAVIS's ALBEF layout, imported
   into a new run directory, evaluated. The imported parameters are the run's (LAVIS's
@@ -223,7 +219,7 @@ def test_readme_round_trip_through_albefs_layout(repo):
 
 
 # The commands for ALBEF's released files, verbatim, on stand-ins with their key layout
-# (`stand_ins`); three tests, so that two workers can share them.
+# (`stand_ins`); three tests, so that the two workers can share them.
 
 
 @pytest.mark.slow

@@ -29,13 +29,12 @@ for _name in ("torch", "transformers"):
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("module", ["test_checkpoint_import.py", "test_released_weights.py"])
 def test_torch_parity_in_subprocess(module):
   env = dict(os.environ, SYNCMASK_TORCH_SUBPROCESS="1")
-  # -n 0: one process (the parent already runs under xdist; -p no:xdist would leave
-  # pyproject's --dist unknown); -rs lists the skips (timm where torchvision does not import).
-  cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "-p",
+  # -p no:xdist: one process (the parent already runs under xdist); -rs lists the skips
+  # (timm where torchvision does not import).
+  cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:xdist", "-p",
          "no:cacheprovider", os.path.join(HERE, module)]
   proc = subprocess.run(cmd, cwd=os.path.dirname(HERE), env=env, capture_output=True,
                         text=True, timeout=1200, check=False)

@@ -68,11 +68,10 @@ def test_queue_size_must_divide():
 @pytest.fixture(scope="module")
 def one_device_step():
   """One step of the tiny config on toy_batch() on one device: what every mesh layout
-  below must reproduce, computed once for them (they are one xdist group)."""
+  below must reproduce, computed once for them (once per xdist worker that runs one)."""
   return _run(make_tiny_config(), [toy_batch()], jax.devices()[:1])
 
 
-@pytest.mark.xdist_group("train_step_layouts")
 @pytest.mark.parametrize("layout", [dict(data=8, fsdp=1), dict(data=1, fsdp=8),
                                     dict(data=2, fsdp=4)])
 def test_one_step_equal_across_layouts(tiny_config, layout, one_device_step):
