@@ -33,15 +33,20 @@ def toy_batch(batch: int = 8, seq: int = 12, image_size: int = 64, vocab: int = 
       gt_token_visible=(rs.rand(batch, seq) > 0.5) & mask.astype(bool))
 
 
-@pytest.fixture
-def tiny_config():
-  from syncmask_jax import config_lib
+def make_tiny_config():
+  """The default config at toy_batch's size: batch 8, a queue of two batches, vocab 100."""
+  from syncmask_jax import config_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.default_config()
   c.data.global_batch_size = 8
   c.queue_size = 16
   c.model.vocab_size = 100
   c.model.text_dropout = 0.0
   return c
+
+
+@pytest.fixture
+def tiny_config():
+  return make_tiny_config()
 
 
 @pytest.fixture(scope="module")

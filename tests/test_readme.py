@@ -83,14 +83,20 @@ def _json(path):
     return json.load(f)
 
 
+def _layout(tmp_path_factory, name: str):
+  """A directory laid out like a checkout: what the launch scripts and commands read."""
+  repo = tmp_path_factory.mktemp(name)
+  for part in ("configs", "launch", "requirements", "pyproject.toml"):
+    os.symlink(os.path.join(ROOT, part), repo / part)
+  return repo
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-  """A checkout's layout (what the launch scripts read) with the README's main job,
-  ./launch/local.sh, run in it: 2 steps of tiny data, one ViT block (which the commands
-  below must take from the run's config.json: none of them says so)."""
-  repo = tmp_path_factory.mktemp("repo")
-  for name in ("configs", "launch", "requirements", "pyproject.toml"):
-    os.symlink(os.path.join(ROOT, name), repo / name)
+  """A checkout's layout with the README's main job, ./launch/local.sh, run in it: 2 steps
+  of tiny data, one ViT block (which the commands below must take from the run's
+  config.json: none of them says so)."""
+  repo = _layout(tmp_path_factory, "repo")
   local = readme_command("./launch/local.sh")
   assert local == ["./launch/local.sh"]
   run(local + ["--config.eval_at_end=False", "--config.queue_size=16",
@@ -154,11 +160,13 @@ SMALL_RUN = ["--config.total_steps=2", "--config.data.global_batch_size=4",
              "--config.checkpoint_every=2", "--config.data.read_threads=1"]
 
 
-def _stand_ins(repo) -> None:
-  """ckpt/: a vocabulary and stand-ins of ALBEF.pth, mscoco.pth and vqa.pth (ALBEF's
-  key layout, tiny random models, fakes.write_albef_checkpoint); data/: FashionGen,
-  COCO (Karpathy) and VQA in their real formats. torch writes the .pth files, in a
-  process of its own (tests/test_torch_parity.py says why)."""
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+  """A checkout's layout with ckpt/: a vocabulary and stand-ins of ALBEF.pth, mscoco.pth
+  and vqa.pth (ALBEF's key layout, tiny random models, fakes.write_albef_checkpoint);
+  data/: FashionGen, COCO (Karpathy) and VQA in their real formats. torch writes the .pth
+  files, in a process of its own (tests/test_torch_parity.py says why)."""
+  repo = _layout(tmp_path_factory, "released")
   sys.path.insert(0, os.path.dirname(__file__))
   import fakes  # pylint: disable=g-import-not-at-top
   os.makedirs(repo / "ckpt", exist_ok=True)
@@ -179,6 +187,7 @@ def _stand_ins(repo) -> None:
                            seed=split == "validation")
   fakes.write_karpathy(str(repo / "data" / "coco"))
   fakes.write_vqa(str(repo / "data" / "vqa"))
+  return repo
 
 
 @pytest.mark.slow
@@ -209,25 +218,33 @@ def test_readme_round_trip_through_albefs_layout(repo):
   np.testing.assert_array_equal(back_params["embeddings/token_type"], 0.0)
 
 
+# The commands for ALBEF's released files, verbatim, on stand-ins with their key layout
+# (`stand_ins`); three tests, so that the two workers can share them.
+
+
 @pytest.mark.slow
-def test_readme_released_albef_commands_on_stand_ins(repo):
-  """The commands for ALBEF's released files, verbatim, on stand-ins with their key
-  layout: FashionGen pretraining from ALBEF.pth, the COCO retrieval checkpoint and the
-  VQA checkpoint (a 32-px stand-in read at 48 px: its position table is resized)
-  converted and evaluated."""
-  _stand_ins(repo)
+def test_readme_fashiongen_pretraining_from_albef_pth(stand_ins):
   pretrain = readme_command("syncmask_jax.main", "--config.init_checkpoint=ckpt/ALBEF.pth")
-  run(pretrain + MODEL + SMALL_RUN + ["--config.eval_at_end=False"], repo)
-  log = (repo / "runs" / "fg_albef" / "metrics.jsonl").read_text().splitlines()
+  run(pretrain + MODEL + SMALL_RUN + ["--config.eval_at_end=False"], stand_ins)
+  log = (stand_ins / "runs" / "fg_albef" / "metrics.jsonl").read_text().splitlines()
   assert json.loads(log[-1])["step"] == 2
+
+
+@pytest.mark.slow
+def test_readme_albef_coco_retrieval_checkpoint_converted_and_evaluated(stand_ins):
   coco = [readme_command("syncmask_jax.convert", "ckpt/mscoco.pth"),
           readme_command("syncmask_jax.evaluate", "--workdir=runs/albef_coco")]
-  run(coco[0] + MODEL + SMALL_RUN + ["--config.data.global_batch_size=2"], repo)
-  out = run(coco[1] + ["--config.eval.itm_k=4", "--config.data.eval_batch_size=4"], repo)
+  run(coco[0] + MODEL + SMALL_RUN + ["--config.data.global_batch_size=2"], stand_ins)
+  out = run(coco[1] + ["--config.eval.itm_k=4", "--config.data.eval_batch_size=4"], stand_ins)
   assert "karpathy" in out.stdout
+
+
+@pytest.mark.slow
+def test_readme_albef_vqa_checkpoint_converted_and_evaluated(stand_ins):
+  """A 32-px stand-in read at 48 px: its position table is resized."""
   vqa = [readme_command("syncmask_jax.convert", "ckpt/vqa.pth"),
          readme_command("syncmask_jax.evaluate", "--workdir=runs/albef_vqa")]
   run(vqa[0] + MODEL + SMALL_RUN + ["--config.model.image_size=48", "--config.vqa.k_test=2",
-                                     "--config.data.global_batch_size=2"], repo)
-  run(vqa[1] + ["--config.vqa.k_test=2", "--config.data.eval_batch_size=4"], repo)
-  assert (repo / "runs" / "albef_vqa" / "eval" / "vqa_test_results.json").exists()
+                                     "--config.data.global_batch_size=2"], stand_ins)
+  run(vqa[1] + ["--config.vqa.k_test=2", "--config.data.eval_batch_size=4"], stand_ins)
+  assert (stand_ins / "runs" / "albef_vqa" / "eval" / "vqa_test_results.json").exists()

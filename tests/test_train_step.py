@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import assert_no_host_round_trip, toy_batch
+from conftest import assert_no_host_round_trip, make_tiny_config, toy_batch
 
 from flax import nnx
 
@@ -65,13 +65,19 @@ def test_queue_size_must_divide():
     config_lib.check_queue_size(20, 8)
 
 
+@pytest.fixture(scope="module")
+def one_device_step():
+  """One step of the tiny config on toy_batch() on one device: what every mesh layout
+  below must reproduce, computed once for them (once per xdist worker that runs one)."""
+  return _run(make_tiny_config(), [toy_batch()], jax.devices()[:1])
+
+
 @pytest.mark.parametrize("layout", [dict(data=8, fsdp=1), dict(data=1, fsdp=8),
                                     dict(data=2, fsdp=4)])
-def test_one_step_equal_across_layouts(tiny_config, layout):
-  batch = toy_batch()
-  ref_state, ref_m = _run(tiny_config, [batch], jax.devices()[:1])
+def test_one_step_equal_across_layouts(tiny_config, layout, one_device_step):
+  ref_state, ref_m = one_device_step
   tiny_config.mesh.data, tiny_config.mesh.fsdp = layout["data"], layout["fsdp"]
-  state, m = _run(tiny_config, [batch])
+  state, m = _run(tiny_config, [toy_batch()])
   for k in ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mim", "grad_norm"):
     np.testing.assert_allclose(m[0][k], ref_m[0][k], rtol=2e-5, err_msg=k)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
