@@ -160,7 +160,7 @@ SPLIT_HYPOTHESIS = (
     "in-twin one, about 50% overall. The same holds for a detail's presence: a removed "
     "detail is in product, an added one in twin. **Prediction**, for every finished "
     "run of the table above: detail side R@1 (mean of i2t and t2i) at least "
-    f"{{side_product:.0f}} in product and at most {{side_twin:.0f}} in twin; detail "
+    "{side_product:.0f} in product and at most {side_twin:.0f} in twin; detail "
     "presence in twin at least {presence_gap:.0f} points below in product. If it holds, "
     "the side (and part of presence) measures whether a model reads absence and binds "
     "a side word, which no lever tried so far moves; if it fails, the side's 50% is "
@@ -280,6 +280,11 @@ def result_path(setting: str, variant: str, seed: int, steps: int) -> str:
   return os.path.join(RESULTS, f"{setting}-{variant}-seed{seed}-steps{steps}.json")
 
 
+def config_flag(variant: str, seed: int, steps: int) -> str:
+  """The --config flag of one run of the study's config."""
+  return f"--config={study.PRETRAIN}:variant={variant},seed={seed},steps={steps}"
+
+
 def twins_block(directory: str, scoring: str = "itc") -> dict:
   """The twins block of a run's eval/pretrain.json for one scoring."""
   with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
@@ -306,11 +311,10 @@ def twins_figures(directory: str) -> dict:
   how many queries each attribute's figure rests on (a setting changes the twins set:
   bigger details leave fewer mirror placements, so fewer side twins), and the split
   (`split_figures`) where the run was evaluated since it exists."""
-  figures = report.read_run(directory)
   block = twins_block(directory)
-  out = dict(twins_size=figures.get("twins_size"), twins_r1={
-      a: {side: round(figures[f"twins/{side}_r1_{a}"], 2) for side in ("i2t", "t2i")}
-      for a in ATTRIBUTES}, twins_queries={a: block[f"num_queries_{a}"] for a in ATTRIBUTES})
+  out = dict(twins_size=report.read_run(directory).get("twins_size"),
+             twins_r1=attribute_figures(block),
+             twins_queries={a: block[f"num_queries_{a}"] for a in ATTRIBUTES})
   if f"i2t_r1_{SPLIT[0]}_{HALVES[0]}" in block:
     out["twins_split"] = split_figures(block)
   return out
@@ -329,8 +333,8 @@ def evaluate_twins_again(record: dict, folder: str, *flags: str) -> str:
   if not os.path.islink(link):
     os.symlink(os.path.join("..", "checkpoints"), link)
   argv = [sys.executable, "-m", "syncmask_jax.evaluate",
-          f"--config={study.PRETRAIN}:variant={record['variant']},seed={record['seed']},"
-          f"steps={record['steps']}", f"--workdir={scratch}", *record["overrides"],
+          config_flag(record["variant"], record["seed"], record["steps"]),
+          f"--workdir={scratch}", *record["overrides"],
           "--config.eval.protocols=twins", "--config.eval.pictures=0", *flags]
   with open(os.path.join(scratch, "evaluate.log"), "w", encoding="utf-8") as f:
     subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
@@ -381,8 +385,7 @@ def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str,
   directory = report.run_dir(os.path.join(workdir, setting, f"steps{steps}"), variant, seed)
   os.makedirs(directory, exist_ok=True)
   argv = [sys.executable, "-m", "syncmask_jax.main",
-          f"--config={study.PRETRAIN}:variant={variant},seed={seed},steps={steps}",
-          f"--workdir={directory}", *overrides]
+          config_flag(variant, seed, steps), f"--workdir={directory}", *overrides]
   log = os.path.join(directory, "pretrain.log")
   # The machine's load beside the wall time: this CPU is shared, so a slow run may be a
   # busy machine rather than a costly setting.
