@@ -175,10 +175,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.synth_test_products = 1000
   c.data.synth_seed = 0  # the generator's seed, separate from the training seed
   # [ours] How visible SynthFashion's details are (synthfashion.DetailStyle): a scale of
-  # the small details and the least RGB distance of a detail's colour from the body.
+  # the small details, the least RGB distance of a detail's colour from the body, and
+  # facing marks (which way a view faces, so a detail's side can be read from it).
   # The defaults draw the original set; SYNTH_DETAIL_SIZES and _CONTRASTS bound them.
   c.data.synth_detail_size = 1.0
   c.data.synth_detail_contrast = 110.0
+  c.data.synth_facing_marks = False
   c.data.embedding_search_size = 4096  # GRIT-VLP search window for embedding grouping
   c.data.read_threads = 4
   c.data.prefetch_batches = 4
@@ -448,7 +450,7 @@ def validate_detail_style(d: ml_collections.ConfigDict) -> None:
   _check(lo < d.synth_detail_contrast <= hi, "data.synth_detail_contrast",
          d.synth_detail_contrast, f"must be in ({lo}, {hi}]")
   default = default_config().data
-  for name in ("synth_detail_size", "synth_detail_contrast"):
+  for name in ("synth_detail_size", "synth_detail_contrast", "synth_facing_marks"):
     _check(d.name == "synthfashion" or d[name] == default[name], f"data.{name}", d[name],
            f"only data.name='synthfashion' reads it (here {d.name!r}): leave it at "
            f"{default[name]!r}")

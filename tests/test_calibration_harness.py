@@ -58,3 +58,25 @@ def test_the_itm_prediction_needs_both_side_and_detail_colour_to_gain():
   assert calibration.itm_holds(dict(record, twins_itm=dict(r1=gained)))  # +5 and +5
   short = dict(gained, detail_side=dict(i2t=50.0, t2i=57.9))
   assert not calibration.itm_holds(dict(record, twins_itm=dict(r1=short)))
+
+
+def test_side_readable_only_front_and_back_of_a_garment_with_a_neck_opening():
+  sf = calibration.synthfashion
+  tee, trousers = (next(i for i, g in enumerate(sf.GARMENTS) if g.name == n)
+                   for n in ("t-shirt", "trousers"))
+  category = [tee, tee, tee, tee, trousers, trousers]
+  view = [sf.FRONT, sf.BACK, sf.LEFT, sf.RIGHT, sf.FRONT, sf.BACK]
+  assert calibration.side_readable(category, view).tolist() == [True, True, False, False,
+                                                                  False, False]
+
+
+def test_the_facing_prediction_needs_the_side_above_chance_and_the_rest_kept():
+  r1 = lambda **v: dict(twins_r1={a: dict(i2t=x, t2i=x) for a, x in v.items()})  # noqa: E731
+  chance = dict(detail_side=49.4)
+  reference = r1(detail_presence=60.0, detail_colour=59.0, detail_side=50.0)
+  assert calibration.facing_holds(
+      r1(detail_presence=57.0, detail_colour=62.0, detail_side=54.4), reference, chance)
+  assert not calibration.facing_holds(
+      r1(detail_presence=57.0, detail_colour=62.0, detail_side=54.3), reference, chance)
+  assert not calibration.facing_holds(
+      r1(detail_presence=55.9, detail_colour=59.0, detail_side=70.0), reference, chance)

@@ -103,8 +103,10 @@ def test_albef_base_is_albefs():
   assert (m.vision_ln_eps, m.text_ln_eps) == (1e-6, 1e-12)
 
 
-def test_detail_levers_only_where_they_are_read():
+@pytest.mark.parametrize("field,value", [("synth_detail_size", 1.5),
+                                         ("synth_facing_marks", True)])
+def test_detail_levers_only_where_they_are_read(field, value):
   d = config_lib.default_config().data
-  d.name, d.synth_detail_size = "synthfashion_vqa", 1.5
-  with pytest.raises(ValueError, match="config.data.synth_detail_size=1.5: only"):
+  d.name, d[field] = "synthfashion_vqa", value
+  with pytest.raises(ValueError, match=f"config.data.{field}={value}: only"):
     config_lib.validate_detail_style(d)

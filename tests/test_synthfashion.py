@@ -149,6 +149,43 @@ def test_contrast_bounds_the_detail_colours():
       sf.DetailStyle(**{field: value})
 
 
+def test_facing_marks_cut_the_front_edge_of_each_view():
+  # Per garment, per view: what the marks change against the same product without them.
+  # A profile's mark sits in its front half (the left view faces the image's left), the
+  # front view gets one only without a neck opening, the back view none; a mark is
+  # background (image and part map) wherever a detail does not cover it.
+  first = {}
+  for pid in range(200):
+    first.setdefault(sf.make_product(0, pid).category, pid)
+  assert len(first) == len(sf.GARMENTS)
+  size = 64
+  for category, pid in first.items():
+    plain, marked = (sf.make_product(0, pid, sf.DetailStyle(facing=f)) for f in (False, True))
+    assert marked.facing and marked.details == plain.details
+    for view in range(len(sf.VIEW_NAMES)):
+      (a, _), (b, parts) = sf.render(plain, view, size), sf.render(marked, view, size)
+      changed = np.any(a != b, axis=-1)
+      cols = np.flatnonzero(changed.any(0))
+      where = (sf.GARMENTS[category].name, sf.VIEW_NAMES[view])
+      if view == sf.BACK or (view == sf.FRONT and sf.GARMENTS[category].front_cut):
+        assert not changed.any(), where
+        continue
+      assert changed.sum() >= 6, where  # a few pixels at 64 px: visible at a patch
+      assert np.all(parts[changed] == 0), where
+      assert np.all(b[changed] == sf.BACKGROUND_RGB[plain.colour]), where
+      rows = np.flatnonzero(changed.any(1))
+      assert rows.max() < size * (sf.GARMENTS[category].neck_y + 0.15), where
+      # Against the silhouette's centre column (the framing jitters per view).
+      centre = np.flatnonzero(np.any(a != sf.BACKGROUND_RGB[plain.colour], -1).any(0))
+      centre = (centre.min() + centre.max()) / 2
+      if view == sf.LEFT:
+        assert cols.mean() < centre - 3 and cols.max() < centre + 1, where
+      elif view == sf.RIGHT:
+        assert cols.mean() > centre + 3 and cols.min() > centre - 1, where
+      else:  # front: a notch at the centre
+        assert abs(cols.mean() - centre) <= 1, where
+
+
 def test_deterministic_across_processes(records):
   code = ("import hashlib, numpy as np; from syncmask_jax.data import synthfashion as sf; "
           "ds = sf.SynthFashion('train', num_products=40, seed=7); "

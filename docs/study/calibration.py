@@ -135,6 +135,16 @@ SETTINGS = {
              "a queue of 1024 about one time in two (0.13 at 256), a false negative that "
              "ALBEF's pretraining also accepts. Costs nothing per step beyond the queue's "
              "similarities")),
+    # Added after finding that 70% of the side queries on size2_contrast150's twins set
+    # are views whose image cannot show a side (*By chance*: unreadable side).
+    "facing": dict(overrides=[
+        "--config.data.synth_detail_size=2.0", "--config.data.synth_detail_contrast=150",
+        "--config.data.synth_facing_marks=True"],
+        why=("size2_contrast150 with facing marks (`data.synth_facing_marks`, a notch at "
+             "the top of a view's front edge): without them a left profile is drawn as "
+             "the right one and the front of trousers, skirts and shorts as their back, "
+             "so most side twins' images are the same picture with another side word; "
+             "the same products, twins and texts, no cost per step")),
 }
 
 
@@ -144,6 +154,9 @@ BUDGETS = {
         "the study's budget, at the setting that lifted a detail's presence the most for "
         "no cost per step: do the details come with steps? At the study's setting they "
         "did not (1000 and 3000 steps alike near chance)"),
+    ("facing", 3000): (
+        "the budget at which size2_contrast150 half-learns a detail's presence and "
+        "colour: does the side follow once the image can show it?"),
 }
 
 
@@ -191,6 +204,31 @@ ITM_HYPOTHESIS = (
     "target and the study's detail claims are read with itc+itm, ALBEF's own protocol; "
     "if not, with ITC as before.")
 ITM_PREDICTION = dict(gain=5.0)
+
+# Fixed before any run with facing marks (the commit that adds the setting and this).
+FACING_HYPOTHESIS = (
+    "Without facing marks {unreadable:.0f}% of the side queries on size2_contrast150's "
+    "twins set are views whose image cannot show a side (a profile, or the front or "
+    "back of trousers, a skirt or shorts: *By chance*), so there the side's R@1 is "
+    "chance whatever the model, and the {readable:.0f}% left would have to reach about "
+    "{need:.0f}% for the whole to reach the target's floor. **Prediction**: at the facing setting and "
+    "{steps} steps, seed 0 of each baseline: detail side R@1 (mean of i2t and t2i) at "
+    "least {gain:.0f} points above its R@1 by chance, and detail presence and detail "
+    "colour within {keep:.0f} points of the same baseline and seed at "
+    "size2_contrast150 and {steps} steps (the marks cost them nothing). If it holds, the "
+    "calibration's candidate is the facing setting; if the side stays at chance with "
+    "the marks, what holds it is the binding of a side word to its detail, which the "
+    "images never asked for.")
+FACING_PREDICTION = dict(steps=3000, gain=5.0, keep=4.0)
+
+
+def facing_holds(record: dict, reference: dict, chance: dict) -> bool:
+  """Whether one facing run meets FACING_PREDICTION against its size2_contrast150 run."""
+  p = FACING_PREDICTION
+  return (mean_r1(record, "detail_side") >= chance["detail_side"] + p["gain"]
+          and all(abs(mean_r1(record, a) - mean_r1(reference, a)) <= p["keep"]
+                  for a in ("detail_presence", "detail_colour")))
+
 
 # What the runs above say, by session (figures from the tables above; a later session
 # adds its own paragraph rather than rewriting an earlier one).
@@ -273,7 +311,24 @@ def chance_of(setting: str) -> dict[str, float]:
   out = retrieval.twins_recall(np.zeros((len(groups["image"]), 1)),
                                np.zeros((len(groups["text"]), 1)), groups,
                                retrieval.Scorer("itc"))
-  return {a: round(out[f"r1_chance_{a}"], 1) for a in ATTRIBUTES}
+  side = groups["attributes"].index("detail_side")
+  queries = np.any((groups["member_attribute"] == side) & groups["member_visible"], axis=1)
+  unreadable = ~side_readable(synthfashion.product_table(
+      int(d.synth_seed), groups["query_product_id"])["category"], groups["query_view"])
+  return {**{a: round(out[f"r1_chance_{a}"], 1) for a in ATTRIBUTES},
+          UNREADABLE: round(100 * float(unreadable[queries].mean()), 1)}
+
+
+UNREADABLE = "detail_side_unreadable"  # % of side queries: chance_of's, in CHANCE
+
+
+def side_readable(category: np.ndarray, view: np.ndarray) -> np.ndarray:
+  """Whether a view of a garment shows which side it is, without facing marks
+  (synthfashion's module doc): a front or back view of a garment with a neck opening.
+  A left profile is drawn as the right one, and the front of a garment without an
+  opening as its back."""
+  necked = np.array([bool(g.front_cut) for g in synthfashion.GARMENTS])
+  return np.isin(view, (synthfashion.FRONT, synthfashion.BACK)) & necked[category]
 
 
 def result_path(setting: str, variant: str, seed: int, steps: int) -> str:
@@ -602,13 +657,18 @@ def write_doc() -> str:
               "records). A view shows only the twins whose change it shows, mostly one "
               "per detail attribute, so a detail's row is 1+1 or 1+2 far more often than "
               "1+3: by chance is near 45%, not 25%. A figure near it is nothing learnt.", "",
-              "| twins set | settings | " + " | ".join(ATTRIBUTES) + " |",
-              "|---|---|" + "---|" * len(ATTRIBUTES)]
+              "| twins set | settings | " + " | ".join(ATTRIBUTES) + " | unreadable side |",
+              "|---|---|" + "---|" * len(ATTRIBUTES) + "---|"]
     for name, chance in chances.items():
       users = [k for k in SETTINGS if twins_set(k) == name]
       lines.append(f"| {name} | {', '.join(users)} | "
-                   + " | ".join(f"{chance[a]:.1f}" for a in ATTRIBUTES) + " |")
-    lines += [""]
+                   + " | ".join(f"{chance[a]:.1f}" for a in ATTRIBUTES)
+                   + f" | {chance[UNREADABLE]:.0f}% |")
+    lines += ["", "*Unreadable side*: the share of detail_side queries (views that show a "
+              "side twin's change) whose image cannot show a side without facing marks "
+              "(`side_readable`): a left or right profile (drawn alike), or the front or "
+              "back of trousers, a skirt or shorts (no neck opening). With the marks "
+              "(the *facing* setting) every view shows it.", ""]
     if chances:
       plot_cost(records, chances, os.path.join(HERE, "calibration_cost.png"))
       lines += ["![detail R@1 above chance against cost](calibration_cost.png)", ""]
@@ -669,12 +729,42 @@ def write_doc() -> str:
             + f" | {'holds' if itm_holds(r) else 'fails'} |")
       lines += ["", f"The prediction holds on {sum(map(itm_holds, itm))} of {len(itm)} runs.",
                 ""]
+    lines += facing_section(records, chances)
   lines += ["## Reading", ""]
   for date, text in READING:
     lines += [f"*{date}.* {text}", ""]
   with open(DOC, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return DOC
+
+
+def facing_section(records: list[dict], chances: dict[str, dict]) -> list[str]:
+  """The facing hypothesis and its verdict per facing run (against the same baseline,
+  seed and budget at size2_contrast150)."""
+  chance = chances.get(twins_set("facing"))
+  if chance is None:
+    return []
+  u, floor = chance[UNREADABLE] / 100, TARGET[0]
+  lines = ["## Facing marks", "", FACING_HYPOTHESIS.format(
+      unreadable=100 * u, readable=100 * (1 - u),
+      need=(floor - u * chance["detail_side"]) / (1 - u), **FACING_PREDICTION), ""]
+  done = {(r["setting"], r["variant"], r["seed"], r["steps"]): r for r in records
+          if r["status"] == "done"}
+  rows = [(r, done.get(("size2_contrast150", r["variant"], r["seed"], r["steps"])))
+          for (setting, *_), r in done.items() if setting == "facing"]
+  if not rows:
+    return lines + ["No run with facing marks has finished yet.", ""]
+  lines += ["Twins R@1 (%), mean of i2t and t2i: without the marks (size2_contrast150, "
+            "the same baseline, seed and budget) -> with them; by chance in brackets.", "",
+            "| variant | seed | steps | " + " | ".join(DETAILS) + " | prediction |",
+            "|---|---|---|" + "---|" * len(DETAILS) + "---|"]
+  for r, ref in rows:
+    cells = [(f"{mean_r1(ref, a):.1f}" if ref else "(not run)")
+             + f" -> **{mean_r1(r, a):.1f}** [{chance[a]:.1f}]" for a in DETAILS]
+    verdict = ("holds" if facing_holds(r, ref, chance) else "fails") if ref else "no reference"
+    lines.append(f"| {r['variant']} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
+                 + f" | {verdict} |")
+  return lines + [""]
 
 
 def main() -> None:
@@ -737,7 +827,7 @@ def main() -> None:
       with open(CHANCE, encoding="utf-8") as f:
         chances = json.load(f)
     for setting in SETTINGS:
-      if twins_set(setting) not in chances:
+      if UNREADABLE not in chances.get(twins_set(setting), {}):
         chances[twins_set(setting)] = chance_of(setting)
         print(f"{twins_set(setting)}: {chances[twins_set(setting)]}", flush=True)
     with open(CHANCE, "w", encoding="utf-8") as f:

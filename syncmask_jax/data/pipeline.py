@@ -143,7 +143,8 @@ _vqa = functools.lru_cache(maxsize=8)(vqa.load)
 def detail_style(d: ml_collections.ConfigDict) -> synthfashion.DetailStyle:
   """SynthFashion's detail levers of a `config.data` block."""
   return synthfashion.DetailStyle(size=float(d.synth_detail_size),
-                                  contrast=float(d.synth_detail_contrast))
+                                  contrast=float(d.synth_detail_contrast),
+                                  facing=bool(d.synth_facing_marks))
 
 
 def _caption_source(config: ml_collections.ConfigDict, split: str, part: str, skip: bool,

@@ -17,9 +17,12 @@ What a view shows [ours]:
 * the garment type, colour and pattern show in every view; gender and fabric are
   never drawn (they are words no image can confirm, like much of a real listing).
 
-How visible details are (`DetailStyle`, config `data.synth_detail_size` and
-`data.synth_detail_contrast`) [ours]: a scale of the small details' boxes and the least
-RGB distance of a detail's colour from the body; the defaults draw the original set.
+How visible details are (`DetailStyle`, config `data.synth_detail_size`,
+`data.synth_detail_contrast` and `data.synth_facing_marks`) [ours]: a scale of the small
+details' boxes, the least RGB distance of a detail's colour from the body, and whether
+every view shows which way the garment faces; the defaults draw the original set.
+Without facing marks a left profile is drawn as the right one (and the front of
+trousers, skirts and shorts as their back), so the image cannot tell those sides apart.
 
 Which words are visible (`gt_visible_spans`) [ours]: the garment noun, the body colour
 word and the pattern word in every view; for a detail drawn in the view, its count
@@ -274,9 +277,17 @@ class DetailStyle:
   `contrast` is the least RGB distance of a detail's colour from the body colour; from
   the pattern's shade it is 70/110 of that (the original 110 and 70). A higher contrast
   leaves fewer colours a detail may take.
+
+  `facing` cuts a facing mark into the silhouette (`_facing_mark`): a notch at the top
+  of the front edge in a profile (the left view faces the image's left, the right view
+  its right) and at the top centre of the front view of a garment without a neck
+  opening. Without it (the original) a left and a right profile are drawn alike and so
+  are the front and back of trousers, skirts and shorts: a detail's side is then
+  readable from the image only on the other garments' front and back views.
   """
   size: float = 1.0
   contrast: float = 110.0
+  facing: bool = False
 
   def __post_init__(self):
     lo, hi = config_lib.SYNTH_DETAIL_SIZES
@@ -318,6 +329,7 @@ class Product:
   views: tuple[int, ...]
   text: str
   words: tuple[WordSpan, ...]  # every content word of `text`
+  facing: bool = False  # its views carry facing marks (`DetailStyle.facing`)
 
   @property
   def subcategory(self) -> int:
@@ -709,7 +721,8 @@ def _draw_product(seed: int, product_id: int, style: DetailStyle
   if len(details) < 2:
     raise RuntimeError(f"product {product_id}: only {len(details)} details fit")
   return dict(product_id=product_id, category=category, gender=gender, colour=colour,
-              pattern=pattern, fabric=fabric, details=tuple(details), views=views), rng
+              pattern=pattern, fabric=fabric, details=tuple(details), views=views,
+              facing=style.facing), rng
 
 
 @functools.lru_cache(maxsize=512)
@@ -811,6 +824,26 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: tuple[str, Any], fill: int, pt
     draw.ellipse([pt(sq(x0), y0), pt(sq(x1), y1)], fill=fill)
 
 
+_FACING_NOTCH = (0.09, 0.08)  # (width, depth) of a facing mark, as a canvas fraction
+
+
+def _facing_mark(garment: GarmentType, view: int) -> list[tuple[float, float]]:
+  """The facing mark of a view (`DetailStyle.facing`): a triangle cut from the top of the
+  silhouette, in the view's frame; [] where the view needs none (the back, and a front
+  that its neck opening already tells)."""
+  top = next(geom for kind, geom in garment.body
+             if kind == "poly" and geom[0][1] == garment.neck_y)
+  w, h = _FACING_NOTCH
+  y0 = garment.neck_y - 0.01  # from just above the edge, so the cut opens it
+  if view in (LEFT, RIGHT):
+    x = 0.5 + (top[0][0] - 0.5) * _SIDE_SQUEEZE - 0.01  # the profile's left edge
+    corner = [(x, y0), (x + w, y0), (x, garment.neck_y + h)]
+    return corner if view == LEFT else [(1.0 - cx, cy) for cx, cy in corner]
+  if view == FRONT and not garment.front_cut:
+    return [(0.5 - w / 2, y0), (0.5 + w / 2, y0), (0.5, garment.neck_y + h)]
+  return []
+
+
 def render(product: Product, view: int, size: int, seed: int = 0
            ) -> tuple[np.ndarray, np.ndarray]:
   """(image uint8 (S, S, 3), part map uint8 (S, S)) of one view of a product."""
@@ -832,6 +865,10 @@ def render(product: Product, view: int, size: int, seed: int = 0
   if view == FRONT:
     for shape in garment.front_cut:
       _draw_shape(draw, shape, 0, pt, 1.0)
+  if product.facing:
+    mark = _facing_mark(garment, view)
+    if mark:
+      draw.polygon([pt(x, y) for x, y in mark], fill=0)
   for detail in product.details:
     if detail.side == view:
       _draw_detail(draw, detail, pt)
