@@ -218,7 +218,13 @@ FACING_HYPOTHESIS = (
     "size2_contrast150 and {steps} steps (the marks cost them nothing). If it holds, the "
     "calibration's candidate is the facing setting; if the side stays at chance with "
     "the marks, what holds it is the binding of a side word to its detail, which the "
-    "images never asked for.")
+    "images never asked for. **A second prediction**, on SyncMask's premise (issue 30, "
+    "item 4): the words of another side's detail are unshowable in a view, and a teacher "
+    "that cannot tell which side a view shows cannot leave them out; with the marks, the "
+    "token mask that SyncMask's source (Grad-CAM minus the caption's mean) would draw "
+    "from random_masks seed 0's momentum model holds fewer unshowable words than random "
+    "masks on the same model (its share minus random's below 0; without the marks, "
+    "+0.014 at size2_contrast150 and {steps} steps).")
 FACING_PREDICTION = dict(steps=3000, gain=5.0, keep=4.0)
 
 
@@ -347,6 +353,20 @@ def twins_block(directory: str, scoring: str = "itc") -> dict:
                 if b.get("protocol") == "twins" and b.get("scoring") == scoring)
 
 
+def grounding_figures(directory: str) -> dict:
+  """SyncMask's grounding measures read off a run's momentum model (docs/grounding.md):
+  the unshowable-word share of the token mask its mask source would draw, that of random
+  masks on the same model, and visible words' pointing. A random_masks run's teacher
+  never steered its masks, so this is what SyncMask's masks would start from there."""
+  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
+    result = json.load(f)
+  source = result["grounding"][result["mask_source"]]
+  return dict(grounding=dict(
+      source=result["mask_source"], unshowable=round(source["token_share_invisible"], 4),
+      unshowable_random=round(result["mask_token_share_invisible_random"], 4),
+      pointing=round(source["visible/pointing"], 4)))
+
+
 def attribute_figures(block: dict) -> dict:
   """R@1 (i2t, t2i) of each attribute of a twins block."""
   return {a: {d: round(block[f"{d}_r1_{a}"], 2) for d in ("i2t", "t2i")} for a in ATTRIBUTES}
@@ -464,7 +484,7 @@ def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str,
                   exit_code=proc.returncode, log_tail=tail)
   else:
     record.update(status="done", directory=os.path.relpath(directory, ROOT),
-                  **twins_figures(directory))
+                  **twins_figures(directory), **grounding_figures(directory))
   os.makedirs(RESULTS, exist_ok=True)
   with open(result_path(setting, variant, seed, steps), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1)
@@ -755,15 +775,23 @@ def facing_section(records: list[dict], chances: dict[str, dict]) -> list[str]:
   if not rows:
     return lines + ["No run with facing marks has finished yet.", ""]
   lines += ["Twins R@1 (%), mean of i2t and t2i: without the marks (size2_contrast150, "
-            "the same baseline, seed and budget) -> with them; by chance in brackets.", "",
-            "| variant | seed | steps | " + " | ".join(DETAILS) + " | prediction |",
-            "|---|---|---|" + "---|" * len(DETAILS) + "---|"]
+            "the same baseline, seed and budget) -> with them; by chance in brackets. "
+            "*Unshowable share*: of the token mask the run's mask source would draw from "
+            "its momentum model, minus that of random masks on the same model (below 0: "
+            "fewer unshowable words than random), without -> with the marks.", "",
+            "| variant | seed | steps | " + " | ".join(DETAILS)
+            + " | prediction | mask source | unshowable share | second prediction |",
+            "|---|---|---|" + "---|" * len(DETAILS) + "---|---|---|---|"]
+  excess = lambda r: r["grounding"]["unshowable"] - r["grounding"]["unshowable_random"]  # noqa: E731
   for r, ref in rows:
     cells = [(f"{mean_r1(ref, a):.1f}" if ref else "(not run)")
              + f" -> **{mean_r1(r, a):.1f}** [{chance[a]:.1f}]" for a in DETAILS]
     verdict = ("holds" if facing_holds(r, ref, chance) else "fails") if ref else "no reference"
+    second = ("holds" if excess(r) < 0 else "fails") if r["variant"] == "random_masks" else "-"
     lines.append(f"| {r['variant']} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
-                 + f" | {verdict} |")
+                 + f" | {verdict} | {r['grounding']['source']} | "
+                 + (f"{excess(ref):+.3f}" if ref else "(not run)")
+                 + f" -> **{excess(r):+.3f}** | {second} |")
   return lines + [""]
 
 
@@ -841,7 +869,8 @@ def main() -> None:
       directory = record.get("directory") or os.path.relpath(report.run_dir(os.path.join(
           ROOT, "runs", "calibration", record["setting"], f"steps{record['steps']}"),
           record["variant"], record["seed"]), ROOT)
-      record.update(directory=directory, **twins_figures(os.path.join(ROOT, directory)))
+      record.update(directory=directory, **twins_figures(os.path.join(ROOT, directory)),
+                    **grounding_figures(os.path.join(ROOT, directory)))
       with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
   print(f"wrote {write_doc()}")
