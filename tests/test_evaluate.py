@@ -190,6 +190,18 @@ def test_mask_precision_is_summarised_only_for_masks_the_recipe_trains(recipe, t
                   + ", ".join(shown[k] for k in kinds))
 
 
+def test_twins_summary_prints_each_attribute_beside_its_chance():
+  block = {"protocol": "twins", "scoring": "itc", "num_products": 200, "twin_slots": 15,
+           "attributes": ["colour", "detail_side"], "i2t_r1": 70.04, "t2i_r1": 71.96,
+           "i2t_r1_colour": 94.2, "t2i_r1_colour": 98.0, "r1_chance_colour": 26.7,
+           "i2t_r1_detail_side": 43.4, "t2i_r1_detail_side": 41.0,
+           "r1_chance_detail_side": 45.2}
+  line, = evaluate.summary_lines({"results": [block]})
+  assert line == ("retrieval twins/itc (200 products x 1+15 twins, visible changes): i2t "
+                  "R@1 70.0  t2i R@1 72.0; per attribute, i2t/t2i [by chance]: colour "
+                  "94/98 [27]  detail_side 43/41 [45]")
+
+
 def test_evaluate_cli_on_a_pretraining_checkpoint(tmp_path):
   """A real TrainState checkpoint (8-device layout) at steps 1 and 2, evaluated at the
   named step 1 on 2 devices: parameters only, resharded on restore."""

@@ -44,7 +44,7 @@ torch = pytest.importorskip("torch")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from syncmask_jax import config_lib, negatives, optim, train_step
 from syncmask_jax import train_state as train_state_lib
-from syncmask_jax.checkpoint_import import albef, files, hf_bert, keymap, vit
+from syncmask_jax.checkpoint_import import albef, files, hf_bert, keymap, released, vit
 from syncmask_jax.tokenizer import TokenInfo
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -258,6 +258,22 @@ def test_losses_gradients_and_step_match_lavis(ref, monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- retrieval
+
+
+def test_a_run_starting_from_a_released_file_reads_it_once(ref, monkeypatch):
+  # `holds` (which decoder to start) and `load` share one read of the file, and the
+  # parameters are the importer's.
+  reads = []
+  read = files.read_checkpoint
+  monkeypatch.setattr(files, "read_checkpoint", lambda *a, **k: reads.append(a) or read(*a, **k))
+  c = ref.config
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(
+      train_state_lib.build_model(c, 0), nnx.Param)))
+  pretrained = released.Pretrained(c, os.path.join(DATA, "albef_pretrain.pth"))
+  assert pretrained.holds("fusion") and not pretrained.holds("answer_decoder")
+  loaded, step = pretrained.load(params)
+  assert step == 0 and len(reads) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), ref.imported.params)
 
 
 def test_retrieval_checkpoint_matches_lavis(ref):

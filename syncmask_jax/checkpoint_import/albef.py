@@ -169,8 +169,8 @@ class Imported:
 
 
 def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *,
-                 momentum: bool = False, queue_size: int = 0, partial: bool = False
-                 ) -> Imported:
+                 momentum: bool = False, queue_size: int = 0, partial: bool = False,
+                 checkpoint: tuple[dict, dict] | None = None) -> Imported:
   """An ALBEF checkpoint file (`.pth`, or `.safetensors`) into our `params` (a pure
   dict, not modified), checked against `config.model`.
 
@@ -180,8 +180,9 @@ def import_albef(path: str, params: Params, config: ml_collections.ConfigDict, *
   queues become ours when their size matches (else the queue starts empty, with a
   warning). Raises before writing anything if the checkpoint is not ALBEF's or a size
   differs from the config. With `partial`, `params` may be part of a model (keymap.Importer).
+  `checkpoint`: the file as `files.read_checkpoint` returned it, where it was read already.
   """
-  _, tensors = files.read_checkpoint(path, require_config=False)
+  _, tensors = checkpoint or files.read_checkpoint(path, require_config=False)
   layout = detect(tensors, path)
   decoder = keymap.layer_count(keymap.flatten(params.get("answer_decoder", {})).keys(),
                                "decoder")

@@ -45,11 +45,13 @@ def caption_rules(vision: tuple[vit.ViTLayout, str], vision_depth: int, decoder_
                                      token_type=False, ours_token_type=ours_token_type))
 
 
-def import_blip_caption(path: str, params: Params, config: ml_collections.ConfigDict
+def import_blip_caption(path: str, params: Params, config: ml_collections.ConfigDict,
+                        checkpoint: tuple[dict, dict] | None = None
                         ) -> tuple[Params, keymap.ImportReport]:
   """A BLIP caption checkpoint file into the captioning model's `params` (a pure dict,
-  not modified), checked against config.model and config.captioning."""
-  hf, tensors = files.read_checkpoint(path, require_config=False)
+  not modified), checked against config.model and config.captioning. `checkpoint`: the
+  file as `files.read_checkpoint` returned it, where it was read already."""
+  hf, tensors = checkpoint or files.read_checkpoint(path, require_config=False)
   if not is_blip_caption(tensors):
     sample = ", ".join(sorted(tensors)[:4])
     raise ValueError(f"{path!r} is not a BLIP caption checkpoint: it needs visual_encoder.* "

@@ -90,9 +90,13 @@ class Pretrained:
     return (_place(imported.params, params), _place(imported.momentum, momentum), new_queue)
 
   @functools.cached_property
+  def _checkpoint(self) -> tuple[dict, dict[str, np.ndarray]]:
+    """The file's (config, tensors), read once however often `holds` and `_import` ask."""
+    return files.read_checkpoint(self.source, require_config=False)
+
+  @property
   def _tensors(self) -> dict[str, np.ndarray]:
-    """The file's tensors, read once however often `holds` and `_import` ask."""
-    return files.read_checkpoint(self.source, require_config=False)[1]
+    return self._checkpoint[1]
 
   def _import(self, target: Params, **kw) -> albef.Imported:
     """ALBEF's checkpoints, or BLIP's caption ones (parameters only)."""
@@ -102,9 +106,11 @@ class Pretrained:
       if kw.get("momentum"):
         raise ValueError(f"config.init_checkpoint={self.source!r} is a BLIP caption "
                          "checkpoint: it starts the captioning task, not pretraining")
-      imported = albef.Imported(*blip.import_blip_caption(self.source, host, self.config),
+      imported = albef.Imported(*blip.import_blip_caption(
+          self.source, host, self.config, checkpoint=self._checkpoint),
                                 momentum=None, queue=None)
     else:
-      imported = albef.import_albef(self.source, host, self.config, **kw)
+      imported = albef.import_albef(self.source, host, self.config,
+                                    checkpoint=self._checkpoint, **kw)
     log_report(imported.report)
     return imported
