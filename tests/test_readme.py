@@ -6,6 +6,7 @@ tuple flag in the comma form) and the laptop fine-tuning from a relative
 init_checkpoint. If the README and the code drift apart, this fails."""
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -57,6 +58,18 @@ def _fresh_shell() -> dict:
   stamps = glob.glob(os.path.join(sys.prefix, ".lock-stamp-*"))
   if not stamps:
     pytest.skip(f"{sys.prefix} is not a venv of launch/venv.sh: run ./launch/test.sh")
+  # launch/venv.sh reinstalls a venv whose stamp is not this checkout's lock and
+  # pyproject.toml: never from a test (a venv shared with other checkouts or runs).
+  stamp = max(stamps, key=lambda p: p.endswith("-test"))
+  lock = os.path.join(ROOT, "requirements",
+                      "lock-" + os.path.basename(stamp)[len(".lock-stamp-"):] + ".txt")
+  with open(lock, "rb") as f, open(os.path.join(ROOT, "pyproject.toml"), "rb") as g:
+    want = hashlib.sha256(f.read() + g.read()).hexdigest()
+  with open(stamp, encoding="utf-8") as f:
+    if f.read().strip() != want:
+      pytest.fail(f"{sys.prefix} was installed from another {os.path.relpath(lock, ROOT)} "
+                  "or pyproject.toml than this checkout's, so the README's commands would "
+                  "reinstall it (launch/venv.sh): run ./launch/test.sh, which updates it")
   venv_bins = {os.path.join(sys.prefix, "bin"),
                os.path.join(os.environ.get("VIRTUAL_ENV", sys.prefix), "bin")}
   env = {k: v for k, v in os.environ.items()
