@@ -18,7 +18,7 @@ from syncmask_jax import config_lib
 
 def get_config(arg: str | None = None):
   args = config_lib.parse_arg(arg, label="category", size="base", steps=10000,
-                              data="fashiongen")
+                              data="fashiongen", testbed="original")
   c = config_lib.default_config()
   c.task = "category"
   c.init_checkpoint = ""  # a pretraining run's checkpoints/ (latest step, params only)
@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
   c.finetune.label = args.label  # category (48 FashionGen classes) | subcategory (121)
   c.finetune.num_classes = 0  # 0: the size of the train label list
   c.data.name = args.data
+  config_lib.apply_synth_testbed(c.data, args.testbed)  # SynthFashion's set (data=synthfashion)
   c.data.max_text_len = 128 if args.data == "fashiongen" else 40
   c.data.global_batch_size = 256 if args.data == "fashiongen" else 32
   c.data.eval_batch_size = c.data.global_batch_size

@@ -20,7 +20,9 @@ def _synthfashion(arg: str):
 
 
 def get_config(arg: str | None = None):
-  args = config_lib.parse_arg(arg, variant="syncmask", seed=0, steps=1000)
-  c = _synthfashion(f"recipe={study.recipe(args.variant)},steps={args.steps}")
+  args = config_lib.parse_arg(arg, variant="syncmask", seed=0, steps=1000,
+                              testbed="original")
+  c = _synthfashion(f"recipe={study.recipe(args.variant)},steps={args.steps},"
+                    f"testbed={args.testbed}")
   study.apply(c, args.variant, args.seed)
   return c

@@ -44,6 +44,27 @@ EVAL_PROTOCOLS = ("full_gallery", "one_plus_100", "twins", "karpathy", "tgir")
 # two colours, and then no detail-colour twin.
 SYNTH_DETAIL_SIZES = (0.5, 2.0)
 SYNTH_DETAIL_CONTRASTS = (0.0, 150.0)
+# SynthFashion's sets by name (`configs/synthfashion.py:testbed=NAME`, the study's
+# `Sweep.testbed`): generator fields over the defaults. `original`: the set of the
+# README's main job and of the study published before issue 30. `details`: the setting
+# issue 30's calibration chose for the detail claims (docs/study/calibration.md): the
+# largest, most contrasting details, and facing marks so that a detail's side is in
+# the image.
+SYNTH_TESTBEDS = {
+    "original": {},
+    "details": {"synth_detail_size": 2.0, "synth_detail_contrast": 150.0,
+                "synth_facing_marks": True},
+}
+
+
+def apply_synth_testbed(data: ml_collections.ConfigDict, name: str) -> None:
+  """SynthFashion's set `name` (SYNTH_TESTBEDS) into a config's data block, in place."""
+  if name not in SYNTH_TESTBEDS:
+    raise ValueError(f"testbed={name!r}: expected one of {sorted(SYNTH_TESTBEDS)}")
+  for field, value in SYNTH_TESTBEDS[name].items():
+    data[field] = value
+
+
 # What `config.eval.protocols=()` runs on each dataset (evaluate.eval_settings).
 DEFAULT_PROTOCOLS = {"synthfashion": ("full_gallery", "one_plus_100", "twins"),
                      "fashiongen": ("full_gallery", "one_plus_100"),

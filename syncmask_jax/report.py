@@ -62,7 +62,7 @@ from matplotlib.figure import Figure
 
 from absl import flags
 
-from syncmask_jax import cli, console, paths, study
+from syncmask_jax import cli, config_lib, console, paths, study
 from syncmask_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +104,13 @@ CLAIMS = (
     # semi-hard vs none; SemMIM vs ALBEF), on the fine-grained protocol.
     Claim("SyncMask masks give better fine-grained retrieval than random MLM+MIM masks "
           "(1+K twins)", TWINS, "syncmask", "random_masks", main=True),
+    # Issue 30's claims on the details, where SyncMask's premise (mask what both
+    # modalities show) is about: each detail attribute's twins on their own.
+    *(Claim(f"SyncMask masks tell a detail's {what} better than random MLM+MIM masks "
+            f"(1+K twins, {attribute})", f"{TWINS}_{attribute}", "syncmask",
+            "random_masks", main=True)
+      for attribute, what in (("detail_presence", "presence"), ("detail_colour", "colour"),
+                              ("detail_side", "side"))),
     Claim("The full method (subcategory grouping + semi-hard) beats SyncMask masks alone "
           "(1+K twins)", TWINS, "full_subcategory", "syncmask", main=True),
     Claim("SemMIM beats the ALBEF baseline (1+K twins)", TWINS, "semmim", "albef", main=True),
@@ -178,9 +185,11 @@ def _commands(variant: str, seed: int, args: argparse.Namespace,
   """(name, argv, file that marks it done) for the pretraining and fine-tuning runs."""
   main = [sys.executable, "-m", "syncmask_jax.main"]
   pretrain = main + [f"--config={study.PRETRAIN}:variant={variant},seed={seed},"
-                     f"steps={args.steps}", f"--workdir={directory}", *args.override]
+                     f"steps={args.steps},testbed={args.testbed}", f"--workdir={directory}",
+                     *args.override]
   ft_dir = os.path.join(directory, "finetune")
-  tune = main + [f"--config={study.FINETUNE},steps={args.finetune_steps}",
+  tune = main + [f"--config={study.FINETUNE},steps={args.finetune_steps},"
+                 f"testbed={args.testbed}",
                  f"--config.init_checkpoint={os.path.join(directory, 'checkpoints')}",
                  f"--config.seed={seed}", f"--workdir={ft_dir}", *args.finetune_override]
   return [("pretrain", pretrain, os.path.join(directory, "eval", "pretrain.json")),
@@ -851,6 +860,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--seeds", default=None, help="default: 0,1,2,3,4")
   p.add_argument("--steps", type=int, default=None, help="default: 1000")
   p.add_argument("--finetune_steps", type=int, default=None, help="default: 300")
+  p.add_argument("--testbed", default=None, choices=sorted(config_lib.SYNTH_TESTBEDS),
+                 help="SynthFashion's set (config_lib.SYNTH_TESTBEDS); default: original")
   p.add_argument("--jobs", type=int, default=1, help="runs at a time")
   p.add_argument("--no_run", action="store_true", help="only report the existing runs")
   p.add_argument("--override", action="append", default=[],
@@ -858,7 +869,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--finetune_override", action="append", default=[],
                  help="extra --config.x=y for every fine-tuning run (repeatable)")
   args = p.parse_args(argv)
-  fixed = ("variants", "seeds", "steps", "finetune_steps")
+  fixed = ("variants", "seeds", "steps", "finetune_steps", "testbed")
   if args.study:
     sweep = study.STUDIES[args.study]
     given = [f"--{k}" for k in fixed if getattr(args, k) is not None]
@@ -866,6 +877,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       p.error(f"--study={args.study} fixes {', '.join(given)}: leave them out, or run "
               "without --study")
     args.steps, args.finetune_steps = sweep.steps, sweep.finetune_steps
+    args.testbed = sweep.testbed
     args.workdir = args.workdir or sweep.workdir
     args.seeds_of = {v: list(s) for v, s in sweep.seeds.items()}
     args.variants = ",".join(sweep.seeds)
@@ -876,7 +888,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
               f"it: publish a named study (--study={'|'.join(sorted(study.STUDIES))}; "
               "add one to study.STUDIES)")
     defaults = {"variants": ",".join(variants), "seeds": "0,1,2,3,4", "steps": 1000,
-                "finetune_steps": 300}
+                "finetune_steps": 300, "testbed": "original"}
     for k in fixed:
       if getattr(args, k) is None:
         setattr(args, k, defaults[k])
@@ -900,13 +912,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return args
 
 
-def variant_configs(steps: int, overrides: Sequence[str]) -> dict[str, Any]:
-  """Every variant's pretraining config at `steps`, with `overrides` (--config.x=y),
-  parsed as `python -m syncmask_jax.main` parses them."""
+def variant_configs(steps: int, overrides: Sequence[str], testbed: str = "original"
+                    ) -> dict[str, Any]:
+  """Every variant's pretraining config at `steps` on SynthFashion's set `testbed`, with
+  `overrides` (--config.x=y), parsed as `python -m syncmask_jax.main` parses them."""
   out = {}
   for v in study.VARIANTS:
     argv = ["report", f"--config={os.path.join(REPO, study.PRETRAIN)}:variant={v},seed=0,"
-            f"steps={steps}", *overrides]
+            f"steps={steps},testbed={testbed}", *overrides]
     flag_values = flags.FlagValues()
     # The config file is read from argv as the flag is defined: its fields' flags exist.
     holder = cli.define_config_flag(flag_values, argv)
@@ -920,7 +933,7 @@ def refuse_same_models(args: argparse.Namespace) -> None:
   these overrides, or a swept variant's own switch does nothing so that it trains what
   another variant does (`study.same_models`); names the switches."""
   swept = args.seeds_of
-  configs = variant_configs(args.steps, args.override)
+  configs = variant_configs(args.steps, args.override, args.testbed)
   # Every variant reads the same train split (grouping orders it, never filters it).
   train_records = len(pipeline.make_source(next(iter(configs.values())), "train"))
   lines = [f"{a} and {b} train the same model: "

@@ -80,3 +80,15 @@ def test_the_facing_prediction_needs_the_side_above_chance_and_the_rest_kept():
       r1(detail_presence=57.0, detail_colour=62.0, detail_side=54.3), reference, chance)
   assert not calibration.facing_holds(
       r1(detail_presence=55.9, detail_colour=59.0, detail_side=70.0), reference, chance)
+
+
+@pytest.mark.parametrize("variant", calibration.BASELINES)
+def test_the_facing_setting_is_the_named_details_testbed_flag_for_flag(variant):
+  # So a baseline's calibration run on the chosen set stands in for the study's run.
+  spec = importlib.util.spec_from_file_location(
+      "study_config", os.path.join(calibration.ROOT, calibration.study.PRETRAIN))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  named = module.get_config(f"variant={variant},seed=2,steps=3000,testbed=details")
+  assert calibration.study_config("facing", variant, 2, 3000).to_dict() == named.to_dict()
+  assert calibration.study.STUDIES["details"].testbed == "details"

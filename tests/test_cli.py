@@ -116,6 +116,24 @@ def test_finetuning_takes_model_and_vocabulary_from_the_pretraining_run(pretrain
   assert c.data.vocab_path == copy and c.model.vision_depth == 1
 
 
+def test_a_named_testbed_draws_its_set_in_pretraining_the_study_and_fine_tuning():
+  generator = ("synth_detail_size", "synth_detail_contrast", "synth_facing_marks")
+  default = config_lib.default_config().data
+  details = config_lib.SYNTH_TESTBEDS["details"]
+  assert set(details) <= set(generator) and details
+  for config in ("configs/synthfashion.py", "configs/study.py:variant=albef",
+                 "configs/finetune_category.py:data=synthfashion,size=tiny"):
+    sep = "," if ":" in config else ":"
+    original = _parse(f"--config={config}").data
+    assert all(original[f] == default[f] for f in generator), config
+    drawn = _parse(f"--config={config}{sep}testbed=details").data
+    assert {f: drawn[f] for f in details} == details, config
+    assert pipeline.detail_style(drawn) == pipeline.synthfashion.DetailStyle(
+        size=2.0, contrast=150.0, facing=True)
+  with pytest.raises(ValueError, match="testbed='laptop': expected one of"):
+    config_lib.apply_synth_testbed(config_lib.default_config().data, "laptop")
+
+
 def test_config_json_records_the_vocabulary_used(tmp_path):
   c = _parse("--config=configs/synthfashion.py")
   tokens = pipeline.resolve_vocab(c)

@@ -336,6 +336,7 @@ def test_a_named_study_fixes_its_budget_and_seeds(tmp_path, capsys):
   assert args.seeds_of["syncmask"] == list(range(10))
   assert args.seeds_of["negatives_hard"] == [0, 1, 2]
   assert list(args.seeds_of) == list(published.seeds)
+  assert args.testbed == published.testbed == "original"
   with pytest.raises(SystemExit):
     report.parse_args(["--study=published", "--steps=1000"])
   assert "--study=published fixes --steps" in capsys.readouterr().err
@@ -344,6 +345,19 @@ def test_a_named_study_fixes_its_budget_and_seeds(tmp_path, capsys):
   with pytest.raises(SystemExit):
     report.parse_args([f"--workdir={tmp_path}", "--publish"])
   assert "--publish writes the README's block" in capsys.readouterr().err
+
+
+def test_a_sweeps_testbed_reaches_its_pretraining_and_fine_tuning_runs(tmp_path):
+  args = report.parse_args([f"--workdir={tmp_path}", "--testbed=details"])
+  (_, pretrain, _), (_, tune, _) = report._commands("albef", 3, args, str(tmp_path))  # pylint: disable=protected-access
+  assert f"--config={report.study.PRETRAIN}:variant=albef,seed=3,steps=1000,testbed=details" \
+      in pretrain
+  assert f"--config={report.study.FINETUNE},steps=300,testbed=details" in tune
+  named = report.parse_args(["--study=details"])
+  assert (named.testbed, named.steps, len(named.seeds_of["syncmask"])) == ("details", 3000, 10)
+  configs = report.variant_configs(1000, [], "details")
+  assert all(c.data.synth_facing_marks and c.data.synth_detail_size == 2.0
+             for c in configs.values())
 
 
 def test_readme_block_names_the_command_that_made_it():
