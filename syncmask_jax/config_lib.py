@@ -32,6 +32,7 @@ MASK_SOURCES = ("attention", "attention_centered", "gradcam", "gradcam_centered"
 MASK_SELECTIONS = ("topk", "gumbel")
 MASK_HEAD_REDUCES = ("mean", "max")
 MASK_SCORES = ("mass", "log_mass")
+MASK_TOKEN_SCORES = ("mass", "share", "focus")  # config.masking.token_score
 NEGATIVE_MODES = ("semi_hard", "hard", "random")  # config.negatives.mode (negatives.py)
 NEGATIVE_EXCLUDES = ("false_negatives", "self")  # config.negatives.exclude
 MIM_TARGETS = ("pixels", "momentum_features", "prototypes")  # config.loss.mim_target
@@ -230,6 +231,11 @@ def default_config() -> ml_collections.ConfigDict:
   # "log_mass" from softmax(log s / tau), i.e. proportional to s^(1/tau), which does not
   # flatten when the per-patch mass is small (raw mass at tau=1 is close to uniform).
   c.masking.score = "mass"
+  # s_txt, what ranks the words once the patches are masked (masking.token_score):
+  # "mass", SyncMask's, a word's map summed over the masked patches; [ours] "share", that
+  # sum over the word's whole map (renormalised per word: where a word points, not how
+  # strongly); "focus", the share times how few patches the map spreads over.
+  c.masking.token_score = "mass"
   c.masking.random_fraction = 0.0
   c.masking.layers = (-1,)  # fusion layers whose cross-attention is averaged
   c.masking.head_reduce = "mean"  # MASK_HEAD_REDUCES
@@ -447,6 +453,7 @@ def validate_masking(m: ml_collections.ConfigDict) -> None:
   _check_in("masking.selection", m.selection, MASK_SELECTIONS)
   _check_in("masking.head_reduce", m.head_reduce, MASK_HEAD_REDUCES)
   _check_in("masking.score", m.score, MASK_SCORES)
+  _check_in("masking.token_score", m.token_score, MASK_TOKEN_SCORES)
   _check_in("masking.source", m.source, MASK_SOURCES)
   # Shares of the patches and of the maskable tokens: something of each stays visible.
   _check(0.0 <= m.ratio_img < 1.0, "masking.ratio_img", m.ratio_img, "must be in [0, 1)")

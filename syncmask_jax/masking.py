@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from syncmask_jax.config_lib import (MASK_HEAD_REDUCES, MASK_SCORES, MASK_SELECTIONS,
-                                     MASK_SOURCES, validate_masking)
+                                     MASK_SOURCES, MASK_TOKEN_SCORES, validate_masking)
 
 Array = jax.Array
 
@@ -243,10 +243,31 @@ def patch_score(attn: Array, text_maskable: Array) -> Array:
   return jnp.sum(a, axis=1)
 
 
-def token_score(attn: Array, text_maskable: Array, patch_mask: Array) -> Array:
-  """s_txt (B, T): how much of each maskable word's attention falls on masked patches."""
+def token_score(attn: Array, text_maskable: Array, patch_mask: Array,
+                kind: str = "mass") -> Array:
+  """s_txt (B, T): how much of each maskable word's map falls on masked patches.
+
+  `kind` (config.masking.token_score): "mass", SyncMask's sum of the word's map over the
+  masked patches; "share" [ours], that sum over the word's whole map, so a word that
+  attends strongly everywhere (as the words no image shows can, under Grad-CAM) counts
+  no more than one that attends weakly to the masked patches alone; "focus" [ours], the
+  share times 1 - H(p) / log N, p the word's map normalised over the N patches: a word
+  counts for attending to few patches, not for attending strongly.
+  """
   a = attn.astype(jnp.float32) * text_maskable[..., None].astype(jnp.float32)
-  return jnp.sum(a * patch_mask[:, None, :].astype(jnp.float32), axis=-1)
+  mass = jnp.sum(a * patch_mask[:, None, :].astype(jnp.float32), axis=-1)
+  if kind == "mass":
+    return mass
+  if kind not in MASK_TOKEN_SCORES:
+    raise ValueError(f"config.masking.token_score={kind!r}: expected one of "
+                     f"{MASK_TOKEN_SCORES}")
+  total = jnp.sum(a, axis=-1)
+  share = jnp.where(total > 0, mass / jnp.where(total > 0, total, 1.0), 0.0)
+  if kind == "share":
+    return share
+  p = a / jnp.where(total > 0, total, 1.0)[..., None]
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+  return share * (1.0 - entropy / jnp.log(attn.shape[-1]))
 
 
 def _text_guided_patches(key: Array, attn: Array, text_maskable: Array, ratio_img: float,
@@ -259,18 +280,20 @@ def _text_guided_patches(key: Array, attn: Array, text_maskable: Array, ratio_im
 
 def syncmask(key: Array, attn: Array, text_maskable: Array, ratio_img: float = 0.5,
              ratio_txt: float = 0.15, selection: str = "gumbel", tau: float | Array = 1.0,
-             random_fraction: float = 0.0, score: str = "mass") -> tuple[Array, Array]:
+             random_fraction: float = 0.0, score: str = "mass", token_kind: str = "mass"
+             ) -> tuple[Array, Array]:
   """SyncMask: synchronized patch (B, N) and token (B, T) masks from attention (B, T, N).
 
   s_img[n] = sum_t A[t, n] over maskable words -> patch mask M_img; then
   s_txt[t] = sum_{n in M_img} A[t, n] -> token mask among maskable tokens, so masked
   words are those whose visual evidence is masked too. `score="log_mass"` ranks by
-  log of the mass instead (see `_scores`); identical under `topk`.
+  log of the mass instead (see `_scores`); identical under `topk`. `token_kind`: what
+  s_txt is (`token_score`).
   """
   key_img, key_txt = jax.random.split(key)
   patch_mask = _text_guided_patches(key_img, attn, text_maskable, ratio_img, selection, tau,
                                     random_fraction, score)
-  s_txt = token_score(attn, text_maskable, patch_mask)
+  s_txt = token_score(attn, text_maskable, patch_mask, token_kind)
   token_mask = select(key_txt, _scores(s_txt, score), text_maskable,
                       static_token_count(ratio_txt, attn.shape[1]), selection, tau,
                       random_fraction, row_count=token_counts(ratio_txt, text_maskable))
@@ -324,7 +347,7 @@ def _method_masks(key: Array, cfg: ml_collections.ConfigDict, cross_probs: Array
                      f"{num_patches} patches")
   if cfg.strategy == "syncmask":
     return syncmask(key, attn, text_maskable, cfg.ratio_img, cfg.ratio_txt, cfg.selection,
-                    cfg.tau, cfg.random_fraction, cfg.score)
+                    cfg.tau, cfg.random_fraction, cfg.score, cfg.token_score)
   return text_guided(key, attn, text_maskable, cfg.ratio_img, cfg.selection, cfg.tau,
                      cfg.random_fraction, cfg.score)
 

@@ -348,7 +348,8 @@ def diagnostics(plan: StepPlan, batch: dict, teacher: TeacherPass, masks: Masks,
     metrics.update({f"grounding/{k}": v for k, v in grounding.batch_ratios({
         **grounding.map_sums(attn, batch["gt_token_part"], maskable, batch["gt_patch_part"]),
         **grounding.score_sums(masking.patch_score(attn, maskable),
-                               masking.token_score(attn, maskable, patch_mask),
+                               masking.token_score(attn, maskable, patch_mask,
+                                                   cfg.masking.token_score),
                                batch["gt_patch_visible"], batch["gt_token_visible"],
                                maskable)}).items()})
   if cfg.recipe == "semmim":

@@ -170,6 +170,28 @@ def test_syncmask_counts_and_special_tokens_never_masked():
     assert not np.any(token_mask & ~maskable)
 
 
+def test_token_scores_by_hand():
+  # word 0 attends strongly to every patch, word 1 weakly to patch 0 alone; [CLS] is not
+  # maskable. Patch 0 is masked.
+  attn = jnp.asarray([[[0.4, 0.4, 0.1, 0.1], [0.05, 0.0, 0.0, 0.0], [0.3, 0.3, 0.2, 0.2]]])
+  maskable = jnp.asarray([[True, True, False]])
+  patch = jnp.asarray([[True, False, False, False]])
+  score = functools.partial(masking.token_score, attn, maskable, patch)
+  np.testing.assert_allclose(score("mass"), [[0.4, 0.05, 0.0]], rtol=1e-6)
+  np.testing.assert_allclose(score("share"), [[0.4, 1.0, 0.0]], rtol=1e-6)
+  entropy = -(2 * 0.4 * np.log(0.4) + 2 * 0.1 * np.log(0.1))  # word 0's normalised map
+  np.testing.assert_allclose(score("focus"), [[0.4 * (1 - entropy / np.log(4)), 1.0, 0.0]],
+                             rtol=1e-5)
+  # SyncMask's token mask follows the score: one word of two, patches by top-k.
+  cfg = config_lib.default_config().masking
+  cfg.selection, cfg.ratio_img, cfg.ratio_txt = "topk", 0.25, 0.5
+  for kind, word in (("mass", 0), ("share", 1), ("focus", 1)):
+    cfg.token_score = kind
+    probs = jnp.pad(attn, ((0, 0), (0, 0), (1, 0)))[None, :, None]  # + [CLS] column
+    _, token = masking._method_masks(jax.random.key(0), cfg, probs, maskable, 4, None)  # pylint: disable=protected-access
+    assert token[0].tolist() == [word == 0, word == 1, False], kind
+
+
 def test_token_counts_rule():
   maskable = jnp.asarray(np.arange(41)[:, None] > np.arange(40)[None, :])  # 0..40 valid
   counts = np.asarray(masking.token_counts(0.15, maskable))
@@ -217,7 +239,8 @@ def test_masks_from_config_under_jit(strategy):
 @pytest.mark.parametrize("field,value", [("strategy", "blocks"), ("selection", "nucleus"),
                                          ("head_reduce", "sum"), ("ratio_img", 1.5),
                                          ("ratio_txt", -0.1), ("tau", 0.0),
-                                         ("random_fraction", 2.0), ("layers", ())])
+                                         ("random_fraction", 2.0), ("layers", ()),
+                                         ("token_score", "peak")])
 def test_masks_from_config_rejects_bad_values(field, value):
   probs, maskable = _random_inputs(4)
   with pytest.raises(ValueError, match=f"config.masking.{field}"):

@@ -208,7 +208,8 @@ def _grounding_rows(cfg: ml_collections.ConfigDict, key: jax.Array, probs: jax.A
                                              cams)
     sums = {**grounding.map_sums(attn, token_part, maskable, patch_part),
             **grounding.score_sums(masking.patch_score(attn, maskable),
-                                   masking.token_score(attn, maskable, patch),
+                                   masking.token_score(attn, maskable, patch,
+                                                       sync_cfg.token_score),
                                    batch["gt_patch_visible"], batch["gt_token_visible"],
                                    maskable),
             **grounding.mask_sums(patch, token, batch["gt_patch_visible"], token_part,
