@@ -276,6 +276,9 @@ STUDY_PLAN = (
     "too). The paper predicts the opposite of both.")
 
 
+CHOSEN = "facing"  # the setting the rule picked (CHOICE), named testbed=details
+
+
 # What the runs above say, by session (figures from the tables above; a later session
 # adds its own paragraph rather than rewriting an earlier one).
 READING = (
@@ -404,7 +407,11 @@ def grounding_figures(directory: str) -> dict:
   return dict(grounding=dict(
       source=result["mask_source"], unshowable=round(source["token_share_invisible"], 4),
       unshowable_random=round(result["mask_token_share_invisible_random"], 4),
-      pointing=round(source["visible/pointing"], 4)))
+      pointing=round(source["visible/pointing"], 4),
+      visible=round(source["token_share_visible"], 4),
+      visible_random=round(result["mask_token_share_visible_random"], 4),
+      function=round(source["token_share_function"], 4),
+      function_random=round(result["mask_token_share_function_random"], 4)))
 
 
 def attribute_figures(block: dict) -> dict:
@@ -435,12 +442,13 @@ def twins_figures(directory: str) -> dict:
   return out
 
 
-def evaluate_twins_again(record: dict, folder: str, *flags: str) -> str:
-  """A finished run's last checkpoint's twins evaluated again (`python -m
-  syncmask_jax.evaluate`, twins protocol only, no pictures, `flags` added) into
+def evaluate_again(record: dict, folder: str, *flags: str,
+                         protocol: str = "twins") -> str:
+  """A finished run's last checkpoint evaluated again on one protocol (`python -m
+  syncmask_jax.evaluate`, the twins unless said, no pictures, `flags` added) into
   RUN/folder/eval/pretrain.json, the checkpoints linked, not copied; that folder. The
-  run's own figures are kept; the ITC figures evaluated again must equal them (the
-  twins and the model are the same), or this raises."""
+  run's own figures are kept; its ITC figures evaluated again must equal them (the
+  protocol's data and the model are the same), or this raises."""
   directory = os.path.join(ROOT, record["directory"])
   scratch = os.path.join(directory, folder)
   os.makedirs(scratch, exist_ok=True)
@@ -450,28 +458,59 @@ def evaluate_twins_again(record: dict, folder: str, *flags: str) -> str:
   argv = [sys.executable, "-m", "syncmask_jax.evaluate",
           config_flag(record["variant"], record["seed"], record["steps"]),
           f"--workdir={scratch}", *record["overrides"],
-          "--config.eval.protocols=twins", "--config.eval.pictures=0", *flags]
+          f"--config.eval.protocols={protocol}", "--config.eval.pictures=0", *flags]
   with open(os.path.join(scratch, "evaluate.log"), "w", encoding="utf-8") as f:
     subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
-  again = attribute_figures(twins_block(scratch))
-  if again != record["twins_r1"]:
-    raise RuntimeError(f"{scratch}: the twins evaluated again differ from the run's own "
-                       f"({again} vs {record['twins_r1']})")
+  if protocol == "twins":
+    again, before = attribute_figures(twins_block(scratch)), record["twins_r1"]
+  else:
+    again, before = (retrieval_figures(d, protocol) for d in (scratch, directory))
+  if again != before:
+    raise RuntimeError(f"{scratch}: the {protocol} figures evaluated again differ from the "
+                       f"run's own ({again} vs {before})")
   return scratch
 
 
+def retrieval_figures(directory: str, protocol: str) -> dict:
+  """R@1/5/10 both ways of one protocol's ITC block of a run's eval/pretrain.json."""
+  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
+    block = next(b for b in json.load(f)["results"]
+                 if b.get("protocol") == protocol and b.get("scoring") == "itc")
+  return {k: block[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}
+
+
+# The token scores tried as grounding levers (docs/grounding.md, issue 30 item 4), each
+# read off a random_masks teacher of the chosen set by evaluating it again.
+TOKEN_SCORES = ("mass", "share", "focus")
+
+
+def grounding_again(record: dict) -> dict:
+  """SyncMask's grounding measures of a finished run's momentum model with each of
+  TOKEN_SCORES (`evaluate_again` on the full gallery, which carries the grounding
+  pass; "mass" is the run's own setting and must give its own figures)."""
+  out = {}
+  for kind in TOKEN_SCORES:
+    scratch = evaluate_again(record, f"grounding_{kind}",
+                             f"--config.masking.token_score={kind}", protocol="full_gallery")
+    out[kind] = grounding_figures(scratch)["grounding"]
+  if out["mass"] != record["grounding"]:
+    raise RuntimeError(f"{record['directory']}: the grounding evaluated again differs from "
+                       f"the run's own ({out['mass']} vs {record['grounding']})")
+  return dict(record, grounding_levers=out)
+
+
 def split_again(record: dict) -> dict:
-  """The twins split of a run finished before it existed (`evaluate_twins_again`)."""
-  scratch = evaluate_twins_again(record, "twins_split")
+  """The twins split of a run finished before it existed (`evaluate_again`)."""
+  scratch = evaluate_again(record, "twins_split")
   return dict(record, twins_split=split_figures(twins_block(scratch)),
               twins_split_from=os.path.relpath(scratch, ROOT))
 
 
 def itm_again(record: dict) -> dict:
   """A finished run's twins scored by ALBEF's ITC top-k + ITM re-ranking as well
-  (`evaluate_twins_again` with `eval.scoring=itc,itc+itm`; k = eval.itm_k, 256, covers
+  (`evaluate_again` with `eval.scoring=itc,itc+itm`; k = eval.itm_k, 256, covers
   every 1+15 row, so the ITM head ranks the whole row)."""
-  scratch = evaluate_twins_again(record, "twins_itm", "--config.eval.scoring=itc,itc+itm")
+  scratch = evaluate_again(record, "twins_itm", "--config.eval.scoring=itc,itc+itm")
   block = twins_block(scratch, "itc+itm")
   return dict(record, twins_itm=dict(
       r1=attribute_figures(block), split=split_figures(block)),
@@ -790,6 +829,7 @@ def write_doc() -> str:
       lines += ["", f"The prediction holds on {sum(map(itm_holds, itm))} of {len(itm)} runs.",
                 ""]
     lines += facing_section(records, chances)
+    lines += grounding_section(records)
   lines += ["## The study", ""] + STUDY_PLAN.split("\n") + [""]
   lines += ["## Reading", ""]
   for date, text in READING:
@@ -849,6 +889,38 @@ def facing_section(records: list[dict], chances: dict[str, dict]) -> list[str]:
   return lines + [""]
 
 
+def grounding_section(records: list[dict]) -> list[str]:
+  """SyncMask's token mask, read off the chosen set's random_masks teachers, with each
+  token score (`grounding_again`): the grounding levers of issue 30's item 4 that need
+  no new training."""
+  runs = [r for r in records if "grounding_levers" in r]
+  if not runs:
+    return []
+  lines = ["## Grounding levers on the chosen set", "",
+           "The token mask SyncMask's source (Grad-CAM minus the caption's mean, the "
+           "study's) would draw from each random_masks teacher of the chosen set, with "
+           "each `masking.token_score` (`masking.token_score`): *mass*, SyncMask's (a "
+           "word's map summed over the masked patches); *share*, that over the word's "
+           "whole map (renormalised per word); *focus*, the share times how few patches "
+           "the map covers. The same teacher and the same patch mask for all three; "
+           "random masks on the same model in brackets. Unshowable: the share of masked "
+           "tokens no view shows (gender, fabric, another side's detail); visible: token "
+           "precision; function: articles, prepositions and the like. Mean over the "
+           f"teachers (seeds {', '.join(str(r['seed']) for r in runs)}), then each "
+           "teacher's value.", "",
+           "| token score | unshowable | visible (token precision) | function |",
+           "|---|---|---|---|"]
+  for kind in TOKEN_SCORES:
+    cells = []
+    for measure in ("unshowable", "visible", "function"):
+      values = [r["grounding_levers"][kind][measure] for r in runs]
+      chance = np.mean([r["grounding_levers"][kind][f"{measure}_random"] for r in runs])
+      cells.append(f"**{np.mean(values):.3f}** ({', '.join(f'{v:.3f}' for v in values)}) "
+                   f"[{chance:.3f}]")
+    lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -863,6 +935,8 @@ def main() -> None:
                  "again (twins only), and record it")
   sub.add_parser("itm", help="score the twins of finished runs with itc+itm as well, and "
                  "record it")
+  sub.add_parser("grounding", help="read SyncMask's grounding off the random_masks teachers "
+                 f"of the chosen set with each token score {TOKEN_SCORES}, and record it")
   sub.add_parser("chance", help="R@1 by chance of every setting's twins set not yet in "
                  f"{os.path.basename(CHANCE)}")
   sub.add_parser("refresh", help="reread the twins figures of every finished run from its "
@@ -888,13 +962,16 @@ def main() -> None:
         print(f"{args.setting} {variant} seed {seed} {args.steps} steps: {status(r)} in "
               f"{r['wall_seconds'] / 60:.1f} min", flush=True)
         write_doc()
-  if args.command in ("split", "itm"):
-    again, key = ((split_again, "twins_split") if args.command == "split"
-                  else (itm_again, "twins_itm"))
+  if args.command in ("split", "itm", "grounding"):
+    again, key = {"split": (split_again, "twins_split"), "itm": (itm_again, "twins_itm"),
+                  "grounding": (grounding_again, "grounding_levers")}[args.command]
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
       with open(path, encoding="utf-8") as f:
         record = json.load(f)
       if record["status"] != "done" or key in record:
+        continue
+      if args.command == "grounding" and (record["setting"], record["variant"]) != (
+          CHOSEN, "random_masks"):
         continue
       t0 = time.time()
       record = again(record)
