@@ -22,6 +22,13 @@ GRADCAM_RUNS = ["gc_default_s0", "gc_default_s1", "gc_default_s2"]
 # another CPU: XLA's CPU kernels differ), and the lever paired with it.
 RERUN_RUNS = ["rerun_default_s0", "rerun_default_s1", "rerun_default_s2"]
 CHECKPOINT_RUNS = ["ckpt_s0", "ckpt_s1", "ckpt_s2"]
+# Issue 30's chosen set (`testbed=details`, 3000 steps): random_masks teachers evaluated
+# again with each s_txt (`masking.token_score`; docs/study/calibration.py grounding).
+DETAILS_SEEDS = (0, 1)
+
+
+def details_runs(token_score: str) -> list[str]:
+  return [f"details_rm_s{s}.{token_score}" for s in DETAILS_SEEDS]
 
 # (lever, run file(s) under runs/, source of the row). Several files: mean ± std.
 LEVERS = [
@@ -57,6 +64,14 @@ LEVERS = [
      "steps (`init_checkpoint`, SyncMask masks from step 0), seeds 0, 1, 2", CHECKPOINT_RUNS,
      "gradcam_centered"),
     ("the default at 3000 steps, seed 0", ["long_s0"], "gradcam_centered"),
+    ("the details set (`configs/synthfashion.py:testbed=details`, 3000 steps): random_masks "
+     "teachers (masks never steered), the default's source and selection, s_txt = mass "
+     "(SyncMask's), seeds " + ", ".join(map(str, DETAILS_SEEDS)), details_runs("mass"),
+     "gradcam_centered"),
+    ("same teachers, s_txt = share (renormalised per word: `masking.token_score=share`)",
+     details_runs("share"), "gradcam_centered"),
+    ("same teachers, s_txt = focus (the share times how few patches the word's map covers)",
+     details_runs("focus"), "gradcam_centered"),
 ]
 
 COLUMNS = [  # (header, key in grounding[source], or a key of the JSON's top level)

@@ -314,6 +314,38 @@ READING = (
      "the levers not yet tried: the wider model (stopped at step 125), pretrained text "
      "weights, a smaller body palette (more same-kind negatives in every batch, not "
      "only in the queue)."),
+    ("2026-12-07, later",
+     "**Most side twins could not be told from their images.** The generator drew a left "
+     "profile exactly as the right one and the front of trousers, skirts and shorts as "
+     "their back, so on size2_contrast150's twins set 70% of the side queries (63% on the "
+     "study's) are views whose two images are the same picture under two side words "
+     "(*By chance*, unreadable side): the side's R@1 there is chance by construction. "
+     "The facing marks (`data.synth_facing_marks`, tested: a profile's mark sits in its "
+     "front half, the back view gets none) make every view readable, at no cost per "
+     "step. **The facing prediction fails all the same** (*Facing marks*): with the "
+     "marks the side stays at chance (random_masks 49.7, albef 46.9 at seed 0, against "
+     "49.4 by chance), so what holds the side is not only the picture: no training pair "
+     "ever needs a side word (a batch's and the queue's negatives differ from a product "
+     "in far more than one detail's side), and nothing binds it to its detail. Its "
+     "second clause, the grounding one, fails too: the token mask SyncMask's source "
+     "would draw from random_masks seed 0's teacher holds more unshowable words than "
+     "random masks with the marks (+0.032) than without (+0.014). The marks cost "
+     "presence and detail colour at most 1.7 points, so the rule fixed before the "
+     "figures (CHOICE) picks **facing at 3000 steps**, named "
+     "`configs/synthfashion.py:testbed=details` in commit ab48e63 before any SyncMask "
+     "run on it, and pre-registered the study there (*The study*). **It is the best "
+     "setting found, not a calibrated one:** the baselines half-learn a detail's "
+     "presence and colour there (see *Per setting*: 57-61% against 43-47% by chance, "
+     "colour 99%), never its side. **Cost:** 13-18 min a run on the 2 shared cores "
+     "(load 2-3), under the 30-minute bound, so seed batching is not built. "
+     "**Grounding levers that need no training** (*Grounding levers on the chosen set*; "
+     "docs/grounding.md): renormalising s_txt per word (*share*) or rewarding a word for "
+     "attending to few patches (*focus*) lowers the unshowable share toward random's, "
+     "but by making the token mask more like a random one (token precision and "
+     "function-word share move most of the way to random's), never below random's on "
+     "every teacher. Not tried yet: a deeper fusion encoder and pretrained text weights "
+     "(both need training runs on the set), and, for the side, a lever that makes a side "
+     "word matter in training."),
 )
 
 
