@@ -88,7 +88,7 @@ def test_evaluating_a_run_that_is_not_there_ends_in_one_line(tmp_path):
      "expected one of ('syncmask', 'albef', 'semmim')"),
     (("--config=configs/synthfashion.py:steps=10,sise=small",),
      "error: flag --config=configs/synthfashion.py:steps=10,sise=small: config argument "
-     "'sise': expected one of ['recipe', 'size', 'steps']"),
+     "'sise': expected one of ['recipe', 'size', 'steps', 'testbed']"),
     ((CONFIG, "--config.optim.lr=1e-3x"),
      "error: flag --config.optim.lr=1e-3x: could not convert string to float: '1e-3x'"),
     ((CONFIG, "--workdr=runs/x"),
