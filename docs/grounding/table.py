@@ -24,7 +24,7 @@ RERUN_RUNS = ["rerun_default_s0", "rerun_default_s1", "rerun_default_s2"]
 CHECKPOINT_RUNS = ["ckpt_s0", "ckpt_s1", "ckpt_s2"]
 # Issue 30's chosen set (`testbed=details`, 3000 steps): random_masks teachers evaluated
 # again with each s_txt (`masking.token_score`; docs/study/calibration.py grounding).
-DETAILS_SEEDS = (0, 1)
+DETAILS_SEEDS = (0, 1, 2)
 
 
 def details_runs(token_score: str) -> list[str]:
