@@ -262,10 +262,10 @@ def token_score(attn: Array, text_maskable: Array, patch_mask: Array,
     raise ValueError(f"config.masking.token_score={kind!r}: expected one of "
                      f"{MASK_TOKEN_SCORES}")
   total = jnp.sum(a, axis=-1)
-  share = jnp.where(total > 0, mass / jnp.where(total > 0, total, 1.0), 0.0)
+  share = _safe_div(mass, total)
   if kind == "share":
     return share
-  p = a / jnp.where(total > 0, total, 1.0)[..., None]
+  p = _safe_div(a, total[..., None])
   entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
   return share * (1.0 - entropy / jnp.log(attn.shape[-1]))
 

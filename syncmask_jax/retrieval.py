@@ -359,8 +359,8 @@ def twins_recall(image_feat: np.ndarray, text_feat: np.ndarray, groups: dict[str
   view shows the change: `..._in_product` (the product's view shows it, the twin's
   lacks it: a detail removed, or moved to the mirror side) and `..._in_twin` (the
   twin's view shows it and the product's lacks it: a detail added, or moved here; the
-  product must be told by what its image lacks). A query joins a row when it has at least one twin in it (`num_queries...`); a row without queries is left
-  out. Ties count against the query (`best_positive_rank`): a model blind to an
+  product must be told by what its image lacks). A query joins a row when it has at
+  least one twin in it (`num_queries...`); a row without queries is left out. Ties count against the query (`best_positive_rank`): a model blind to an
   attribute scores identical twins equal and gets R@1 = 0 on it, not 1/(K+1).
   `r1_chance...`: each row's R@1 by chance (a scorer that orders a row at random), the
   mean over its queries of 1 / (1 + its twins there): 1+15 overall, 1+3 per attribute,

@@ -240,12 +240,20 @@ CHOICE = (
     "baselines then run seeds 1 and 2 there before any SyncMask run.")
 
 
+KEPT = ("detail_presence", "detail_colour")  # what the facing marks must not cost
+
+
+def facing_kept(record: dict, reference: dict) -> bool:
+  """Whether a facing run keeps KEPT within FACING_PREDICTION's `keep` points of its
+  size2_contrast150 run (the prediction's second clause, and CHOICE's rule)."""
+  return all(abs(mean_r1(record, a) - mean_r1(reference, a)) <= FACING_PREDICTION["keep"]
+             for a in KEPT)
+
+
 def facing_holds(record: dict, reference: dict, chance: dict) -> bool:
   """Whether one facing run meets FACING_PREDICTION against its size2_contrast150 run."""
-  p = FACING_PREDICTION
-  return (mean_r1(record, "detail_side") >= chance["detail_side"] + p["gain"]
-          and all(abs(mean_r1(record, a) - mean_r1(reference, a)) <= p["keep"]
-                  for a in ("detail_presence", "detail_colour")))
+  return (mean_r1(record, "detail_side") >= chance["detail_side"] + FACING_PREDICTION["gain"]
+          and facing_kept(record, reference))
 
 
 # Fixed with the named config (the commit that adds `testbed=details`), before any
@@ -426,11 +434,21 @@ def config_flag(variant: str, seed: int, steps: int) -> str:
   return f"--config={study.PRETRAIN}:variant={variant},seed={seed},steps={steps}"
 
 
+def run_result(directory: str) -> dict:
+  """A run's eval/pretrain.json."""
+  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def eval_block(directory: str, protocol: str, scoring: str = "itc") -> dict:
+  """One protocol's block of a run's eval/pretrain.json for one scoring."""
+  return next(b for b in run_result(directory)["results"]
+              if b.get("protocol") == protocol and b.get("scoring") == scoring)
+
+
 def twins_block(directory: str, scoring: str = "itc") -> dict:
   """The twins block of a run's eval/pretrain.json for one scoring."""
-  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
-    return next(b for b in json.load(f)["results"]
-                if b.get("protocol") == "twins" and b.get("scoring") == scoring)
+  return eval_block(directory, "twins", scoring)
 
 
 def grounding_figures(directory: str) -> dict:
@@ -438,8 +456,7 @@ def grounding_figures(directory: str) -> dict:
   the unshowable-word share of the token mask its mask source would draw, that of random
   masks on the same model, and visible words' pointing. A random_masks run's teacher
   never steered its masks, so this is what SyncMask's masks would start from there."""
-  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
-    result = json.load(f)
+  result = run_result(directory)
   source = result["grounding"][result["mask_source"]]
   return dict(grounding=dict(
       source=result["mask_source"], unshowable=round(source["token_share_invisible"], 4),
@@ -510,9 +527,7 @@ def evaluate_again(record: dict, folder: str, *flags: str,
 
 def retrieval_figures(directory: str, protocol: str) -> dict:
   """R@1/5/10 both ways of one protocol's ITC block of a run's eval/pretrain.json."""
-  with open(os.path.join(directory, "eval", "pretrain.json"), encoding="utf-8") as f:
-    block = next(b for b in json.load(f)["results"]
-                 if b.get("protocol") == protocol and b.get("scoring") == "itc")
+  block = eval_block(directory, protocol)
   return {k: block[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}
 
 
@@ -531,8 +546,7 @@ def grounding_again(record: dict) -> dict:
                              f"--config.masking.token_score={kind}", protocol="full_gallery")
     out[kind] = grounding_figures(scratch)["grounding"]
     # docs/grounding.md's table reads the evaluation itself (docs/grounding/table.py).
-    with open(os.path.join(scratch, "eval", "pretrain.json"), encoding="utf-8") as f:
-      result = json.load(f)
+    result = run_result(scratch)
     result.pop("pictures", None)
     result["results"] = result["results"][:1]
     with open(os.path.join(GROUNDING_RUNS, f"details_rm_s{record['seed']}.{kind}.json"), "w",
@@ -922,14 +936,13 @@ def facing_section(records: list[dict], chances: dict[str, dict]) -> list[str]:
   first = [(r, ref) for r, ref in rows if r["seed"] == 0 and ref
            and r["steps"] == FACING_PREDICTION["steps"]]
   if {r["variant"] for r, _ in first} == set(BASELINES):
-    kept = all(abs(mean_r1(r, a) - mean_r1(ref, a)) <= FACING_PREDICTION["keep"]
-               for r, ref in first for a in ("detail_presence", "detail_colour"))
+    kept = all(facing_kept(r, ref) for r, ref in first)
     lines += ["", "**The rule picks " + ("facing" if kept else "size2_contrast150")
               + "**: with the marks, detail presence and detail colour move by " + ", ".join(
                   f"{mean_r1(r, a) - mean_r1(ref, a):+.1f}" for r, ref in first
-                  for a in ("detail_presence", "detail_colour"))
+                  for a in KEPT)
               + " points (" + ", ".join(f"{r['variant']} {a}" for r, _ in first
-                                       for a in ("detail_presence", "detail_colour"))
+                                       for a in KEPT)
               + f"; the rule allows {FACING_PREDICTION['keep']:.0f})."]
   return lines + [""]
 
