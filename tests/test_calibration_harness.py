@@ -91,4 +91,34 @@ def test_the_facing_setting_is_the_named_details_testbed_flag_for_flag(variant):
   spec.loader.exec_module(module)
   named = module.get_config(f"variant={variant},seed=2,steps=3000,testbed=details")
   assert calibration.study_config("facing", variant, 2, 3000).to_dict() == named.to_dict()
+  assert calibration.study_config("today", variant, 2, 3000, "details").to_dict() == (
+      named.to_dict())
   assert calibration.study.STUDIES["details"].testbed == "details"
+
+
+def test_adopt_copies_a_run_of_the_study_config_and_refuses_another(tmp_path):
+  config = calibration.study_config("facing", "albef", 1, 3000)
+  calibration.pipeline.resolve_vocab(config)  # as a run writes its config.json
+  run = tmp_path / "calibration" / "albef" / "seed1"
+  (run / "eval").mkdir(parents=True)
+  (run / "eval" / "pretrain.json").write_text("{}")
+  record = dict(variant="albef", seed=1, directory=str(run), wall_seconds=812.5,
+                command="python -m syncmask_jax.main --config=configs/study.py:variant=albef")
+  study_dir = tmp_path / "study"
+  for field, value in (("data.synth_facing_marks", False), ("loss.itm", 0.5)):
+    group, name = field.split(".")
+    other = calibration.json.loads(config.to_json_best_effort())
+    other[group][name] = value
+    (run / "config.json").write_text(calibration.json.dumps(other))
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+      calibration.adopt(record, str(study_dir))
+    assert not study_dir.exists()
+  (run / "config.json").write_text(config.to_json_best_effort())
+  target = calibration.adopt(record, str(study_dir))
+  assert target == str(study_dir / "albef" / "seed1")
+  assert (study_dir / "albef" / "seed1" / "eval" / "pretrain.json").read_text() == "{}"
+  info = calibration.json.loads((study_dir / "albef" / "seed1" / "run.json").read_text())
+  # The report reads a run's wall time and command from run.json (report.read_run).
+  assert info == {"pretrain": {"seconds": 812.5,
+                               "command": "-m syncmask_jax.main --config=configs/study.py:variant=albef"}}
+  assert calibration.adopt(record, str(study_dir)) is None  # there already

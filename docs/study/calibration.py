@@ -25,6 +25,14 @@ image shows the change (`retrieval.twins_recall`'s `_in_product` / `_in_twin`) g
 split by evaluating their last checkpoint's twins again, into RUN/twins_split/:
 
   python docs/study/calibration.py split
+
+The study at the chosen setting (`python -m syncmask_jax.report --study=details`) trains
+these baselines' seeds with the same config, flag for flag; `adopt` copies each finished
+CHOSEN run of the study's budget into the study's workdir (its run.json records the
+calibration's command and wall time), so that the sweep fine-tunes it rather than train
+it again. It refuses a run whose config.json differs from the study's config.
+
+  python docs/study/calibration.py adopt
 """
 import argparse
 import datetime
@@ -33,6 +41,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,7 +52,7 @@ from matplotlib.figure import Figure
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, ROOT)
-from syncmask_jax import report, retrieval, study  # noqa: E402
+from syncmask_jax import config_lib, report, resume, retrieval, study  # noqa: E402
 from syncmask_jax.data import pipeline, synthfashion  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,7 +275,10 @@ STUDY_PLAN = (
     "seeds 0-9 (the same batches per seed: paired) and albef, semmim and "
     "full_subcategory on seeds 0-4. A baseline's calibration run on this set is the "
     "same run (the same config, flag for flag), so it may stand in for the study's "
-    "pretraining run of that variant and seed. The claims, each judged by the report "
+    "pretraining run of that variant and seed (added 2026-12-08: `python "
+    "docs/study/calibration.py adopt` copied the six of random_masks and albef seeds 0-2 "
+    "into the study's workdir, after checking each stored config against the study's; "
+    "the sweep fine-tunes them). The claims, each judged by the report "
     "(a paired t-test where both variants saw the same batches, else Welch's; alpha "
     "0.05; beside each, the smallest difference its seeds could detect at 80% power):\n"
     "1. SyncMask masks beat random masks on each detail attribute's twins R@1 "
@@ -369,13 +381,13 @@ def itm_holds(record: dict) -> bool:
 
 
 def study_config(setting: str, variant: str = "random_masks", seed: int = 0,
-                 steps: int = 1000):
-  """The config a run of `setting` trains with (configs/study.py and the setting's
-  overrides, each cast to its field's type)."""
+                 steps: int = 1000, testbed: str = "original"):
+  """The config a run of `setting` trains with (configs/study.py, on SynthFashion's set
+  `testbed`, and the setting's overrides, each cast to its field's type)."""
   spec = importlib.util.spec_from_file_location("study_config", os.path.join(ROOT, study.PRETRAIN))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(f"variant={variant},seed={seed},steps={steps}")
+  config = module.get_config(f"variant={variant},seed={seed},steps={steps},testbed={testbed}")
   for override in SETTINGS[setting]["overrides"]:
     path, value = override[len("--config."):].split("=", 1)
     *parents, field = path.split(".")
@@ -627,6 +639,36 @@ def run_one(setting: str, variant: str, seed: int, steps: int, workdir: str,
   with open(result_path(setting, variant, seed, steps), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1)
   return record
+
+
+def adopt(record: dict, workdir: str | None = None) -> str | None:
+  """Copies the finished CHOSEN run of `record` into the details study's workdir (or
+  `workdir`), as the sweep's pretraining run of its variant and seed; where it went
+  (None if the study's run is there already). Refuses (ValueError, naming the fields) a
+  run whose stored config is not the study's."""
+  sweep = study.STUDIES["details"]
+  target = report.run_dir(workdir or os.path.join(ROOT, sweep.workdir), record["variant"],
+                          record["seed"])
+  if os.path.exists(os.path.join(target, "eval", "pretrain.json")):
+    return None
+  source = os.path.join(ROOT, record["directory"])
+  with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+    stored = config_lib.with_defaults(json.load(f))
+  theirs = study_config("today", record["variant"], record["seed"], sweep.steps,
+                        sweep.testbed)
+  pipeline.resolve_vocab(theirs)  # as the run resolved it before writing config.json
+  changes = resume.config_changes(stored, theirs)
+  if changes:
+    raise ValueError(f"{source}: not the details study's run of {record['variant']} seed "
+                     f"{record['seed']}: {changes} (stored, study)")
+  if os.path.exists(target):
+    raise ValueError(f"{target}: holds a run of its own (unfinished); remove it to adopt "
+                     f"{source}")
+  shutil.copytree(source, target)
+  with open(os.path.join(target, "run.json"), "w", encoding="utf-8") as f:
+    json.dump({"pretrain": {"seconds": record["wall_seconds"],
+                            "command": record["command"].removeprefix("python ")}}, f)
+  return target
 
 
 def mean_r1(record: dict, attribute: str) -> float:
@@ -997,6 +1039,8 @@ def main() -> None:
                  f"of the chosen set with each token score {TOKEN_SCORES}, and record it")
   sub.add_parser("chance", help="R@1 by chance of every setting's twins set not yet in "
                  f"{os.path.basename(CHANCE)}")
+  sub.add_parser("adopt", help="copy the finished runs of the chosen setting at the "
+                 "details study's budget into its workdir, as its pretraining runs")
   sub.add_parser("refresh", help="reread the twins figures of every finished run from its "
                  "run directory into its result file (after the record grew a field)")
   args = parser.parse_args()
@@ -1049,6 +1093,13 @@ def main() -> None:
         print(f"{twins_set(setting)}: {chances[twins_set(setting)]}", flush=True)
     with open(CHANCE, "w", encoding="utf-8") as f:
       json.dump(chances, f, indent=1)
+  if args.command == "adopt":
+    for record in load_results():
+      if (record["setting"], record["steps"], record["status"]) == (
+          CHOSEN, study.STUDIES["details"].steps, "done"):
+        print(f"{record['variant']} seed {record['seed']}: "
+              f"{adopt(record) or 'the study has it already'}", flush=True)
+    return
   if args.command == "refresh":
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
       with open(path, encoding="utf-8") as f:
