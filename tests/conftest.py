@@ -1,6 +1,19 @@
 """Test-wide setup: 8 fake CPU devices so sharded code runs on one host."""
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# One persistent XLA compilation cache for the whole run, shared by the xdist workers and
+# the subprocesses the tests start (they inherit the environment): a program one test
+# compiled (the tiny model's initialiser, train step, evaluation encoders) is read back,
+# not compiled again, by the next test or run that builds the same program. Made by the
+# first process (pytest's controller), removed when it exits; a cache named in the
+# environment is used as it is, and JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="syncmask_jax_tests_xla_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 # Must be set before jax initialises its backends.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
