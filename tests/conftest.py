@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 fake CPU devices so sharded code runs on one host."""
+"""Test-wide setup: 8 fake CPU devices so sharded code runs on one host, and one XLA
+compilation cache for the run."""
 
 import atexit
 import os
