@@ -213,9 +213,13 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> bool:
     log = os.path.join(directory, f"{name}.log")
     t0 = time.time()
     proc = _run_logged(argv, log)
-    if proc.returncode != 0 or not paths.path(done).exists():
+    if proc.returncode != 0:
       raise RuntimeError(f"{variant} seed {seed}: {name} failed (exit {proc.returncode}); "
                          f"see {log}")
+    if not paths.path(done).exists():
+      # A run stopped by SIGTERM or Ctrl-C saves its step and exits 0 (loop.py).
+      raise RuntimeError(f"{variant} seed {seed}: {name} stopped before it finished "
+                         f"(exit 0, no {done}); rerun the sweep to resume it; see {log}")
     # The command as a user types it (argv after the interpreter).
     info[name] = {"seconds": time.time() - t0, "command": " ".join(argv[1:])}
     paths.write_json(info_path, info)

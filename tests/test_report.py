@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,19 @@ def test_a_sweep_with_nothing_to_run_prints_no_eta(monkeypatch, capsys):
   report.run_sweep({"syncmask": [0], "random_masks": [0]}, report.parse_args(["--jobs=2"]))
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2 and all("already done" in l and "ETA" not in l for l in lines)
+
+
+@pytest.mark.parametrize("code,says", [
+    (0, "pretrain stopped before it finished (exit 0, no "),
+    (1, "pretrain failed (exit 1)")])
+def test_a_run_that_stops_early_is_told_from_one_that_fails(monkeypatch, tmp_path, code,
+                                                            says):
+  # A SIGTERM'd run saves its step and exits 0 without its result file: resumable.
+  monkeypatch.setattr(report, "_run_logged", lambda argv, log: subprocess.CompletedProcess(
+      argv, code))
+  with pytest.raises(RuntimeError, match=re.escape(f"albef seed 0: {says}")):
+    report.run_one("albef", 0, report.parse_args([f"--workdir={tmp_path}"]))
+  assert not (tmp_path / "albef" / "seed0" / "run.json").exists()
 
 
 def _fake_run(directory, *, r_mean, patch, patch_random, fn_rate, accuracy, seconds,
